@@ -1,4 +1,5 @@
-// PyTorch scalar types, named as PyTorch names them without the `torch.` prefix.
+// PyTorch scalar types, named as PyTorch names them without the `torch.`
+// prefix.
 #ifndef WEIGHTD_LOADER_FORMAT_DTYPE_H_
 #define WEIGHTD_LOADER_FORMAT_DTYPE_H_
 
@@ -40,7 +41,8 @@ enum class DType {
 // "float32", "bfloat16", "float8_e4m3fn", ...
 absl::string_view DTypeName(DType dtype);
 absl::StatusOr<DType> DTypeFromName(absl::string_view name);
-// Bytes per element (1 for the packed sub-byte quantized kinds, as torch reports).
+// Bytes per element (1 for the packed sub-byte quantized kinds, as torch
+// reports).
 size_t DTypeSize(DType dtype);
 
 }  // namespace weightd

@@ -1,0 +1,154 @@
+#include "server/daemon.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "loader/common/logging.h"
+#include "loader/common/status_macros.h"
+#include "server/http_endpoint.h"
+#include "server/metrics.h"
+
+namespace weightd {
+
+// Everything the gRPC server dispatches to; grows with the WeightService.
+class DaemonServices {
+ public:
+  explicit DaemonServices(MetricsRegistry* metrics) : metrics_(metrics) {}
+
+ private:
+  MetricsRegistry* metrics_;
+};
+
+namespace {
+
+constexpr char kUnixPrefix[] = "unix:";
+
+// Makes room for a Unix socket: creates its directory and removes a stale
+// socket file. Refuses to remove anything that is not a socket.
+absl::Status PrepareUnixSocketPath(const std::string& path) {
+  std::error_code error;
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, error);
+  if (error) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create directory ", parent.string(), ": ", error.message()));
+  }
+  struct stat info;
+  if (lstat(path.c_str(), &info) == 0) {
+    if (!S_ISSOCK(info.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " exists and is not a socket; refusing to replace it"));
+    }
+    if (unlink(path.c_str()) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot remove stale socket ", path, ": ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
+    const ServerConfig& config) {
+  auto daemon = std::unique_ptr<Daemon>(new Daemon());
+  daemon->config_ = config;
+  daemon->metrics_ = std::make_unique<MetricsRegistry>();
+  daemon->services_ = std::make_unique<DaemonServices>(daemon->metrics_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  std::vector<int> bound_ports(config.listen.size(), 0);
+  for (size_t i = 0; i < config.listen.size(); ++i) {
+    const std::string& address = config.listen[i];
+    if (absl::StartsWith(address, kUnixPrefix)) {
+      std::string path = address.substr(strlen(kUnixPrefix));
+      RETURN_IF_ERROR(PrepareUnixSocketPath(path));
+      daemon->unix_socket_paths_.push_back(path);
+      builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+    } else {
+      builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
+                               &bound_ports[i]);
+    }
+  }
+  daemon->grpc_server_ = builder.BuildAndStart();
+  if (daemon->grpc_server_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", absl::StrJoin(config.listen, ", ")));
+  }
+  for (size_t i = 0; i < config.listen.size(); ++i) {
+    if (!absl::StartsWith(config.listen[i], kUnixPrefix) &&
+        bound_ports[i] == 0) {
+      daemon->grpc_server_->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", config.listen[i]));
+    }
+  }
+  for (const std::string& path : daemon->unix_socket_paths_) {
+    if (chmod(path.c_str(), config.unix_socket_mode) != 0) {
+      LogWarning("cannot chmod %s: %s", path, std::strerror(errno));
+    }
+  }
+  daemon->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+
+  if (!config.metrics_address.empty()) {
+    MetricsRegistry* metrics = daemon->metrics_.get();
+    ASSIGN_OR_RETURN(
+        daemon->http_,
+        HttpEndpoint::Start(config.metrics_address,
+                            {[metrics] { return metrics->RenderText(); },
+                             [] { return true; }}));
+  }
+  return daemon;
+}
+
+std::string Daemon::ReadyLine() const {
+  std::string line = absl::StrCat("weightd ready: grpc on ",
+                                  absl::StrJoin(config_.listen, ", "));
+  if (http_ != nullptr) {
+    size_t colon = config_.metrics_address.rfind(':');
+    absl::StrAppend(&line, "; metrics on http://",
+                    config_.metrics_address.substr(0, colon), ":",
+                    http_->port(), "/metrics");
+  }
+  absl::StrAppend(&line, "; model roots ",
+                  absl::StrJoin(config_.model_roots, ", "));
+  return line;
+}
+
+int Daemon::metrics_port() const {
+  return http_ == nullptr ? 0 : http_->port();
+}
+
+void Daemon::Shutdown() {
+  if (grpc_server_ != nullptr) {
+    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                           std::chrono::seconds(5));
+    grpc_server_->Wait();
+    grpc_server_.reset();
+  }
+  if (http_ != nullptr) {
+    http_->Stop();
+    http_.reset();
+  }
+  for (const std::string& path : unix_socket_paths_) unlink(path.c_str());
+  unix_socket_paths_.clear();
+}
+
+Daemon::~Daemon() { Shutdown(); }
+
+}  // namespace weightd

@@ -1,0 +1,81 @@
+#include "server/http_endpoint.h"
+
+#include <httplib.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace weightd {
+
+absl::Status SplitHostPort(const std::string& address, std::string* host,
+                           int* port) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address \"", address, "\" is not HOST:PORT"));
+  }
+  std::string host_part = address.substr(0, colon);
+  if (host_part.size() >= 2 && host_part.front() == '[' &&
+      host_part.back() == ']') {
+    host_part = host_part.substr(1, host_part.size() - 2);
+  }
+  int port_value = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &port_value) ||
+      port_value < 0 || port_value > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address \"", address, "\" has a bad port"));
+  }
+  *host = host_part;
+  *port = port_value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
+    const std::string& address, Handlers handlers) {
+  std::string host;
+  int port = 0;
+  absl::Status split = SplitHostPort(address, &host, &port);
+  if (!split.ok()) return split;
+  auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
+  endpoint->server_ = std::make_unique<httplib::Server>();
+  httplib::Server& server = *endpoint->server_;
+  server.Get("/metrics",
+             [handlers](const httplib::Request&, httplib::Response& response) {
+               response.set_content(handlers.metrics_text(),
+                                    "text/plain; version=0.0.4; charset=utf-8");
+             });
+  server.Get("/healthz",
+             [](const httplib::Request&, httplib::Response& response) {
+               response.set_content("ok\n", "text/plain");
+             });
+  server.Get("/readyz", [handlers](const httplib::Request&,
+                                   httplib::Response& response) {
+    bool ready = handlers.ready();
+    response.status = ready ? 200 : 503;
+    response.set_content(ready ? "ready\n" : "not ready\n", "text/plain");
+  });
+  if (port == 0) {
+    endpoint->port_ = server.bind_to_any_port(host);
+    if (endpoint->port_ < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("metrics endpoint: cannot bind ", address));
+    }
+  } else {
+    if (!server.bind_to_port(host, port)) {
+      return absl::UnavailableError(
+          absl::StrCat("metrics endpoint: cannot bind ", address));
+    }
+    endpoint->port_ = port;
+  }
+  endpoint->thread_ = std::thread([&server] { server.listen_after_bind(); });
+  return endpoint;
+}
+
+void HttpEndpoint::Stop() {
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+HttpEndpoint::~HttpEndpoint() { Stop(); }
+
+}  // namespace weightd
