@@ -1,0 +1,300 @@
+#include "loader/cache/checkpoint_cache.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace weightd {
+
+struct CheckpointCache::Entry {
+  enum class State { kLoading, kReady, kFailed };
+  std::string model_id;
+  CacheKey key;
+  State state = State::kLoading;
+  absl::Status error;
+  TierBytes reserved;  // while loading
+  TierBytes resident;  // once ready
+  std::shared_ptr<const CacheValue> value;
+  std::map<std::string, int> leases;  // session -> count
+  int lease_count = 0;
+  bool stale = false;
+  bool in_index = true;
+  std::list<EntryPtr>::iterator lru_position;
+  bool in_lru = false;
+};
+
+CheckpointCache::CheckpointCache(Options options)
+    : options_(std::move(options)) {}
+
+CheckpointCache::~CheckpointCache() = default;
+
+std::string CheckpointCache::NewModelIdLocked(const CacheKey& key) {
+  // Short, unique for the daemon's life, and readable: a counter plus the
+  // file's base name.
+  std::string base = key.path.substr(key.path.find_last_of('/') + 1);
+  return absl::StrFormat("m%d-%s", next_id_++, base);
+}
+
+absl::Status CheckpointCache::ReserveLocked(const TierBytes& need,
+                                            const std::string& for_path) {
+  for (const auto& [tier, bytes] : need) {
+    auto budget_it = options_.budgets.find(tier);
+    if (budget_it == options_.budgets.end() || budget_it->second == 0 ||
+        bytes == 0)
+      continue;
+    const uint64_t budget = budget_it->second;
+    if (bytes > budget) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%s: needs %d bytes on %s, more than its whole budget of %d bytes",
+          for_path, bytes, tier, budget));
+    }
+    // Evict least recently used unleased entries holding bytes in this tier
+    // until it fits.
+    auto it = lru_.end();
+    while (used_[tier] + bytes > budget && it != lru_.begin()) {
+      --it;
+      EntryPtr candidate = *it;
+      if (candidate->lease_count > 0) continue;
+      auto held = candidate->resident.find(tier);
+      if (held == candidate->resident.end() || held->second == 0) continue;
+      it = lru_.erase(it);
+      candidate->in_lru = false;
+      EraseLocked(candidate);
+      ++counters_.evictions;
+    }
+    if (used_[tier] + bytes > budget) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("%s: needs %d bytes on %s; budget %d bytes, %d in "
+                          "use by leased or loading models",
+                          for_path, bytes, tier, budget, used_[tier]));
+    }
+  }
+  for (const auto& [tier, bytes] : need) used_[tier] += bytes;
+  return absl::OkStatus();
+}
+
+void CheckpointCache::UnreserveLocked(const TierBytes& bytes) {
+  for (const auto& [tier, count] : bytes) used_[tier] -= count;
+}
+
+void CheckpointCache::EraseLocked(const EntryPtr& entry) {
+  if (!entry->in_index) return;
+  entry->in_index = false;
+  auto key_it = by_key_.find(entry->key);
+  if (key_it != by_key_.end() && key_it->second == entry) by_key_.erase(key_it);
+  by_id_.erase(entry->model_id);
+  if (entry->in_lru) {
+    lru_.erase(entry->lru_position);
+    entry->in_lru = false;
+  }
+  counters_.active_leases -= entry->lease_count;
+  entry->leases.clear();
+  entry->lease_count = 0;
+  UnreserveLocked(entry->state == Entry::State::kLoading ? entry->reserved
+                                                         : entry->resident);
+}
+
+void CheckpointCache::TouchLocked(const EntryPtr& entry) {
+  if (entry->in_lru) lru_.erase(entry->lru_position);
+  lru_.push_front(entry);
+  entry->lru_position = lru_.begin();
+  entry->in_lru = true;
+}
+
+void CheckpointCache::MarkStaleLocked(const CacheKey& key) {
+  std::vector<EntryPtr> to_drop;
+  for (const auto& [other_key, entry] : by_key_) {
+    if (other_key.path == key.path && other_key.identity != key.identity &&
+        entry->state == Entry::State::kReady) {
+      entry->stale = true;
+      if (entry->lease_count == 0) to_drop.push_back(entry);
+    }
+  }
+  for (const EntryPtr& entry : to_drop) {
+    EraseLocked(entry);
+    ++counters_.evictions;
+  }
+}
+
+absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
+    const CacheKey& key, const TierBytes& expected, const LoadFn& load,
+    const std::string& lease_session) {
+  EntryPtr entry;
+  {
+    MutexLock lock(&mu_);
+    MarkStaleLocked(key);
+    // Loops only when an entry it waited for was unloaded before this request
+    // woke up.
+    for (auto it = by_key_.find(key); it != by_key_.end();
+         it = by_key_.find(key)) {
+      entry = it->second;
+      // Join a load in flight, or take the ready entry.
+      while (entry->state == Entry::State::kLoading) loaded_.Wait(&mu_);
+      if (entry->state == Entry::State::kFailed) {
+        ++counters_.hits;
+        return entry->error;
+      }
+      if (!entry->in_index) continue;
+      ++counters_.hits;
+      TouchLocked(entry);
+      if (!lease_session.empty()) {
+        ++entry->leases[lease_session];
+        ++entry->lease_count;
+        ++counters_.active_leases;
+      }
+      return Result{entry->model_id, entry->value, true};
+    }
+    absl::Status reserved = ReserveLocked(expected, key.path);
+    if (!reserved.ok()) {
+      ++counters_.load_failures;
+      return reserved;
+    }
+    entry = std::make_shared<Entry>();
+    entry->key = key;
+    entry->model_id = NewModelIdLocked(key);
+    entry->reserved = expected;
+    by_key_[key] = entry;
+    by_id_[entry->model_id] = entry;
+    ++counters_.loads;
+  }
+
+  // The load runs without the lock; joiners wait on the entry's state.
+  absl::StatusOr<std::shared_ptr<const CacheValue>> loaded = load();
+
+  MutexLock lock(&mu_);
+  loaded_.SignalAll();
+  if (!loaded.ok()) {
+    ++counters_.load_failures;
+    EraseLocked(entry);
+    entry->state = Entry::State::kFailed;
+    entry->error = loaded.status();
+    return loaded.status();
+  }
+  entry->value = *std::move(loaded);
+  if (entry->in_index) {
+    UnreserveLocked(entry->reserved);
+    entry->resident = entry->value->ResidentBytes();
+    for (const auto& [tier, bytes] : entry->resident) used_[tier] += bytes;
+  }
+  entry->state = Entry::State::kReady;
+  if (!entry->in_index) {
+    return absl::UnavailableError(
+        absl::StrCat(key.path, ": the model was unloaded while it loaded"));
+  }
+  TouchLocked(entry);
+  if (!lease_session.empty()) {
+    ++entry->leases[lease_session];
+    ++entry->lease_count;
+    ++counters_.active_leases;
+  }
+  return Result{entry->model_id, entry->value, false};
+}
+
+absl::StatusOr<CheckpointCache::EntryPtr> CheckpointCache::FindReadyLocked(
+    const std::string& model_id) const {
+  auto it = by_id_.find(model_id);
+  if (it == by_id_.end() || it->second->state != Entry::State::kReady) {
+    return absl::NotFoundError(
+        absl::StrCat("no model \"", model_id, "\" in the cache"));
+  }
+  return it->second;
+}
+
+CacheEntryInfo CheckpointCache::InfoLocked(const Entry& entry) const {
+  return CacheEntryInfo{entry.model_id,    entry.key,   entry.resident,
+                        entry.lease_count, entry.stale, entry.value};
+}
+
+absl::StatusOr<CacheEntryInfo> CheckpointCache::Describe(
+    const std::string& model_id) const {
+  MutexLock lock(&mu_);
+  auto entry = FindReadyLocked(model_id);
+  if (!entry.ok()) return entry.status();
+  return InfoLocked(**entry);
+}
+
+std::vector<CacheEntryInfo> CheckpointCache::List() const {
+  MutexLock lock(&mu_);
+  std::vector<CacheEntryInfo> out;
+  for (const EntryPtr& entry : lru_) out.push_back(InfoLocked(*entry));
+  return out;
+}
+
+CacheStats CheckpointCache::Stats() const {
+  MutexLock lock(&mu_);
+  CacheStats stats = counters_;
+  stats.models = static_cast<int>(lru_.size());
+  stats.used = used_;
+  return stats;
+}
+
+absl::Status CheckpointCache::Acquire(const std::string& model_id,
+                                      const std::string& session) {
+  MutexLock lock(&mu_);
+  auto entry = FindReadyLocked(model_id);
+  if (!entry.ok()) return entry.status();
+  ++(*entry)->leases[session];
+  ++(*entry)->lease_count;
+  ++counters_.active_leases;
+  TouchLocked(*entry);
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointCache::Release(const std::string& model_id,
+                                      const std::string& session) {
+  MutexLock lock(&mu_);
+  auto it = by_id_.find(model_id);
+  if (it == by_id_.end() || it->second->leases.count(session) == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("session holds no lease on model \"", model_id, "\""));
+  }
+  EntryPtr entry = it->second;
+  if (--entry->leases[session] == 0) entry->leases.erase(session);
+  --entry->lease_count;
+  --counters_.active_leases;
+  if (entry->stale && entry->lease_count == 0) {
+    EraseLocked(entry);
+    ++counters_.evictions;
+  }
+  return absl::OkStatus();
+}
+
+int CheckpointCache::ReleaseSession(const std::string& session) {
+  MutexLock lock(&mu_);
+  int released = 0;
+  std::vector<EntryPtr> stale_unleased;
+  for (const auto& [id, entry] : by_id_) {
+    auto it = entry->leases.find(session);
+    if (it == entry->leases.end()) continue;
+    released += it->second;
+    entry->lease_count -= it->second;
+    counters_.active_leases -= it->second;
+    entry->leases.erase(it);
+    if (entry->stale && entry->lease_count == 0)
+      stale_unleased.push_back(entry);
+  }
+  for (const EntryPtr& entry : stale_unleased) {
+    EraseLocked(entry);
+    ++counters_.evictions;
+  }
+  return released;
+}
+
+absl::StatusOr<uint64_t> CheckpointCache::Unload(const std::string& model_id,
+                                                 bool force) {
+  MutexLock lock(&mu_);
+  auto entry = FindReadyLocked(model_id);
+  if (!entry.ok()) return entry.status();
+  if ((*entry)->lease_count > 0 && !force) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s (%s) is leased by %d lease(s); release them or unload with force",
+        model_id, (*entry)->key.path, (*entry)->lease_count));
+  }
+  uint64_t freed = 0;
+  for (const auto& [tier, bytes] : (*entry)->resident) freed += bytes;
+  EraseLocked(*entry);
+  return freed;
+}
+
+}  // namespace weightd

@@ -1,0 +1,148 @@
+// The checkpoint cache: one entry per (file identity, placement), single-flight
+// loads, lease counts per session, byte budgets per memory tier and LRU
+// eviction of unleased entries. The cache knows nothing of formats or devices:
+// it holds CacheValues and their tier usage.
+#ifndef WEIGHTD_LOADER_CACHE_CHECKPOINT_CACHE_H_
+#define WEIGHTD_LOADER_CACHE_CHECKPOINT_CACHE_H_
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "loader/common/mutex.h"
+
+namespace weightd {
+
+// Bytes per memory tier: "host" (shared-memory copies) or a GPU's UUID.
+// Zero-copy views of mapped files cost no tier bytes: the page cache owns them.
+using TierBytes = std::map<std::string, uint64_t>;
+
+class CacheValue {
+ public:
+  virtual ~CacheValue() = default;
+  virtual TierBytes ResidentBytes() const = 0;
+};
+
+struct CacheKey {
+  std::string path;  // canonical (realpath)
+  std::string
+      identity;  // device, inode, size, mtime: a changed file is a new key
+  std::string
+      placement;  // canonical placement: target, remap, cast, tensor filter
+
+  bool operator==(const CacheKey& other) const {
+    return path == other.path && identity == other.identity &&
+           placement == other.placement;
+  }
+  template <typename H>
+  friend H AbslHashValue(H h, const CacheKey& key) {
+    return H::combine(std::move(h), key.path, key.identity, key.placement);
+  }
+};
+
+struct CacheStats {
+  uint64_t loads = 0;  // loads that ran (read a file)
+  uint64_t hits =
+      0;  // requests answered by a ready entry or by joining a load in flight
+  uint64_t load_failures = 0;
+  uint64_t evictions = 0;
+  int models = 0;
+  int active_leases = 0;
+  TierBytes used;  // resident plus reserved for loads in flight
+};
+
+struct CacheEntryInfo {
+  std::string model_id;
+  CacheKey key;
+  TierBytes resident;
+  int lease_count = 0;
+  bool stale =
+      false;  // the file changed on disk; kept only for its lease holders
+  std::shared_ptr<const CacheValue> value;
+};
+
+class CheckpointCache {
+ public:
+  struct Options {
+    // Per tier; a tier absent or 0 is unlimited.
+    TierBytes budgets;
+  };
+  using LoadFn =
+      std::function<absl::StatusOr<std::shared_ptr<const CacheValue>>()>;
+
+  struct Result {
+    std::string model_id;
+    std::shared_ptr<const CacheValue> value;
+    bool hit = false;
+  };
+
+  explicit CheckpointCache(Options options);
+  ~CheckpointCache();
+
+  // The entry for `key`, loaded by `load` if absent. Concurrent callers for one
+  // key share one load (single flight) and its result or error. `expected` is
+  // reserved from the budgets before `load` runs, evicting least-recently-used
+  // unleased entries; RESOURCE_EXHAUSTED when it cannot fit. With a non-empty
+  // `lease_session` the entry is leased on it before return.
+  absl::StatusOr<Result> GetOrLoad(const CacheKey& key,
+                                   const TierBytes& expected,
+                                   const LoadFn& load,
+                                   const std::string& lease_session = "");
+
+  absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
+  std::vector<CacheEntryInfo> List() const;
+  CacheStats Stats() const;
+
+  // Leases are counted per (session, model): acquiring twice needs two
+  // releases.
+  absl::Status Acquire(const std::string& model_id, const std::string& session);
+  absl::Status Release(const std::string& model_id, const std::string& session);
+  // Drops every lease a session holds (the client closed its stream,
+  // disconnected or died).
+  int ReleaseSession(const std::string& session);
+
+  // Removes an entry. FAILED_PRECONDITION while leased unless `force` (then its
+  // leases are dropped; memory is freed once the last in-flight user lets go).
+  // Returns the tier bytes the entry held.
+  absl::StatusOr<uint64_t> Unload(const std::string& model_id, bool force);
+
+ private:
+  struct Entry;
+  using EntryPtr = std::shared_ptr<Entry>;
+
+  absl::Status ReserveLocked(const TierBytes& need, const std::string& for_path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnreserveLocked(const TierBytes& bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TouchLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkStaleLocked(const CacheKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<EntryPtr> FindReadyLocked(const std::string& model_id) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  CacheEntryInfo InfoLocked(const Entry& entry) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string NewModelIdLocked(const CacheKey& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable Mutex mu_;
+  CondVar loaded_;  // signalled when any entry leaves the loading state
+  absl::flat_hash_map<CacheKey, EntryPtr> by_key_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, EntryPtr> by_id_ ABSL_GUARDED_BY(mu_);
+  std::list<EntryPtr> lru_
+      ABSL_GUARDED_BY(mu_);  // front: most recently used ready entry
+  TierBytes used_ ABSL_GUARDED_BY(mu_);
+  CacheStats counters_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_LOADER_CACHE_CHECKPOINT_CACHE_H_

@@ -1,0 +1,259 @@
+#include "loader/cache/checkpoint_cache.h"
+
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "loader/common/mutex.h"
+
+namespace weightd {
+namespace {
+
+class FakeValue : public CacheValue {
+ public:
+  explicit FakeValue(TierBytes bytes, std::atomic<int>* live = nullptr)
+      : bytes_(std::move(bytes)), live_(live) {
+    if (live_) ++*live_;
+  }
+  ~FakeValue() override {
+    if (live_) --*live_;
+  }
+  TierBytes ResidentBytes() const override { return bytes_; }
+
+ private:
+  TierBytes bytes_;
+  std::atomic<int>* live_;
+};
+
+CacheKey Key(const std::string& path, const std::string& identity = "1:1:100:5",
+             const std::string& placement = "cpu") {
+  return CacheKey{path, identity, placement};
+}
+
+CheckpointCache::LoadFn Loader(TierBytes bytes,
+                               std::atomic<int>* calls = nullptr,
+                               std::atomic<int>* live = nullptr) {
+  return [bytes, calls,
+          live]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    if (calls) ++*calls;
+    return std::make_shared<FakeValue>(bytes, live);
+  };
+}
+
+TEST(CheckpointCacheTest, SecondRequestIsAHit) {
+  CheckpointCache cache({});
+  std::atomic<int> calls{0};
+  auto first = cache.GetOrLoad(Key("/m/a.pt"), {{"host", 10}},
+                               Loader({{"host", 10}}, &calls));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->hit);
+  auto second = cache.GetOrLoad(Key("/m/a.pt"), {{"host", 10}},
+                                Loader({{"host", 10}}, &calls));
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(second->hit);
+  EXPECT_EQ(first->model_id, second->model_id);
+  EXPECT_EQ(calls.load(), 1);
+  CacheStats stats = cache.Stats();
+  EXPECT_EQ(stats.loads, 1u);
+  EXPECT_EQ(stats.hits, 1u);
+  EXPECT_EQ(stats.used["host"], 10u);
+}
+
+TEST(CheckpointCacheTest, ConcurrentIdenticalLoadsShareOneLoad) {
+  CheckpointCache cache({});
+  std::atomic<int> calls{0};
+  Notification release_load;
+  auto slow_load = [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    ++calls;
+    release_load.WaitForNotification();
+    return std::make_shared<FakeValue>(TierBytes{{"host", 1}});
+  };
+  std::vector<std::thread> threads;
+  std::vector<std::string> ids(8);
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      auto result = cache.GetOrLoad(Key("/m/a.pt"), {}, slow_load);
+      ASSERT_TRUE(result.ok());
+      ids[i] = result->model_id;
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(50));
+  release_load.Notify();
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(calls.load(), 1);
+  for (const auto& id : ids) EXPECT_EQ(id, ids[0]);
+  EXPECT_EQ(cache.Stats().loads, 1u);
+  EXPECT_EQ(cache.Stats().hits, 7u);
+}
+
+TEST(CheckpointCacheTest, FailedLoadReachesJoinersAndIsNotCached) {
+  CheckpointCache cache({});
+  Notification release_load;
+  auto failing = [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    release_load.WaitForNotification();
+    return absl::InvalidArgumentError("/m/bad.pt: not a checkpoint");
+  };
+  absl::Status joined_status;
+  std::thread joiner;
+  std::thread loader([&] {
+    EXPECT_EQ(cache.GetOrLoad(Key("/m/bad.pt"), {{"host", 5}}, failing)
+                  .status()
+                  .message(),
+              "/m/bad.pt: not a checkpoint");
+  });
+  absl::SleepFor(absl::Milliseconds(20));
+  joiner = std::thread([&] {
+    joined_status =
+        cache.GetOrLoad(Key("/m/bad.pt"), {{"host", 5}}, failing).status();
+  });
+  absl::SleepFor(absl::Milliseconds(20));
+  release_load.Notify();
+  loader.join();
+  joiner.join();
+  EXPECT_EQ(joined_status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.Stats().models, 0);
+  EXPECT_EQ(cache.Stats().used["host"], 0u);
+  // A later request loads again.
+  EXPECT_TRUE(cache.GetOrLoad(Key("/m/bad.pt"), {}, Loader({})).ok());
+}
+
+TEST(CheckpointCacheTest, EvictsLeastRecentlyUsedUnleasedWithinBudget) {
+  std::atomic<int> live{0};
+  CheckpointCache cache({{{"host", 100}}});
+  auto a = cache.GetOrLoad(Key("/m/a"), {{"host", 40}},
+                           Loader({{"host", 40}}, nullptr, &live));
+  auto b = cache.GetOrLoad(Key("/m/b"), {{"host", 40}},
+                           Loader({{"host", 40}}, nullptr, &live));
+  ASSERT_TRUE(a.ok() && b.ok());
+  a->value.reset();
+  b->value.reset();
+  // Touch a, so b is the least recently used.
+  ASSERT_TRUE(cache.GetOrLoad(Key("/m/a"), {{"host", 40}}, Loader({})).ok());
+  auto c = cache.GetOrLoad(Key("/m/c"), {{"host", 40}},
+                           Loader({{"host", 40}}, nullptr, &live));
+  ASSERT_TRUE(c.ok());
+  c->value.reset();
+  EXPECT_FALSE(cache.Describe(b->model_id).ok());
+  EXPECT_TRUE(cache.Describe(a->model_id).ok());
+  EXPECT_EQ(cache.Stats().evictions, 1u);
+  EXPECT_EQ(cache.Stats().used["host"], 80u);
+  EXPECT_EQ(live.load(), 2);  // b's memory was freed
+}
+
+TEST(CheckpointCacheTest, LeasedEntriesAreNeverEvicted) {
+  CheckpointCache cache({{{"GPU-0", 100}}});
+  auto a = cache.GetOrLoad(Key("/m/a"), {{"GPU-0", 60}},
+                           Loader({{"GPU-0", 60}}), "session-1");
+  ASSERT_TRUE(a.ok());
+  auto b =
+      cache.GetOrLoad(Key("/m/b"), {{"GPU-0", 60}}, Loader({{"GPU-0", 60}}));
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(b.status().message(),
+            "/m/b: needs 60 bytes on GPU-0; budget 100 bytes, 60 in use by "
+            "leased or loading "
+            "models");
+  EXPECT_EQ(cache.ReleaseSession("session-1"), 1);
+  EXPECT_TRUE(
+      cache.GetOrLoad(Key("/m/b"), {{"GPU-0", 60}}, Loader({{"GPU-0", 60}}))
+          .ok());
+  EXPECT_FALSE(cache.Describe(a->model_id).ok());
+}
+
+TEST(CheckpointCacheTest, LargerThanBudgetIsRefusedUpFront) {
+  CheckpointCache cache({{{"host", 10}}});
+  std::atomic<int> calls{0};
+  auto result =
+      cache.GetOrLoad(Key("/m/big"), {{"host", 11}}, Loader({}, &calls));
+  EXPECT_EQ(
+      result.status().message(),
+      "/m/big: needs 11 bytes on host, more than its whole budget of 10 bytes");
+  EXPECT_EQ(calls.load(), 0);
+}
+
+TEST(CheckpointCacheTest, UnloadRefusedWhileLeasedUnlessForced) {
+  CheckpointCache cache({});
+  auto a = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, Loader({{"host", 8}}));
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache.Acquire(a->model_id, "s1").ok());
+  auto refused = cache.Unload(a->model_id, false);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(cache.Release(a->model_id, "s1").ok());
+  EXPECT_EQ(cache.Release(a->model_id, "s1").code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(cache.Acquire(a->model_id, "s2").ok());
+  auto forced = cache.Unload(a->model_id, true);
+  ASSERT_TRUE(forced.ok());
+  EXPECT_EQ(*forced, 8u);
+  EXPECT_EQ(cache.Stats().active_leases, 0);
+  EXPECT_EQ(cache.Unload(a->model_id, false).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(CheckpointCacheTest,
+     ChangedFileIsANewEntryAndTheOldOneServesItsLeaseHolders) {
+  CheckpointCache cache({});
+  auto old_entry = cache.GetOrLoad(Key("/m/a", "1:1:100:5"), {},
+                                   Loader({{"host", 4}}), "holder");
+  ASSERT_TRUE(old_entry.ok());
+  auto new_entry =
+      cache.GetOrLoad(Key("/m/a", "1:1:120:9"), {}, Loader({{"host", 4}}));
+  ASSERT_TRUE(new_entry.ok());
+  EXPECT_FALSE(new_entry->hit);
+  EXPECT_NE(old_entry->model_id, new_entry->model_id);
+  auto old_info = cache.Describe(old_entry->model_id);
+  ASSERT_TRUE(old_info.ok());
+  EXPECT_TRUE(old_info->stale);
+  ASSERT_TRUE(cache.Release(old_entry->model_id, "holder").ok());
+  EXPECT_FALSE(cache.Describe(old_entry->model_id).ok());
+  EXPECT_EQ(cache.Stats().used["host"], 4u);
+}
+
+TEST(CheckpointCacheTest, ManyThreadsLoadingLeasingReleasingAndEvicting) {
+  std::atomic<int> live{0};
+  CheckpointCache cache({{{"host", 64}}});
+  constexpr int kThreads = 8;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 random(t);
+      std::string session = "s" + std::to_string(t);
+      for (int i = 0; i < 300; ++i) {
+        std::string path = "/m/" + std::to_string(random() % 12);
+        auto result = cache.GetOrLoad(Key(path), {{"host", 8}},
+                                      Loader({{"host", 8}}, nullptr, &live),
+                                      random() % 2 ? session : "");
+        if (!result.ok()) {
+          EXPECT_EQ(result.status().code(),
+                    absl::StatusCode::kResourceExhausted);
+          continue;
+        }
+        switch (random() % 4) {
+          case 0:
+            cache.ReleaseSession(session);
+            break;
+          case 1:
+            (void)cache.Unload(result->model_id, false);
+            break;
+          case 2:
+            (void)cache.Acquire(result->model_id, session);
+            break;
+          default:
+            (void)cache.List();
+        }
+      }
+      cache.ReleaseSession(session);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CacheStats stats = cache.Stats();
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_LE(stats.used["host"], 64u);
+  EXPECT_EQ(stats.used["host"], static_cast<uint64_t>(stats.models) * 8);
+  EXPECT_EQ(live.load(), stats.models);
+}
+
+}  // namespace
+}  // namespace weightd
