@@ -1,0 +1,299 @@
+"""weightd.Client: load checkpoints through the weightd daemon."""
+import os
+import threading
+
+import grpc
+
+from . import _dtypes, _model
+from ._lease import LeaseSession, LoadLease
+from ._proto import weightd_pb2 as pb
+from ._proto import weightd_pb2_grpc as pb_grpc
+from .errors import WeightdError, from_rpc_error
+
+DEFAULT_ADDRESS = "unix:run/weightd.sock"
+
+try:
+    import torch as _torch
+except ImportError:  # numpy arrays instead
+    _torch = None
+
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _encode_health_request(service):
+    data = service.encode()
+    if not data:
+        return b""
+    length, size = bytearray(), len(data)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return b"\x0a" + bytes(length) + data
+
+
+def _decode_health_response(data):
+    # HealthCheckResponse { ServingStatus status = 1; }: tag 0x08 then a varint.
+    status, i = 0, 0
+    while i < len(data):
+        tag = data[i]
+        i += 1
+        value, shift = 0, 0
+        while i < len(data):
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if tag == 0x08:
+            status = value
+    return _HEALTH_STATUS.get(status, str(status))
+
+
+def _normalize_address(address):
+    if address.startswith("/"):
+        return "unix:" + address
+    return address
+
+
+class Client:
+    """A connection to weightd.
+
+    address: "unix:PATH" (relative paths are relative to the working directory), "HOST:PORT",
+    or any gRPC target; default $WEIGHTD_ADDRESS, else "unix:run/weightd.sock".
+    backend: "torch" (default when torch is importable) or "numpy".
+    timeout: seconds for the unary calls (list, describe, ...); None waits forever.
+    """
+
+    def __init__(self, address=None, *, backend=None, timeout=None, options=None):
+        self.address = _normalize_address(
+            address or os.environ.get("WEIGHTD_ADDRESS") or DEFAULT_ADDRESS)
+        if backend is None:
+            backend = "torch" if _torch is not None else "numpy"
+        if backend == "torch":
+            if _torch is None:
+                raise ImportError("weightd: backend='torch' but torch is not installed")
+            self._backend = _model.TorchBackend(_torch)
+        elif backend == "numpy":
+            import numpy
+            self._backend = _model.NumpyBackend(numpy)
+        else:
+            raise ValueError("backend must be 'torch' or 'numpy', not %r" % (backend,))
+        self.timeout = timeout
+        channel_options = [("grpc.max_receive_message_length", 1 << 30),
+                           ("grpc.max_send_message_length", 64 << 20)]
+        channel_options += list(options or [])
+        self._channel = grpc.insecure_channel(self.address, options=channel_options)
+        self._stub = pb_grpc.WeightServiceStub(self._channel)
+        self._lease = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def backend(self):
+        return self._backend.name
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self):
+        """Ends the lease session (the daemon releases every lease this client holds) and the
+        connection. Tensors already returned stay valid: their memory stays mapped in this
+        process, though the daemon may evict and reuse shared memory it no longer leases."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.close()
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _lease_session(self):
+        with self._lock:
+            if self._closed:
+                raise WeightdError(grpc.StatusCode.CANCELLED, "client is closed")
+            if self._lease is None or not self._lease.alive:
+                self._lease = LeaseSession(self._stub)
+            return self._lease
+
+    @property
+    def session_id(self):
+        """The id of this client's lease session (None before the first load)."""
+        lease = self._lease
+        return lease.session_id if lease is not None else None
+
+    def _unary(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self, path, device="cpu", map_location=None, dtype=None, tensors=None,
+             progress=None, format_hint=""):
+        """Loads a checkpoint through the daemon; returns a weightd.Model: a dict of name to
+        torch.Tensor (numpy arrays with backend="numpy") in the daemon's order.
+
+        device: "cpu", "meta", "cuda", "cuda:N" or "cuda:GPU-<uuid>" (a torch.device is fine).
+          With torch and CUDA in this process, cuda:N is this process's device N (sent to the
+          daemon by UUID, so CUDA_VISIBLE_DEVICES is respected); otherwise N indexes the
+          daemon's GPUs.
+        map_location: None (use `device`), a device, or a dict remapping saved locations, e.g.
+          {"cuda:1": "cuda:0"} (then `device` is ignored and unmapped locations are kept).
+        dtype: cast floating-point tensors on load: "bfloat16", "float16", "float32" or the
+          torch dtype.
+        tensors: only these names (and names starting with "<entry>.").
+        progress: callable(bytes_done, bytes_total), called as the daemon reads.
+
+        The model is leased on this client's lease session until the last returned tensor is
+        garbage-collected (or the client closes). Host tensors are zero-copy, read-only views.
+        """
+        request = pb.LoadRequest(path=os.fspath(path), format_hint=format_hint)
+        if isinstance(map_location, dict):
+            for saved, target in map_location.items():
+                request.placement.remap[str(saved)] = self._target(target)
+        else:
+            request.placement.target = self._target(map_location if map_location is not None
+                                                    else device)
+        if dtype is not None:
+            name = _dtypes.name_of(dtype)
+            if name not in _dtypes.CAST_DTYPES:
+                raise ValueError("dtype must be one of %s, not %r"
+                                 % (", ".join(_dtypes.CAST_DTYPES), dtype))
+            request.cast_dtype = name
+        if tensors is not None:
+            if isinstance(tensors, str):
+                tensors = [tensors]
+            request.tensor_filter.extend(tensors)
+        session = self._lease_session()
+        request.lease_session = session.session_id
+        description = None
+        try:
+            for event in self._stub.Load(request):
+                which = event.WhichOneof("event")
+                if which == "progress" and progress is not None:
+                    progress(event.progress.bytes_done, event.progress.bytes_total)
+                elif which == "model":
+                    description = event.model
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if description is None:
+            raise WeightdError(grpc.StatusCode.INTERNAL,
+                               "the daemon ended Load for %s without a model" % path)
+        return self._materialize(description, session)
+
+    def _materialize(self, description, session):
+        try:
+            entries, anchors = _model.materialize(description, self._backend,
+                                                  torch=_torch if self.backend == "torch"
+                                                  else None)
+        except BaseException:
+            session.release(description.model_id)
+            raise
+        LoadLease(session, description.model_id, anchors)
+        return _model.Model(entries, description, self.backend)
+
+    def _target(self, device):
+        """A daemon placement target for a user's device."""
+        text = str(device)
+        if text in ("cpu", "meta") or text.startswith("cuda:GPU-") or not text.startswith("cuda"):
+            return text
+        if _torch is None or not _torch.cuda.is_available():
+            return "cuda:0" if text == "cuda" else text
+        from . import _cuda
+        index = _torch.device(text).index
+        if index is None:
+            index = _torch.cuda.current_device()
+        uuids = _cuda.visible_gpu_uuids(_torch)
+        if index >= len(uuids):
+            raise ValueError("%s: this process sees %d GPUs" % (text, len(uuids)))
+        u = uuids[index]
+        return "cuda:GPU-%s-%s-%s-%s-%s" % (u[:8], u[8:12], u[12:16], u[16:20], u[20:])
+
+    def read_tensors(self, model_id, names=None, chunk_bytes=0):
+        """Tensor bytes over the wire (no shared memory needed: TCP, another host). Returns
+        {name: tensor} of contiguous tensors that own their memory (writable)."""
+        request = pb.ReadTensorsRequest(model_id=model_id, names=list(names or []),
+                                        chunk_bytes=chunk_bytes)
+        out = {}
+        current, data, received = None, None, 0
+        try:
+            for chunk in self._stub.ReadTensors(request):
+                if chunk.HasField("tensor"):
+                    if current is not None:
+                        raise WeightdError(grpc.StatusCode.INTERNAL,
+                                           "tensor %s ended without its last chunk" % current.name)
+                    current = chunk.tensor
+                    data, received = bytearray(current.byte_size), 0
+                if current is None:
+                    raise WeightdError(grpc.StatusCode.INTERNAL, "chunk before any tensor")
+                end = chunk.offset + len(chunk.data)
+                if end > len(data):
+                    raise WeightdError(grpc.StatusCode.INTERNAL,
+                                       "tensor %s: chunk at %d+%d past %d bytes"
+                                       % (current.name, chunk.offset, len(chunk.data), len(data)))
+                data[chunk.offset:end] = chunk.data
+                received += len(chunk.data)
+                if chunk.last:
+                    if received != len(data):
+                        raise WeightdError(grpc.StatusCode.INTERNAL,
+                                           "tensor %s: %d of %d bytes received"
+                                           % (current.name, received, len(data)))
+                    out[current.name] = self._backend.from_bytes(data, current)
+                    current = None
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if current is not None:
+            raise WeightdError(grpc.StatusCode.INTERNAL,
+                               "stream ended inside tensor %s" % current.name)
+        return out
+
+    # -- the rest of the API -----------------------------------------------------------------
+
+    def list(self):
+        """Every cached model: a list of weightd.v1.ModelSummary."""
+        return list(self._unary(self._stub.List, pb.ListRequest()).models)
+
+    def describe(self, model_id):
+        """weightd.v1.ModelDescription of a cached model."""
+        return self._unary(self._stub.Describe, pb.DescribeRequest(model_id=model_id))
+
+    def unload(self, model_id, force=False):
+        """Drops a model from the cache; returns the bytes freed. FAILED_PRECONDITION while
+        leased unless force."""
+        return self._unary(self._stub.Unload,
+                           pb.UnloadRequest(model_id=model_id, force=force)).freed_bytes
+
+    def stats(self):
+        """weightd.v1.StatsResponse."""
+        return self._unary(self._stub.Stats, pb.StatsRequest())
+
+    def server_info(self):
+        """weightd.v1.ServerInfoResponse (version, GPUs, io backend, budgets, model roots)."""
+        return self._unary(self._stub.ServerInfo, pb.ServerInfoRequest())
+
+    def health(self, service=""):
+        """gRPC health check: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN"."""
+        check = self._channel.unary_unary(
+            _HEALTH_CHECK, request_serializer=_encode_health_request,
+            response_deserializer=_decode_health_response)
+        try:
+            return check(service, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
