@@ -251,6 +251,10 @@ class Client:
                 data[chunk.offset:end] = chunk.data
                 received += len(chunk.data)
                 if chunk.last:
+                    if current.buffer_index < 0 and received == 0:  # meta: no bytes
+                        out[current.name] = self._backend.empty(current, "meta")
+                        current = None
+                        continue
                     if received != len(data):
                         raise WeightdError(grpc.StatusCode.INTERNAL,
                                            "tensor %s: %d of %d bytes received"
