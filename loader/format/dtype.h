@@ -45,6 +45,16 @@ absl::StatusOr<DType> DTypeFromName(absl::string_view name);
 // reports).
 size_t DTypeSize(DType dtype);
 
+// True for the quantized kinds (qint8, quint8, qint32, quint4x2, quint2x4).
+bool DTypeIsQuantized(DType dtype);
+// torch storage class name ("FloatStorage", "BFloat16Storage", ...) to dtype.
+// "UntypedStorage" is not a typed storage and is refused here.
+absl::StatusOr<DType> DTypeFromStorageClass(absl::string_view name);
+// safetensors dtype strings: "F32", "BF16", "F8_E4M3", "BOOL", "U16", ...
+absl::StatusOr<DType> DTypeFromSafetensorsName(absl::string_view name);
+// The safetensors name of a dtype, or "" when safetensors has none.
+absl::string_view DTypeSafetensorsName(DType dtype);
+
 }  // namespace weightd
 
 #endif  // WEIGHTD_LOADER_FORMAT_DTYPE_H_

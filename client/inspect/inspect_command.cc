@@ -1,0 +1,223 @@
+#include "client/inspect/inspect_command.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "loader/common/json.h"
+#include "loader/format/checkpoint.h"
+#include "loader/format/reader.h"
+#include "loader/format/tensor_bytes.h"
+
+namespace weightd {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: weightctl inspect [--json] [--hash] [--encoding=utf8|latin1|bytes] "
+    "FILE";
+
+// Read-only mapping of a whole file.
+class MappedFile {
+ public:
+  ~MappedFile() {
+    if (data_ != nullptr && size_ > 0) munmap(data_, size_);
+  }
+  bool Open(const std::string& path, std::string* error) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      *error = strerror(errno);
+      return false;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      *error = strerror(errno);
+      close(fd);
+      return false;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      *error = "is a directory";
+      close(fd);
+      return false;
+    }
+    size_ = static_cast<size_t>(st.st_size);
+    if (size_ > 0) {
+      void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        *error = strerror(errno);
+        close(fd);
+        return false;
+      }
+      data_ = p;
+    }
+    close(fd);
+    return true;
+  }
+  absl::string_view bytes() const {
+    return absl::string_view(static_cast<const char*>(data_), size_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+std::string ShapeText(const std::vector<int64_t>& v) {
+  return absl::StrCat("[", absl::StrJoin(v, ", "), "]");
+}
+
+Json IntArray(const std::vector<int64_t>& v) {
+  Json a = Json::MakeArray();
+  a.array().reserve(v.size());
+  for (int64_t x : v) a.array().emplace_back(x);
+  return a;
+}
+
+// Storage bytes of a storage: the mapped file or an inflated copy.
+const uint8_t* StorageBytes(const StorageInfo& s, absl::string_view file) {
+  if (s.inflated) return reinterpret_cast<const uint8_t*>(s.inflated->data());
+  return reinterpret_cast<const uint8_t*>(file.data()) + s.file_offset;
+}
+
+}  // namespace
+
+int RunInspect(const std::vector<std::string>& args, std::ostream& out,
+               std::ostream& err) {
+  bool json = false, hash = false;
+  std::string path;
+  ReadOptions options;
+  for (const std::string& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else if (a == "--hash") {
+      hash = true;
+    } else if (a == "--encoding=utf8" || a == "--encoding=utf-8") {
+      options.encoding = ReadOptions::Py2Encoding::kUtf8;
+    } else if (a == "--encoding=latin1") {
+      options.encoding = ReadOptions::Py2Encoding::kLatin1;
+    } else if (a == "--encoding=bytes") {
+      options.encoding = ReadOptions::Py2Encoding::kBytes;
+    } else if (a == "-h" || a == "--help") {
+      out << kUsage << "\n";
+      return 0;
+    } else if (!a.empty() && a[0] == '-' && a != "-") {
+      err << "weightctl inspect: unknown flag " << a << "\n" << kUsage << "\n";
+      return 2;
+    } else if (path.empty()) {
+      path = a;
+    } else {
+      err << "weightctl inspect: more than one FILE\n" << kUsage << "\n";
+      return 2;
+    }
+  }
+  if (path.empty()) {
+    err << kUsage << "\n";
+    return 2;
+  }
+  MappedFile file;
+  std::string error;
+  if (!file.Open(path, &error)) {
+    err << path << ": cannot open: " << error << "\n";
+    return 1;
+  }
+  options.file_name = path;
+  auto ckpt = ReadCheckpoint(file.bytes(), options);
+  if (!ckpt.ok()) {
+    std::string msg(ckpt.status().message());
+    for (char& c : msg) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    err << msg << "\n";
+    return 1;
+  }
+  std::vector<std::string> hashes;
+  if (hash) {
+    hashes.reserve(ckpt->tensors.size());
+    for (const TensorInfo& t : ckpt->tensors) {
+      const StorageInfo& s = ckpt->storages[t.storage_index];
+      std::string h = TensorSha256Hex(t, StorageBytes(s, file.bytes()),
+                                      s.num_bytes, s.byte_order);
+      if (h.empty()) {
+        err << path << ": tensor \"" << t.name
+            << "\" does not fit its storage\n";
+        return 1;
+      }
+      hashes.push_back(std::move(h));
+    }
+  }
+  if (json) {
+    Json root = Json::MakeObject();
+    root.object().emplace_back("format", Json(CheckpointFormatName(ckpt->format)));
+    Json tensors = Json::MakeArray();
+    tensors.array().reserve(ckpt->tensors.size());
+    for (size_t i = 0; i < ckpt->tensors.size(); ++i) {
+      const TensorInfo& t = ckpt->tensors[i];
+      Json e = Json::MakeObject();
+      e.object().emplace_back("name", Json(t.name));
+      e.object().emplace_back("dtype", Json(DTypeName(t.dtype)));
+      e.object().emplace_back("shape", IntArray(t.shape));
+      e.object().emplace_back("stride", IntArray(t.stride));
+      e.object().emplace_back("storage_offset", Json(t.storage_offset));
+      if (hash) e.object().emplace_back("sha256", Json(hashes[i]));
+      tensors.array().push_back(std::move(e));
+    }
+    root.object().emplace_back("tensors", std::move(tensors));
+    if (ckpt->format == CheckpointFormat::kTorchScript) {
+      Json extra = Json::MakeObject();
+      for (const auto& kv : ckpt->extra_files) {
+        extra.object().emplace_back(kv.first, Json(kv.second));
+      }
+      root.object().emplace_back("extra_files", std::move(extra));
+    }
+    out << root.Dump(true) << "\n";
+    return 0;
+  }
+  // Readable table.
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"NAME", "DTYPE", "SHAPE", "BYTES", "LOCATION"});
+  if (hash) rows[0].push_back("SHA256");
+  uint64_t total = 0;
+  for (size_t i = 0; i < ckpt->tensors.size(); ++i) {
+    const TensorInfo& t = ckpt->tensors[i];
+    uint64_t bytes = static_cast<uint64_t>(t.NumElements()) * DTypeSize(t.dtype);
+    total += bytes;
+    std::vector<std::string> row = {
+        t.name, std::string(DTypeName(t.dtype)), ShapeText(t.shape),
+        absl::StrCat(bytes), ckpt->storages[t.storage_index].location};
+    if (hash) row.push_back(hashes[i]);
+    rows.push_back(std::move(row));
+  }
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (const auto& r : rows) {
+    for (size_t c = 0; c < r.size(); ++c) width[c] = std::max(width[c], r[c].size());
+  }
+  out << path << ": " << CheckpointFormatName(ckpt->format) << ", "
+      << ckpt->tensors.size() << " tensors, " << ckpt->storages.size()
+      << " storages, " << total << " bytes\n";
+  for (const auto& r : rows) {
+    std::string line;
+    for (size_t c = 0; c < r.size(); ++c) {
+      bool right = c == 3;
+      std::string cell = r[c];
+      std::string pad(width[c] - cell.size(), ' ');
+      line += right ? pad + cell : cell + (c + 1 < r.size() ? pad : "");
+      if (c + 1 < r.size()) line += "  ";
+    }
+    out << line << "\n";
+  }
+  if (!ckpt->extra_files.empty()) {
+    out << "extra files:";
+    for (const auto& kv : ckpt->extra_files) {
+      out << " " << kv.first << " (" << kv.second.size() << " bytes)";
+    }
+    out << "\n";
+  }
+  return 0;
+}
+
+}  // namespace weightd

@@ -1,0 +1,262 @@
+#include "loader/format/legacy.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "loader/common/status_macros.h"
+#include "loader/format/pickle.h"
+#include "loader/format/pytree.h"
+
+namespace weightd {
+namespace {
+
+// 0x1950a86a20f9469cfc6c
+constexpr char kMagicDecimal[] = "119547037146038801333356";
+constexpr char kMagicLong1[] = "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+constexpr int64_t kProtocolVersion = 1001;
+
+absl::Status Invalid(const ReadOptions& options, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(FilePrefix(options), what));
+}
+
+bool AsText(const PyValue* v, std::string* out) {
+  if (v->kind == PyKind::kStr || v->kind == PyKind::kBytes) {
+    *out = v->s;
+    return true;
+  }
+  if (v->kind == PyKind::kInt) {
+    *out = absl::StrCat(v->i);
+    return true;
+  }
+  return false;
+}
+
+struct LegacyStorage {
+  std::string key;
+  std::string location;
+  DType dtype;
+  uint64_t numel;
+  size_t index;  // in Checkpoint::storages
+};
+
+struct LegacyView {
+  std::string root_key;
+  uint64_t offset;  // elements
+  uint64_t numel;
+  size_t index;
+};
+
+}  // namespace
+
+bool LooksLikeTorchLegacy(absl::string_view bytes) {
+  // Protocol 2+ pickles of the magic number: PROTO n, LONG1 10 bytes.
+  if (bytes.size() >= 14 && static_cast<uint8_t>(bytes[0]) == 0x80 &&
+      bytes.substr(2, 12) == absl::string_view(kMagicLong1, 12)) {
+    return true;
+  }
+  // Protocols 0/1: LONG text.
+  return bytes.substr(0, 26) == "L119547037146038801333356";
+}
+
+bool LooksLikeTar(absl::string_view bytes) {
+  return bytes.size() >= 263 && bytes.substr(257, 5) == "ustar";
+}
+
+absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
+                                           const ReadOptions& options) {
+  Checkpoint ckpt;
+  ckpt.format = CheckpointFormat::kTorchLegacy;
+  std::vector<LegacyStorage> roots;
+  absl::flat_hash_map<std::string, size_t> root_by_key;
+  std::vector<LegacyView> views;
+  absl::flat_hash_map<std::string, size_t> view_by_key;
+
+  auto root_storage = [&](const std::string& key, const std::string& location,
+                          DType dtype, uint64_t numel)
+      -> absl::StatusOr<size_t> {
+    auto it = root_by_key.find(key);
+    if (it != root_by_key.end()) return roots[it->second].index;
+    StorageInfo info;
+    info.key = key;
+    info.location = location;
+    info.dtype = dtype;
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(dtype)),
+                               &info.num_bytes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("storage \"", key, "\" size overflows"));
+    }
+    size_t index = ckpt.storages.size();
+    ckpt.storages.push_back(std::move(info));
+    root_by_key.emplace(key, roots.size());
+    roots.push_back(LegacyStorage{key, location, dtype, numel, index});
+    return index;
+  };
+
+  PersistentLoader loader = [&](Unpickler& u,
+                                PyValue* pid) -> absl::StatusOr<PyValue*> {
+    if (pid->kind != PyKind::kTuple || pid->items.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("persistent id is a ", PyTypeName(pid)));
+    }
+    std::string type_name;
+    AsText(pid->items[0], &type_name);
+    if (type_name == "module") {
+      return absl::InvalidArgumentError(
+          "unsupported: pickled nn.Module (legacy 'module' persistent id); "
+          "save a state_dict instead");
+    }
+    if (type_name != "storage" || pid->items.size() != 6) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported persistent id \"", type_name, "\" with ",
+                       pid->items.size(), " fields"));
+    }
+    const PyValue* type = pid->items[1];
+    std::string key, location;
+    if (!AsText(pid->items[2], &key) || !AsText(pid->items[3], &location)) {
+      return absl::InvalidArgumentError("bad storage key or location");
+    }
+    const PyValue* numel = pid->items[4];
+    if (numel->kind != PyKind::kInt || numel->i < 0) {
+      return absl::InvalidArgumentError("storage numel is not a non-negative int");
+    }
+    DType dtype;
+    if (type->kind == PyKind::kDType) {
+      dtype = type->dtype;
+    } else if (type->kind == PyKind::kGlobal) {
+      absl::string_view cls = type->s;
+      size_t dot = cls.rfind('.');
+      if (dot != absl::string_view::npos) cls = cls.substr(dot + 1);
+      ASSIGN_OR_RETURN(dtype, DTypeFromStorageClass(cls));
+    } else {
+      return absl::InvalidArgumentError("storage type is not a storage class");
+    }
+    ASSIGN_OR_RETURN(size_t index,
+                     root_storage(key, location, dtype,
+                                  static_cast<uint64_t>(numel->i)));
+    const PyValue* view = pid->items[5];
+    if (view->kind != PyKind::kNone) {
+      // (view_key, offset, view_size), in elements of the root's dtype.
+      std::string view_key;
+      if (view->kind != PyKind::kTuple || view->items.size() != 3 ||
+          !AsText(view->items[0], &view_key) ||
+          view->items[1]->kind != PyKind::kInt ||
+          view->items[2]->kind != PyKind::kInt || view->items[1]->i < 0 ||
+          view->items[2]->i < 0) {
+        return absl::InvalidArgumentError("bad storage view metadata");
+      }
+      auto it = view_by_key.find(view_key);
+      if (it == view_by_key.end()) {
+        StorageInfo info = ckpt.storages[index];
+        info.key = view_key;
+        size_t vindex = ckpt.storages.size();
+        ckpt.storages.push_back(std::move(info));
+        it = view_by_key.emplace(view_key, views.size()).first;
+        views.push_back(LegacyView{key,
+                                   static_cast<uint64_t>(view->items[1]->i),
+                                   static_cast<uint64_t>(view->items[2]->i),
+                                   vindex});
+      }
+      index = views[it->second].index;
+    }
+    PyValue* v = u.NewValue(PyKind::kStorage);
+    v->index = static_cast<int64_t>(index);
+    v->dtype = ckpt.storages[index].dtype;
+    return v;
+  };
+
+  UnpicklerOptions uo;
+  uo.context = options.file_name;
+  uo.encoding = ToStringEncoding(options.encoding);
+  uo.max_mark_depth = options.max_mark_depth;
+  uo.max_string_bytes = options.max_string_bytes;
+  uo.max_values = options.max_pickle_values;
+  uo.max_dims = options.max_dims;
+  Unpickler u(file_bytes, uo, loader);
+
+  ASSIGN_OR_RETURN(PyValue * magic, u.Load());
+  if (magic->kind != PyKind::kBigInt || magic->s != kMagicDecimal) {
+    return Invalid(options, "invalid magic number; not a legacy torch file");
+  }
+  ASSIGN_OR_RETURN(PyValue * protocol, u.Load());
+  if (protocol->kind != PyKind::kInt || protocol->i != kProtocolVersion) {
+    return Invalid(options, absl::StrCat("unsupported legacy protocol version ",
+                                         PyStr(protocol)));
+  }
+  ASSIGN_OR_RETURN(PyValue * sys_info, u.Load());
+  if (sys_info->kind != PyKind::kDict) {
+    return Invalid(options, "legacy sys_info is not a dict");
+  }
+  ASSIGN_OR_RETURN(PyValue * root, u.Load());
+  ASSIGN_OR_RETURN(PyValue * keys, u.Load());
+  if (keys->kind != PyKind::kList && keys->kind != PyKind::kTuple) {
+    return Invalid(options, "legacy storage key list is not a list");
+  }
+  // Raw storages follow, in key-list order.
+  uint64_t pos = u.offset();
+  for (const PyValue* k : keys->items) {
+    std::string key;
+    if (!AsText(k, &key)) return Invalid(options, "storage key is not a string");
+    auto it = root_by_key.find(key);
+    if (it == root_by_key.end()) {
+      return Invalid(options, absl::StrCat("storage \"", key,
+                                           "\" is listed but never used"));
+    }
+    LegacyStorage& s = roots[it->second];
+    if (file_bytes.size() - pos < 8) {
+      return Invalid(options, absl::StrCat("storage \"", key,
+                                           "\" is missing (file truncated at "
+                                           "byte ", file_bytes.size(), ")"));
+    }
+    uint64_t numel = 0;
+    for (int b = 7; b >= 0; --b) {
+      numel = (numel << 8) | static_cast<uint8_t>(file_bytes[pos + b]);
+    }
+    pos += 8;
+    if (numel != s.numel) {
+      return Invalid(options, absl::StrCat("storage \"", key, "\" holds ",
+                                           numel, " elements, its persistent "
+                                           "id declares ", s.numel));
+    }
+    StorageInfo& info = ckpt.storages[s.index];
+    if (file_bytes.size() - pos < info.num_bytes) {
+      return Invalid(options,
+                     absl::StrCat("storage \"", key, "\" record is ",
+                                  file_bytes.size() - pos, " bytes, needs ",
+                                  info.num_bytes, " (file truncated)"));
+    }
+    info.file_offset = pos;
+    pos += info.num_bytes;
+    s.numel = UINT64_MAX;  // mark as placed
+  }
+  for (const LegacyStorage& s : roots) {
+    if (s.numel != UINT64_MAX) {
+      return Invalid(options, absl::StrCat("storage \"", s.key,
+                                           "\" is not in the storage list"));
+    }
+  }
+  for (const LegacyView& v : views) {
+    const StorageInfo& root_info = ckpt.storages[roots[root_by_key[v.root_key]].index];
+    StorageInfo& info = ckpt.storages[v.index];
+    uint64_t elem = DTypeSize(info.dtype);
+    uint64_t off, len, end;
+    if (__builtin_mul_overflow(v.offset, elem, &off) ||
+        __builtin_mul_overflow(v.numel, elem, &len) ||
+        __builtin_add_overflow(off, len, &end) || end > root_info.num_bytes) {
+      return Invalid(options, absl::StrCat("storage view \"", info.key,
+                                           "\" lies outside storage \"",
+                                           v.root_key, "\""));
+    }
+    info.file_offset = root_info.file_offset + off;
+    info.num_bytes = len;
+  }
+  std::vector<NamedTensor> named;
+  PickleResult result = u.Release();
+  RETURN_IF_ERROR(WalkPyTree(root, "", options, result.heap->size(), &named,
+                             &ckpt.metadata));
+  RETURN_IF_ERROR(AddTensors(named, result.tensors, options, &ckpt));
+  return ckpt;
+}
+
+}  // namespace weightd
