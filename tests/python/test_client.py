@@ -209,6 +209,20 @@ class LeaseTest(ClientTestBase):
         del model
         gc.collect()
 
+    def test_dropped_client_keeps_its_session_while_tensors_live(self):
+        model = weightd.Client(self.daemon.address).load(self.fixture.path)
+        gc.collect()
+        session = self.daemon.load_requests[-1].lease_session
+        self.assertFalse(self.daemon.wait_for(
+            lambda: session in self.daemon.ended_sessions, 0.3))
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)
+        self.assertEqual(model["c.int64"].tolist() if hasattr(model["c.int64"], "tolist")
+                         else None, [-1, 2 ** 40, 7])
+        del model
+        self.assertTrue(_collect_until(lambda: session in self.daemon.ended_sessions,
+                                       self.daemon))
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 0)
+
     def test_unload_refused_while_leased(self):
         model = self.client.load(self.fixture.path)
         with self.assertRaises(weightd.WeightdError) as caught:

@@ -140,6 +140,12 @@ class FakeSession:
     def release(self, model_id):
         self.released.append(model_id)
 
+    def load_started(self):
+        pass
+
+    def load_done(self):
+        pass
+
 
 @unittest.skipIf(torch is None, "torch is not installed")
 class ArenaTest(unittest.TestCase):

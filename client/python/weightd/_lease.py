@@ -22,6 +22,9 @@ class LeaseSession:
         self.error = None
         self.closed = False
         self.events = []  # (kind name, model_id, error) as they arrive; for diagnostics
+        self._outstanding = 0  # loads whose lease is not yet released
+        self._orphaned = False
+        self._orphan_channel = None
         self._call = stub.Lease(self._request_iterator())
         self._thread = threading.Thread(target=self._consume, name="weightd-lease", daemon=True)
         self._thread.start()
@@ -60,6 +63,34 @@ class LeaseSession:
             self.closed = True
             self._opened.set()
 
+    def load_started(self):
+        with self._lock:
+            self._outstanding += 1
+
+    def load_done(self):
+        """A load's lease was released; closes an orphaned session once none is left."""
+        with self._lock:
+            self._outstanding -= 1
+            close = self._orphaned and self._outstanding == 0
+        if close:
+            self._close_orphan()
+
+    def orphan(self, channel):
+        """The Client is gone: keep the stream (and `channel`) open until the last tensor of
+        its loads is gone, then close both."""
+        with self._lock:
+            self._orphaned = True
+            self._orphan_channel = channel
+            close = self._outstanding == 0
+        if close:
+            self._close_orphan()
+
+    def _close_orphan(self):
+        self.close(timeout=0 if threading.current_thread() is self._thread else 5.0)
+        channel, self._orphan_channel = self._orphan_channel, None
+        if channel is not None:
+            channel.close()
+
     @property
     def alive(self):
         return not self.closed
@@ -74,12 +105,11 @@ class LeaseSession:
 
     def close(self, timeout=5.0):
         """Ends the stream; the daemon drops every lease of the session."""
-        if threading.current_thread() is self._thread:
-            return
         self.closed = True
         self._requests.put(_END)
         self._call.cancel()
-        self._thread.join(timeout)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
 
 class LoadLease:
@@ -92,6 +122,7 @@ class LoadLease:
         self._lock = threading.Lock()
         self._left = len(anchors)
         self.released = threading.Event()
+        session.load_started()
         if not anchors:
             self._release()
             return
@@ -109,3 +140,4 @@ class LoadLease:
     def _release(self):
         self._session.release(self._model_id)
         self.released.set()
+        self._session.load_done()

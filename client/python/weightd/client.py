@@ -118,8 +118,18 @@ class Client:
         self.close()
 
     def __del__(self):
+        # A Client dropped while tensors of its loads live (`Client().load(path)`) keeps its
+        # lease session and channel open until the last of those tensors is gone.
         try:
-            self.close()
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                lease, self._lease = self._lease, None
+            if lease is not None and lease.alive:
+                lease.orphan(self._channel)
+            else:
+                self._channel.close()
         except Exception:
             pass
 
