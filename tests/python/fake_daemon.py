@@ -144,6 +144,7 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
         self._socket_dir = tempfile.mkdtemp(prefix="wd-", dir="/tmp")
         self.address = "unix:" + os.path.join(self._socket_dir, "weightd.sock")
         self.fixtures = {}  # realpath -> (model_id, Fixture)
+        self.custom = {}  # realpath -> (model_id, ModelDescription): served as is
         self.load_requests = []
         self.leases = collections.Counter()  # (session, model_id) -> count
         self.lease_log = []  # (session, "acquire"|"release"|"end", model_id)
@@ -175,6 +176,10 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
         self.fixtures[os.path.realpath(fixture.path)] = (model_id, fixture)
         return model_id, fixture
 
+    def register(self, path, model_id, description):
+        """Serves `description` as is for loads of `path` (a file under self.root)."""
+        self.custom[os.path.realpath(path)] = (model_id, description)
+
     def wait_for(self, predicate, timeout=10.0):
         with self.cond:
             return self.cond.wait_for(predicate, timeout)
@@ -200,6 +205,14 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
                           "%s: outside the model roots (%s)" % (request.path, self.root))
         if not os.path.exists(real):
             context.abort(grpc.StatusCode.NOT_FOUND, "%s: no such file" % request.path)
+        if real in self.custom:
+            model_id, description = self.custom[real]
+            if request.lease_session:
+                with self.cond:
+                    self.leases[(request.lease_session, model_id)] += 1
+                    self.lease_log.append((request.lease_session, "acquire", model_id))
+            yield pb.LoadEvent(model=description)
+            return
         if real not in self.fixtures:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "%s: not a checkpoint (bad zip magic at offset 0)" % request.path)

@@ -328,7 +328,13 @@ class NumpyLoadTest(ClientTestBase):
     def test_numpy_lease_release(self):
         model = self.load()
         session = self.client.session_id
+        window = model["b.window"]
         del model
+        gc.collect()
+        self.assertFalse(self.daemon.wait_for(
+            lambda: self.daemon.leases[(session, self.model_id)] == 0, 0.3))
+        self.assertEqual(window.tolist(), [[7, 8, 9], [12, 13, 14]])
+        del window
         self.assertTrue(_collect_until(
             lambda: self.daemon.leases[(session, self.model_id)] == 0, self.daemon))
 
@@ -336,6 +342,22 @@ class NumpyLoadTest(ClientTestBase):
         tensors = self.client.read_tensors(self.model_id)
         np.testing.assert_array_equal(tensors["b.window"], [[7, 8, 9], [12, 13, 14]])
         np.testing.assert_array_equal(tensors["d.bf16"], self.fixture.expected["d.bf16"])
+
+
+class WithoutTorchTest(unittest.TestCase):
+    def test_package_and_numpy_tests_without_torch(self):
+        """The package imports and serves numpy arrays where torch is not installed."""
+        import subprocess
+        import sys
+        code = ("import sys; sys.modules['torch'] = None; import run_tests, weightd; "
+                "assert weightd.Client('unix:/x').backend == 'numpy'; "
+                "sys.exit(run_tests.main(['test_client.NumpyLoadTest', 'test_client.LeaseTest', "
+                "'test_client.ErrorTest']))")
+        env = dict(os.environ, XML_OUTPUT_FILE="")
+        done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(
+            os.path.abspath(__file__)), env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stdout.decode(errors="replace"))
 
 
 if __name__ == "__main__":

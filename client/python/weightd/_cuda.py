@@ -26,8 +26,9 @@ def _error(message, code=grpc.StatusCode.FAILED_PRECONDITION):
 
 def normalize_uuid(uuid):
     """'GPU-58A7E6F5-...' / '58a7e6f5-...' / 16 raw bytes -> '58a7e6f5...' (32 hex digits)."""
-    if isinstance(uuid, (bytes, bytearray)) and len(uuid) == 16:
-        return bytes(uuid).hex()
+    raw = getattr(uuid, "bytes", uuid)  # torch's _CUuuid has .bytes
+    if isinstance(raw, (bytes, bytearray)) and len(raw) == 16:
+        return bytes(raw).hex()
     text = str(uuid).strip().lower()
     if text.startswith("gpu-"):
         text = text[4:]

@@ -76,11 +76,13 @@ class TorchBackend:
         self.torch = torch
 
     def host_storage(self, buffer, offset, nbytes):
+        """(uint8 tensor over nbytes of `buffer` at offset, the object it keeps alive)."""
         with warnings.catch_warnings():
             # The mapping is read-only by contract; torch warns that it is not writable.
             warnings.simplefilter("ignore", UserWarning)
+            # torch.frombuffer holds `buffer` (this load's memoryview) until the storage dies.
             return self.torch.frombuffer(buffer, dtype=self.torch.uint8, count=nbytes,
-                                         offset=offset)
+                                         offset=offset), buffer
 
     def cuda_storage(self, cuda_bytes, device):
         return self.torch.as_tensor(cuda_bytes, device="cuda:%d" % device)
@@ -109,6 +111,12 @@ class TorchBackend:
         return self._finish(flat.reshape(tuple(t.shape)), t)
 
 
+class _ArrayHolder:
+    def __init__(self, array):
+        self.array = array
+        self.__array_interface__ = array.__array_interface__
+
+
 class NumpyBackend:
     name = "numpy"
 
@@ -116,7 +124,11 @@ class NumpyBackend:
         self.np = np
 
     def host_storage(self, buffer, offset, nbytes):
-        return self.np.frombuffer(buffer, dtype=self.np.uint8, count=nbytes, offset=offset)
+        # np.frombuffer keeps a fresh memoryview of the mapping, not `buffer`: hang the array
+        # on a holder every view's base chain keeps alive, and anchor the lease on that.
+        flat = self.np.frombuffer(buffer, dtype=self.np.uint8, count=nbytes, offset=offset)
+        holder = _ArrayHolder(flat)
+        return self.np.asarray(holder), holder
 
     def cuda_storage(self, cuda_bytes, device):
         raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -145,7 +157,8 @@ class NumpyBackend:
 
 def materialize(description, backend, torch=None):
     """Returns (entries, anchors): the tensors in the daemon's order, and the per-load objects
-    every tensor keeps alive (one per mapped host buffer, one per GPU storage). When the last
+    every tensor keeps alive (torch: one memoryview per mapped host buffer; numpy: one holder
+    per host storage; one CudaBytes per GPU storage). When the last
     anchor is collected no tensor of this load is left."""
     buffers = description.buffers
     infos = []
@@ -198,7 +211,6 @@ def materialize(description, backend, torch=None):
                 if size > len(mapping):
                     raise _bad("buffer %d: %d bytes described, %d mapped"
                                % (index, size, len(mapping)))
-                anchors.append(view)
                 opened[index] = ("host", view, size)
         entry = opened[index]
         limit = entry[1].size if entry[0] == "gpu" else entry[2]
@@ -208,7 +220,9 @@ def materialize(description, backend, torch=None):
             raise _bad("tensor %s extends past its buffer (%d bytes at %d, buffer of %d)"
                        % (names[0], extent, offset, limit))
         if entry[0] == "host":
-            storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
+            storages[(index, offset)], anchor = backend.host_storage(entry[1], offset, extent)
+            if not any(a is anchor for a in anchors):
+                anchors.append(anchor)
         else:
             cuda_bytes = entry[1].bytes_at(offset, extent)
             anchors.append(cuda_bytes)
