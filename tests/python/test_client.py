@@ -278,6 +278,9 @@ class ErrorTest(ClientTestBase):
         with self.assertRaises(weightd.WeightdError) as caught:
             client.list()
         self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
+        with self.assertRaises(weightd.WeightdError) as caught:
+            client.load(self.fixture.path)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE)
         client.close()
 
 

@@ -1,12 +1,16 @@
 """Turns a ModelDescription into tensors over the bytes the daemon points at."""
 import collections
 import json
+import threading
 import warnings
 
 import grpc
 
 from . import _cuda, _dtypes, _host
 from .errors import WeightdError
+
+
+_warnings_lock = threading.Lock()  # catch_warnings swaps process-wide state
 
 
 def _bad(message):
@@ -77,7 +81,7 @@ class TorchBackend:
 
     def host_storage(self, buffer, offset, nbytes):
         """(uint8 tensor over nbytes of `buffer` at offset, the object it keeps alive)."""
-        with warnings.catch_warnings():
+        with _warnings_lock, warnings.catch_warnings():
             # The mapping is read-only by contract; torch warns that it is not writable.
             warnings.simplefilter("ignore", UserWarning)
             # torch.frombuffer holds `buffer` (this load's memoryview) until the storage dies.
@@ -234,14 +238,20 @@ def materialize(description, backend, torch=None):
         if t.buffer_index < 0:
             entries[t.name] = backend.empty(t, "meta")
         elif extent == 0:
-            entries[t.name] = backend.empty(t, _empty_device(buffers[t.buffer_index], t))
+            entries[t.name] = backend.empty(t, _empty_device(buffers[t.buffer_index], t,
+                                                             torch))
         else:
             entries[t.name] = backend.view(storages[(t.buffer_index, t.storage_byte_offset)], t,
                                            extent)
     return entries, anchors
 
 
-def _empty_device(buffer, t):
-    if buffer.WhichOneof("kind") == "gpu" and not buffer.gpu.fake:
-        return t.placed_location or "cuda"
-    return "cpu"
+def _empty_device(buffer, t, torch):
+    """Where a tensor without elements goes: its arena's GPU (as this process numbers it)."""
+    if buffer.WhichOneof("kind") != "gpu" or buffer.gpu.fake:
+        return "cpu"
+    if torch is None or not torch.cuda.is_available():
+        raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "tensor %s lives on GPU %s; this process has no torch with CUDA"
+                           % (t.name, buffer.gpu.gpu_uuid))
+    return "cuda:%d" % _cuda.device_for_uuid(_cuda.visible_gpu_uuids(torch), buffer.gpu.gpu_uuid)
