@@ -141,15 +141,20 @@ void Json::DumpTo(std::string* out, bool pretty, int indent) const {
       AppendJsonString(string_, out);
       break;
     case Type::kArray: {
+      // Pretty output keeps arrays of scalars on one line: [2, 3].
+      bool flat = true;
+      for (const Json& v : array_) {
+        if (v.is_array() || v.is_object()) flat = false;
+      }
       out->push_back('[');
       bool first = true;
       for (const Json& v : array_) {
-        if (!first) out->push_back(',');
+        if (!first) out->append(pretty && flat ? ", " : ",");
         first = false;
-        if (pretty) Newline(out, indent + 1);
+        if (pretty && !flat) Newline(out, indent + 1);
         v.DumpTo(out, pretty, indent + 1);
       }
-      if (pretty && !array_.empty()) Newline(out, indent);
+      if (pretty && !flat && !array_.empty()) Newline(out, indent);
       out->push_back(']');
       break;
     }

@@ -38,7 +38,10 @@ TEST(JsonTest, PrettyPrint) {
   Json arr = Json::MakeArray();
   arr.Append("s");
   o.Set("y", arr);
-  EXPECT_EQ(o.Dump(true), "{\n  \"x\": 1,\n  \"y\": [\n    \"s\"\n  ]\n}");
+  EXPECT_EQ(o.Dump(true), "{\n  \"x\": 1,\n  \"y\": [\"s\"]\n}");
+  Json nested = Json::MakeArray();
+  nested.Append(Json::MakeObject());
+  EXPECT_EQ(nested.Dump(true), "[\n  {}\n]");
 }
 
 TEST(JsonTest, DoublesRoundTrip) {

@@ -19,7 +19,7 @@ class Walker {
     if (depth > options_.max_depth) {
       return absl::InvalidArgumentError(absl::StrCat(
           FilePrefix(options_), "values nested deeper than ",
-          options_.max_depth, " at \"", path.substr(0, 200), "\""));
+          options_.max_depth));
     }
     if (++visits_ > budget_) {
       return absl::InvalidArgumentError(absl::StrCat(

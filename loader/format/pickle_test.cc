@@ -1,0 +1,304 @@
+#include "loader/format/pickle.h"
+
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "loader/format/pytree.h"
+
+namespace weightd {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The same object pickled by CPython 3.11 with protocols 0..5:
+// {'a': [1, -2, 300, 70000, 2**40, -2**63, 2**70], 'b': (1.5, None, True,
+// False), 'c': 'h\u00e9llo', 'd': b'\x00\xff', 'e': {3, 4}, 'f':
+// frozenset([5]), 'g': bytearray(b'xy'), 'h': complex(1, 2), 'i':
+// OrderedDict([('k', 1)]), 'j': [[], ()]}
+const char* kProtocols[] = {
+    // protocol 0
+    "286470300a56610a70310a286c70320a49310a61492d320a61493330300a6149373030"
+    "30300a614c313039393531313632373737364c0a614c2d393232333337323033363835"
+    "343737353830384c0a614c313138303539313632303731373431313330333432344c0a"
+    "617356620a70330a2846312e350a4e4930310a4930300a7470340a7356630a70350a56"
+    "68e96c6c6f0a70360a7356640a70370a635f636f646563730a656e636f64650a70380a"
+    "28565c7530303030ff0a70390a566c6174696e310a7031300a747031310a527031320a"
+    "7356650a7031330a635f5f6275696c74696e5f5f0a7365740a7031340a28286c703135"
+    "0a49330a6149340a61747031360a527031370a7356660a7031380a635f5f6275696c74"
+    "696e5f5f0a66726f7a656e7365740a7031390a28286c7032300a49350a61747032310a"
+    "527032320a7356670a7032330a635f5f6275696c74696e5f5f0a627974656172726179"
+    "0a7032340a2867380a285678790a7032350a6731300a747032360a527032370a747032"
+    "380a527032390a7356680a7033300a635f5f6275696c74696e5f5f0a636f6d706c6578"
+    "0a7033310a2846312e300a46322e300a747033320a527033330a7356690a7033340a63"
+    "636f6c6c656374696f6e730a4f726465726564446963740a7033350a2874527033360a"
+    "566b0a7033370a49310a7373566a0a7033380a286c7033390a286c7034300a61287461"
+    "732e",
+    // protocol 1
+    "7d71002858010000006171015d7102284b014afeffffff4d2c014a701101004c313039"
+    "393531313632373737364c0a4c2d393232333337323033363835343737353830384c0a"
+    "4c313138303539313632303731373431313330333432344c0a65580100000062710328"
+    "473ff80000000000004e4930310a4930300a7471045801000000637105580600000068"
+    "c3a96c6c6f71065801000000647107635f636f646563730a656e636f64650a71082858"
+    "0300000000c3bf710958060000006c6174696e31710a74710b52710c58010000006571"
+    "0d635f5f6275696c74696e5f5f0a7365740a710e285d710f284b034b04657471105271"
+    "115801000000667112635f5f6275696c74696e5f5f0a66726f7a656e7365740a711328"
+    "5d71144b05617471155271165801000000677117635f5f6275696c74696e5f5f0a6279"
+    "746561727261790a711828680828580200000078797119680a74711a52711b74711c52"
+    "711d580100000068711e635f5f6275696c74696e5f5f0a636f6d706c65780a711f2847"
+    "3ff0000000000000474000000000000000747120527121580100000069712263636f6c"
+    "6c656374696f6e730a4f726465726564446963740a71232952712458010000006b7125"
+    "4b017358010000006a71265d7127285d71282965752e",
+    // protocol 2
+    "80027d71002858010000006171015d7102284b014afeffffff4d2c014a701101008a06"
+    "0000000000018a0800000000000000808a090000000000000000406558010000006271"
+    "0328473ff80000000000004e88897471045801000000637105580600000068c3a96c6c"
+    "6f71065801000000647107635f636f646563730a656e636f64650a7108580300000000"
+    "c3bf710958060000006c6174696e31710a86710b52710c580100000065710d635f5f62"
+    "75696c74696e5f5f0a7365740a710e5d710f284b034b04658571105271115801000000"
+    "667112635f5f6275696c74696e5f5f0a66726f7a656e7365740a71135d71144b056185"
+    "71155271165801000000677117635f5f6275696c74696e5f5f0a627974656172726179"
+    "0a71186808580200000078797119680a86711a52711b85711c52711d58010000006871"
+    "1e635f5f6275696c74696e5f5f0a636f6d706c65780a711f473ff00000000000004740"
+    "00000000000000867120527121580100000069712263636f6c6c656374696f6e730a4f"
+    "726465726564446963740a71232952712458010000006b71254b017358010000006a71"
+    "265d7127285d71282965752e",
+    // protocol 3
+    "80037d71002858010000006171015d7102284b014afeffffff4d2c014a701101008a06"
+    "0000000000018a0800000000000000808a090000000000000000406558010000006271"
+    "0328473ff80000000000004e88897471045801000000637105580600000068c3a96c6c"
+    "6f71065801000000647107430200ff71085801000000657109636275696c74696e730a"
+    "7365740a710a5d710b284b034b046585710c52710d580100000066710e636275696c74"
+    "696e730a66726f7a656e7365740a710f5d71104b056185711152711258010000006771"
+    "13636275696c74696e730a6279746561727261790a7114430278797115857116527117"
+    "5801000000687118636275696c74696e730a636f6d706c65780a7119473ff000000000"
+    "000047400000000000000086711a52711b580100000069711c63636f6c6c656374696f"
+    "6e730a4f726465726564446963740a711d2952711e58010000006b711f4b0173580100"
+    "00006a71205d7121285d71222965752e",
+    // protocol 4
+    "800495fc000000000000007d94288c0161945d94284b014afeffffff4d2c014a701101"
+    "008a060000000000018a0800000000000000808a09000000000000000040658c016294"
+    "28473ff80000000000004e888974948c0163948c0668c3a96c6c6f948c016494430200"
+    "ff948c0165948f94284b034b04908c016694284b0591948c0167948c086275696c7469"
+    "6e73948c096279746561727261799493944302787994859452948c016894680e8c0763"
+    "6f6d706c6578949394473ff0000000000000474000000000000000869452948c016994"
+    "8c0b636f6c6c656374696f6e73948c0b4f726465726564446963749493942952948c01"
+    "6b944b01738c016a945d94285d942965752e",
+    // protocol 5
+    "800595ef000000000000007d94288c0161945d94284b014afeffffff4d2c014a701101"
+    "008a060000000000018a0800000000000000808a09000000000000000040658c016294"
+    "28473ff80000000000004e888974948c0163948c0668c3a96c6c6f948c016494430200"
+    "ff948c0165948f94284b034b04908c016694284b0591948c0167949602000000000000"
+    "007879948c0168948c086275696c74696e73948c07636f6d706c6578949394473ff000"
+    "0000000000474000000000000000869452948c0169948c0b636f6c6c656374696f6e73"
+    "948c0b4f726465726564446963749493942952948c016b944b01738c016a945d94285d"
+    "942965752e",
+};
+
+constexpr char kExpectedJson[] =
+    R"({"a":[1,-2,300,70000,1099511627776,-9223372036854775808,)"
+    R"("1180591620717411303424"],"b":[1.5,null,true,false],"c":"h\u00e9llo",)"
+    R"("d":{"__bytes__":"AP8="},"e":[3,4],"f":[5],"g":{"__bytes__":"eHk="},)"
+    R"("h":{"__complex__":[1.0,2.0]},"i":{"k":1},"j":[[],[]]})";
+
+// A string literal with embedded NULs.
+template <size_t N>
+std::string B(const char (&a)[N]) {
+  return std::string(a, N - 1);
+}
+
+absl::StatusOr<std::string> ToJson(absl::string_view data,
+                                   UnpicklerOptions options = {}) {
+  Unpickler u(data, options, nullptr);
+  auto root = u.Load();
+  if (!root.ok()) return root.status();
+  PickleResult r = u.Release();
+  std::vector<NamedTensor> named;
+  Json j;
+  ReadOptions ro;
+  absl::Status s = WalkPyTree(*root, "", ro, r.heap->size(), &named, &j);
+  if (!s.ok()) return s;
+  return j.Dump();
+}
+
+TEST(PickleTest, AllProtocols) {
+  auto want = ParseJson(kExpectedJson);
+  ASSERT_TRUE(want.ok());
+  for (int p = 0; p < 6; ++p) {
+    SCOPED_TRACE(p);
+    auto json = ToJson(absl::HexStringToBytes(kProtocols[p]));
+    ASSERT_TRUE(json.ok()) << json.status();
+    EXPECT_EQ(*json, want->Dump());
+  }
+}
+
+TEST(PickleTest, EveryTruncationFails) {
+  std::string data = absl::HexStringToBytes(kProtocols[4]);
+  for (size_t n = 0; n + 1 < data.size(); ++n) {
+    EXPECT_FALSE(ToJson(data.substr(0, n)).ok()) << n;
+  }
+}
+
+TEST(PickleTest, RefusesGlobalsByNameWithOffset) {
+  // cos\nsystem\n(S'echo hi'\ntR.
+  std::string evil = B("\x80\x02" "cos\nsystem\n(X\x07\x00\x00\x00echo hitR.");
+  auto r = ToJson(evil);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("refusing global \"os.system\": not in the "
+                        "weights-only allowlist (pickle byte 2)"));
+  // STACK_GLOBAL too.
+  std::string sg = B("\x80\x04\x8c\x08" "builtins" "\x8c\x04" "eval\x93.");
+  r = ToJson(sg);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("\"builtins.eval\""));
+  EXPECT_THAT(r.status().message(), HasSubstr("pickle byte 18"));
+  // Python 2 module names are mapped before the check.
+  r = ToJson(B("c__builtin__\nset\n(]tR."));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "[]");
+  r = ToJson(B("ccopy_reg\n_reconstructor\n."));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("\"copyreg._reconstructor\""));
+}
+
+TEST(PickleTest, Python2Strings) {
+  // SHORT_BINSTRING with a latin-1 byte.
+  std::string p = B("\x80\x02U\x03" "a\xe9z.");
+  UnpicklerOptions o;
+  EXPECT_FALSE(ToJson(p, o).ok());  // not UTF-8
+  o.encoding = StringEncoding::kLatin1;
+  auto r = ToJson(p, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "\"a\xc3\xa9z\"");
+  o.encoding = StringEncoding::kBytes;
+  r = ToJson(p, o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, R"({"__bytes__":"Yel6"})");
+  // Protocol 0 STRING with escapes.
+  o.encoding = StringEncoding::kUtf8;
+  r = ToJson(B("S'a\\nb'\n."), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "\"a\\nb\"");
+}
+
+TEST(PickleTest, MemoAndSharedReferences) {
+  // [x, x] where x = [] memoized: h (BINGET) returns the same object.
+  auto r = ToJson(B("\x80\x02]q\x00(]q\x01h\x01" "e."));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "[[],[]]");
+  EXPECT_FALSE(ToJson(B("\x80\x02h\x05.")).ok());  // missing memo key
+}
+
+TEST(PickleTest, StackErrors) {
+  EXPECT_FALSE(ToJson(B("a.")).ok());        // APPEND on empty stack
+  EXPECT_FALSE(ToJson(B("(N.")).ok());       // STOP with open mark
+  EXPECT_FALSE(ToJson(B("NN.")).ok());       // two values
+  EXPECT_FALSE(ToJson(B("\x80\x09N.")).ok());  // protocol 9
+  EXPECT_FALSE(ToJson(B("\xff.")).ok());     // unknown opcode
+  EXPECT_FALSE(ToJson(B("N]\x82\x01.")).ok());  // EXT1
+  EXPECT_FALSE(ToJson(B("K\x01]s.")).ok());  // SETITEM on a list
+  auto r = ToJson(B("(N."));
+  EXPECT_THAT(r.status().message(), HasSubstr("STOP with an open MARK"));
+}
+
+TEST(PickleTest, Limits) {
+  std::string marks(2000, '(');
+  UnpicklerOptions o;
+  auto r = ToJson(marks + ".", o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("MARKs nested deeper than 1000"));
+  o.max_string_bytes = 4;
+  r = ToJson(std::string("X\x05\x00\x00\x00hello.", 11), o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("string of 5 bytes, limit is 4"));
+  // A huge declared length is refused before reading.
+  r = ToJson(std::string("\x8e\xff\xff\xff\xff\xff\xff\xff\x7f.", 10));
+  ASSERT_FALSE(r.ok());
+}
+
+TEST(PickleTest, DuplicateDictKeysKeepLastValueFirstPosition) {
+  // {1: 'a', 2: 'b', 1.0: 'c'} written by hand.
+  auto r = ToJson(B("}(K\x01X\x01\x00\x00\x00" "aK\x02X\x01\x00\x00\x00" "b"
+                  "G\x3f\xf0\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00" "cu."));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, R"({"1":"c","2":"b"})");
+}
+
+TEST(PickleTest, TensorRebuildWithPersistentLoader) {
+  // ('storage', FloatStorage, '0', 'cpu', 6) -> _rebuild_tensor_v2(s, 1,
+  // (2, 2), (1, 2), False, OrderedDict())
+  std::string p =
+      B("\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\n("
+      "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0"
+      "X\x03\x00\x00\x00" "cpuK\x06tQ"
+      "K\x01K\x02K\x02\x86K\x01K\x02\x86\x89" "ccollections\nOrderedDict\n)R"
+      "tR.");
+  int calls = 0;
+  Unpickler u(p, {}, [&](Unpickler& un, PyValue* pid) -> absl::StatusOr<PyValue*> {
+    ++calls;
+    EXPECT_EQ(pid->items.size(), 5u);
+    PyValue* s = un.NewValue(PyKind::kStorage);
+    s->dtype = DType::kFloat32;
+    s->index = 0;
+    return s;
+  });
+  auto root = u.Load();
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(calls, 1);
+  ASSERT_EQ((*root)->kind, PyKind::kTensor);
+  const PickledTensor& t = u.tensors()[(*root)->index];
+  EXPECT_EQ(t.shape, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(t.stride, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(t.storage_offset, 1);
+  EXPECT_EQ(t.extent_bytes, 20u);  // (1 + 1 + 2 + 1) * 4
+}
+
+TEST(PickleTest, UnsupportedTensorKindsAreNamed) {
+  auto r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_qtensor\n)R."));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("unsupported: quantized tensor"));
+  r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\n)R."));
+  EXPECT_THAT(r.status().message(), HasSubstr("unsupported: sparse tensor"));
+  r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_nested_tensor\n)R."));
+  EXPECT_THAT(r.status().message(), HasSubstr("unsupported: nested tensor"));
+  r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_meta_tensor_no_storage\n)R."));
+  EXPECT_THAT(r.status().message(), HasSubstr("unsupported: meta tensor"));
+}
+
+TEST(PickleTest, TorchScriptClassesOnlyInTorchScriptMode) {
+  std::string p = B("\x80\x02" "c__torch__\nM\n)\x81}X\x01\x00\x00\x00" "aK\x01sb.");
+  EXPECT_FALSE(ToJson(p).ok());
+  UnpicklerOptions o;
+  o.torchscript = true;
+  auto r = ToJson(p, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, R"({"__class__":"__torch__.M","a":1})");
+}
+
+TEST(PickleTest, PyStrOfKeys) {
+  Unpickler u("", {}, nullptr);
+  PyValue* f = u.NewValue(PyKind::kFloat);
+  f->f = 0.1;
+  EXPECT_EQ(PyStr(f), "0.1");
+  f->f = 1e16;
+  EXPECT_EQ(PyStr(f), "1e+16");
+  f->f = 2.0;
+  EXPECT_EQ(PyStr(f), "2.0");
+  f->f = 1.5e-5;
+  EXPECT_EQ(PyStr(f), "1.5e-05");
+  PyValue* t = u.NewValue(PyKind::kTuple);
+  PyValue* i = u.NewValue(PyKind::kInt);
+  i->i = 2;
+  PyValue* s = u.NewValue(PyKind::kStr);
+  s->s = "x";
+  t->items = {i, s};
+  EXPECT_EQ(PyStr(t), "(2, 'x')");
+  PyValue* b = u.NewValue(PyKind::kBool);
+  b->b = true;
+  EXPECT_EQ(PyStr(b), "True");
+}
+
+}  // namespace
+}  // namespace weightd
