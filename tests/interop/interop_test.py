@@ -61,11 +61,11 @@ def rand_tensor(rnd, dtype):
 
 def rand_state(rnd, n):
     state = collections.OrderedDict()
-    shared = rand_tensor(rnd, torch.float32)
+    shared = torch.randn(rnd.randrange(1, 30))
     for i in range(n):
         r = rnd.random()
         if r < 0.1 and shared.numel() > 0:
-            state[f"shared.{i}"] = shared.view(-1)[rnd.randrange(shared.numel()):]
+            state[f"shared.{i}"] = shared[rnd.randrange(shared.numel()):]
         elif r < 0.2:
             state[f"p{i}"] = torch.nn.Parameter(torch.randn(rnd.randrange(1, 4), 2))
         else:
