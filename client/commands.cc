@@ -1,13 +1,120 @@
 #include "client/commands.h"
 
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <optional>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/inspect/inspect_command.h"
+#include "client/listing.h"
+#include "client/weightd_client.h"
+#include "loader/common/sha256.h"
+#include "loader/common/status_macros.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
 namespace weightd {
 namespace {
+
+namespace v1 = ::weightd::v1;
+
+// Flags after the command: `--name=value`, `--name value` or a bare `--switch`.
+struct CommandLine {
+  std::vector<std::string> positional;
+  std::map<std::string, std::vector<std::string>> flags;
+
+  bool Has(const std::string& name) const { return flags.count(name) > 0; }
+  std::string Get(const std::string& name,
+                  const std::string& fallback = "") const {
+    auto it = flags.find(name);
+    return it == flags.end() || it->second.empty() ? fallback
+                                                   : it->second.back();
+  }
+};
+
+absl::StatusOr<CommandLine> ParseCommandLine(
+    const std::vector<std::string>& args,
+    const std::vector<std::string>& switches,
+    const std::vector<std::string>& valued) {
+  CommandLine line;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (!absl::StartsWith(arg, "--")) {
+      line.positional.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    bool is_switch =
+        std::find(switches.begin(), switches.end(), name) != switches.end();
+    bool is_valued =
+        std::find(valued.begin(), valued.end(), name) != valued.end();
+    if (!is_switch && !is_valued)
+      return absl::InvalidArgumentError("unknown flag --" + name);
+    if (is_valued && !has_value) {
+      if (i + 1 >= args.size())
+        return absl::InvalidArgumentError("--" + name + " needs a value");
+      value = args[++i];
+    }
+    line.flags[name].push_back(value);
+  }
+  return line;
+}
+
+int Fail(std::ostream& err, const std::string& what,
+         const absl::Status& status) {
+  err << "weightctl: " << what << ": " << status.message() << "\n";
+  return 1;
+}
+
+// A one-line progress bar on a terminal; nothing when stderr is not one.
+class ProgressBar {
+ public:
+  ProgressBar() : enabled_(isatty(STDERR_FILENO)) {}
+  ~ProgressBar() {
+    if (enabled_ && drawn_) std::fprintf(stderr, "\n");
+  }
+  void Update(uint64_t done, uint64_t total) {
+    if (!enabled_ || total == 0) return;
+    constexpr int kWidth = 30;
+    int filled = static_cast<int>(kWidth * done / total);
+    std::fprintf(stderr, "\r[%s%s] %3d%% %s / %s",
+                 std::string(filled, '#').c_str(),
+                 std::string(kWidth - filled, ' ').c_str(),
+                 static_cast<int>(100 * done / total), HumanBytes(done).c_str(),
+                 HumanBytes(total).c_str());
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<WeightdClient>> ConnectOrExplain(
+    const std::string& address) {
+  auto client = WeightdClient::Connect(address);
+  if (!client.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat(client.status().message(),
+                     " (is the daemon running? start it with scripts/serve)"));
+  }
+  return client;
+}
 
 int Health(const std::string& address, const std::vector<std::string>& args,
            std::ostream& out, std::ostream& err) {
@@ -34,11 +141,281 @@ int Health(const std::string& address, const std::vector<std::string>& args,
              : 1;
 }
 
+TensorInfo InfoFromProto(const v1::Tensor& tensor) {
+  TensorInfo info;
+  info.name = tensor.name();
+  auto dtype = DTypeFromName(tensor.dtype());
+  if (dtype.ok()) info.dtype = *dtype;
+  info.shape.assign(tensor.shape().begin(), tensor.shape().end());
+  info.stride.assign(tensor.stride().begin(), tensor.stride().end());
+  info.storage_offset = tensor.storage_offset();
+  return info;
+}
+
+void PrintTensorTable(const v1::ModelDescription& model, std::ostream& out) {
+  out << absl::StrFormat(
+      "%s  %s  %s  %d tensors  %s resident\n", model.model_id(), model.path(),
+      model.format(), model.tensors_size(), HumanBytes(model.resident_bytes()));
+  out << absl::StrFormat("%-48s %-14s %-20s %12s  %s\n", "NAME", "DTYPE",
+                         "SHAPE", "BYTES", "LOCATION");
+  for (const v1::Tensor& tensor : model.tensors()) {
+    out << absl::StrFormat(
+        "%-48s %-14s %-20s %12d  %s -> %s\n", tensor.name(), tensor.dtype(),
+        absl::StrCat("[", absl::StrJoin(tensor.shape(), ", "), "]"),
+        tensor.byte_size(), tensor.saved_location(), tensor.placed_location());
+  }
+}
+
+absl::StatusOr<ClientLoadOptions> LoadOptionsFrom(const CommandLine& line) {
+  ClientLoadOptions options;
+  options.path = line.positional[0];
+  options.device = line.Get("device", "cpu");
+  options.cast_dtype = line.Get("cast");
+  options.format_hint = line.Get("format");
+  if (line.Has("map")) {
+    for (const std::string& mapping : line.flags.at("map")) {
+      std::vector<std::string> parts = absl::StrSplit(mapping, "->");
+      if (parts.size() != 2) {
+        return absl::InvalidArgumentError("--map expects FROM->TO, got \"" +
+                                          mapping + "\"");
+      }
+      options.remap[parts[0]] = parts[1];
+    }
+    if (!line.Has("device")) options.device = "";
+  }
+  if (line.Has("tensor")) options.filter = line.flags.at("tensor");
+  return options;
+}
+
+int Load(const std::string& address, const std::vector<std::string>& args,
+         std::ostream& out, std::ostream& err) {
+  auto line = ParseCommandLine(args, {"json", "hash", "quiet"},
+                               {"device", "cast", "map", "tensor", "format"});
+  if (!line.ok()) return Fail(err, "load", line.status());
+  if (line->positional.size() != 1) {
+    err << "usage: weightctl load FILE [--device DEV] [--json] [--hash] "
+           "[--cast DTYPE] "
+           "[--map FROM->TO] [--tensor NAME]\n";
+    return 2;
+  }
+  const std::string& file = line->positional[0];
+  auto options = LoadOptionsFrom(*line);
+  if (!options.ok()) return Fail(err, file, options.status());
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, file, client.status());
+  std::optional<ProgressBar> bar;
+  if (!line->Has("quiet")) bar.emplace();
+  auto model = (*client)->Load(*options, [&](uint64_t done, uint64_t total) {
+    if (bar) bar->Update(done, total);
+  });
+  bar.reset();
+  if (!model.ok()) return Fail(err, file, model.status());
+  const v1::ModelDescription& description = (*model)->description();
+  if (!line->Has("json")) {
+    PrintTensorTable(description, out);
+    return 0;
+  }
+  std::vector<TensorInfo> infos;
+  infos.reserve(description.tensors_size());
+  for (const v1::Tensor& tensor : description.tensors())
+    infos.push_back(InfoFromProto(tensor));
+  std::vector<ListedTensor> listed;
+  for (int i = 0; i < description.tensors_size(); ++i) {
+    ListedTensor item{&infos[i], std::nullopt};
+    if (line->Has("hash")) {
+      auto bytes = (*model)->ReadTensorBytes(description.tensors(i));
+      if (!bytes.ok()) return Fail(err, file, bytes.status());
+      item.sha256 = Sha256Hex(*bytes);
+    }
+    listed.push_back(std::move(item));
+  }
+  std::map<std::string, std::string> extra(description.extra_files().begin(),
+                                           description.extra_files().end());
+  out << TensorListingJson(description.format(), listed, extra,
+                           description.format() == "torchscript")
+             .Dump(true)
+      << "\n";
+  return 0;
+}
+
+int List(const std::string& address, const std::vector<std::string>& args,
+         std::ostream& out, std::ostream& err) {
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, "ls", client.status());
+  auto list = (*client)->List();
+  if (!list.ok()) return Fail(err, "ls", list.status());
+  out << absl::StrFormat("%-28s %-12s %-10s %8s %12s %6s  %s\n", "MODEL",
+                         "FORMAT", "PLACEMENT", "TENSORS", "RESIDENT", "LEASES",
+                         "PATH");
+  for (const v1::ModelSummary& model : list->models()) {
+    out << absl::StrFormat(
+        "%-28s %-12s %-10s %8d %12s %6d  %s%s\n", model.model_id(),
+        model.format(), model.placement(), model.tensor_count(),
+        HumanBytes(model.resident_bytes()), model.lease_count(), model.path(),
+        model.stale() ? " (stale)" : "");
+  }
+  return 0;
+}
+
+int Describe(const std::string& address, const std::vector<std::string>& args,
+             std::ostream& out, std::ostream& err) {
+  if (args.size() != 1) {
+    err << "usage: weightctl describe MODEL_ID\n";
+    return 2;
+  }
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, args[0], client.status());
+  auto model = (*client)->Describe(args[0]);
+  if (!model.ok()) return Fail(err, args[0], model.status());
+  PrintTensorTable(*model, out);
+  return 0;
+}
+
+int Unload(const std::string& address, const std::vector<std::string>& args,
+           std::ostream& out, std::ostream& err) {
+  auto line = ParseCommandLine(args, {"force"}, {});
+  if (!line.ok() || line->positional.size() != 1) {
+    err << "usage: weightctl unload MODEL_ID [--force]\n";
+    return 2;
+  }
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, line->positional[0], client.status());
+  auto response = (*client)->Unload(line->positional[0], line->Has("force"));
+  if (!response.ok()) return Fail(err, line->positional[0], response.status());
+  out << "unloaded " << line->positional[0] << " ("
+      << HumanBytes(response->freed_bytes()) << " freed)\n";
+  return 0;
+}
+
+int Stats(const std::string& address, const std::vector<std::string>& args,
+          std::ostream& out, std::ostream& err) {
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, "stats", client.status());
+  auto stats = (*client)->Stats();
+  if (!stats.ok()) return Fail(err, "stats", stats.status());
+  out << absl::StrFormat(
+      "loads %d  cache hits %d  failures %d  evictions %d  bytes read %s\n"
+      "models %d  active leases %d  lease sessions %d\n",
+      stats->loads(), stats->cache_hits(), stats->load_failures(),
+      stats->evictions(), HumanBytes(stats->bytes_read()), stats->models(),
+      stats->active_leases(), stats->lease_sessions());
+  for (const v1::TierStats& tier : stats->tiers()) {
+    out << absl::StrFormat(
+        "tier %-44s used %12s  budget %s\n", tier.tier(),
+        HumanBytes(tier.used_bytes()),
+        tier.budget_bytes() ? HumanBytes(tier.budget_bytes()) : "unlimited");
+  }
+  return 0;
+}
+
+int Info(const std::string& address, const std::vector<std::string>& args,
+         std::ostream& out, std::ostream& err) {
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, "info", client.status());
+  auto info = (*client)->ServerInfo();
+  if (!info.ok()) return Fail(err, "info", info.status());
+  out << "weightd " << info->version() << "\n";
+  out << "io backend: " << info->io_backend();
+  if (!info->io_backend_reason().empty())
+    out << " (" << info->io_backend_reason() << ")";
+  out << "\nmodel roots: " << absl::StrJoin(info->model_roots(), ", ") << "\n";
+  out << "host budget: "
+      << (info->host_budget_bytes() ? HumanBytes(info->host_budget_bytes())
+                                    : "unlimited")
+      << "\n";
+  out << "GPUs: " << info->gpus_size();
+  if (!info->gpu_status().empty()) out << " (" << info->gpu_status() << ")";
+  out << "\n";
+  for (const v1::GpuInfo& gpu : info->gpus()) {
+    out << absl::StrFormat(
+        "  cuda:%d %s %s %s total, %s free%s\n", gpu.index(), gpu.uuid(),
+        gpu.name(), HumanBytes(gpu.total_bytes()), HumanBytes(gpu.free_bytes()),
+        gpu.fake() ? " (fake)" : "");
+  }
+  return 0;
+}
+
+// Writes tensors streamed by ReadTensors into a .safetensors file.
+int Fetch(const std::string& address, const std::vector<std::string>& args,
+          std::ostream& out, std::ostream& err) {
+  auto line = ParseCommandLine(args, {}, {"tensor"});
+  if (!line.ok() || line->positional.size() != 2) {
+    err << "usage: weightctl fetch MODEL_ID|FILE OUT.safetensors [--tensor "
+           "NAME]\n";
+    return 2;
+  }
+  const std::string& source = line->positional[0];
+  const std::string& output = line->positional[1];
+  auto client = ConnectOrExplain(address);
+  if (!client.ok()) return Fail(err, source, client.status());
+  std::string model_id = source;
+  std::unique_ptr<ClientModel> loaded;  // holds the lease while fetching
+  if (!(*client)->Describe(source).ok()) {
+    ClientLoadOptions options;
+    options.path = source;
+    options.device = "cpu";
+    auto model = (*client)->Load(options);
+    if (!model.ok()) return Fail(err, source, model.status());
+    loaded = *std::move(model);
+    model_id = loaded->model_id();
+  }
+  std::vector<std::string> names;
+  if (line->Has("tensor")) names = line->flags.at("tensor");
+  Json header = Json::MakeObject();
+  std::string data;
+  absl::Status status = (*client)->ReadTensors(
+      model_id, names,
+      [&](const v1::Tensor& tensor, std::string bytes) -> absl::Status {
+        ASSIGN_OR_RETURN(DType dtype, DTypeFromName(tensor.dtype()));
+        absl::string_view st_dtype = DTypeSafetensorsName(dtype);
+        if (st_dtype.empty()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("tensor ", tensor.name(),
+                           ": safetensors has no dtype for ", tensor.dtype()));
+        }
+        Json entry = Json::MakeObject();
+        entry.Set("dtype", Json(std::string(st_dtype)));
+        Json shape = Json::MakeArray();
+        for (int64_t dim : tensor.shape()) shape.Append(Json(dim));
+        entry.Set("shape", std::move(shape));
+        Json offsets = Json::MakeArray();
+        offsets.Append(Json(static_cast<uint64_t>(data.size())));
+        offsets.Append(Json(static_cast<uint64_t>(data.size() + bytes.size())));
+        entry.Set("data_offsets", std::move(offsets));
+        header.Set(tensor.name(), std::move(entry));
+        data.append(bytes);
+        return absl::OkStatus();
+      });
+  if (!status.ok()) return Fail(err, source, status);
+  std::string header_text = header.Dump(false);
+  while (header_text.size() % 8 != 0) header_text.push_back(' ');
+  std::ofstream file(output, std::ios::binary | std::ios::trunc);
+  uint64_t header_size = header_text.size();
+  unsigned char size_bytes[8];
+  for (int i = 0; i < 8; ++i)
+    size_bytes[i] = static_cast<unsigned char>(header_size >> (8 * i));
+  file.write(reinterpret_cast<const char*>(size_bytes), 8);
+  file.write(header_text.data(), header_text.size());
+  file.write(data.data(), data.size());
+  file.close();
+  if (!file) return Fail(err, output, absl::InternalError("write failed"));
+  out << "wrote " << header.size() << " tensors (" << HumanBytes(data.size())
+      << ") to " << output << "\n";
+  return 0;
+}
+
+int Inspect(const std::string& address, const std::vector<std::string>& args,
+            std::ostream& out, std::ostream& err) {
+  return RunInspect(args, out, err);
+}
+
 }  // namespace
 
 const std::map<std::string, WeightctlCommand>& WeightctlCommands() {
   static const auto* commands = new std::map<std::string, WeightctlCommand>{
-      {"health", Health},
+      {"health", Health}, {"info", Info},   {"inspect", Inspect},
+      {"load", Load},     {"ls", List},     {"describe", Describe},
+      {"unload", Unload}, {"stats", Stats}, {"fetch", Fetch},
   };
   return *commands;
 }

@@ -30,6 +30,8 @@ class Daemon {
   std::string ReadyLine() const;
   // Port of the HTTP endpoint (0 when disabled).
   int metrics_port() const;
+  // Ports bound for the TCP listen addresses, in order (useful with HOST:0).
+  const std::vector<int>& tcp_ports() const { return tcp_ports_; }
   // Stops accepting, lets in-flight calls finish (bounded), releases
   // everything.
   void Shutdown();
@@ -42,6 +44,7 @@ class Daemon {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<HttpEndpoint> http_;
   std::vector<std::string> unix_socket_paths_;
+  std::vector<int> tcp_ports_;
 };
 
 }  // namespace weightd

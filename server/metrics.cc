@@ -65,7 +65,7 @@ void Histogram::Observe(double value) {
   size_t bucket = 0;
   while (bucket < upper_bounds_.size() && value > upper_bounds_[bucket])
     ++bucket;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++counts_[bucket];
   sum_ += value;
   ++count_;
@@ -74,7 +74,7 @@ void Histogram::Observe(double value) {
 Histogram::Snapshot Histogram::Read() const {
   Snapshot snapshot;
   snapshot.upper_bounds = upper_bounds_;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   uint64_t running = 0;
   for (uint64_t count : counts_) {
     running += count;
@@ -102,7 +102,7 @@ MetricsRegistry::Family& MetricsRegistry::FamilyFor(const std::string& name,
 Counter* MetricsRegistry::AddCounter(const std::string& name,
                                      const std::string& help,
                                      const MetricLabels& labels) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto& family = FamilyFor(name, help, "counter");
   family.counters.emplace_back(labels, std::make_unique<Counter>());
   return family.counters.back().second.get();
@@ -111,7 +111,7 @@ Counter* MetricsRegistry::AddCounter(const std::string& name,
 Gauge* MetricsRegistry::AddGauge(const std::string& name,
                                  const std::string& help,
                                  const MetricLabels& labels) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto& family = FamilyFor(name, help, "gauge");
   family.gauges.emplace_back(labels, std::make_unique<Gauge>());
   return family.gauges.back().second.get();
@@ -121,7 +121,7 @@ Histogram* MetricsRegistry::AddHistogram(const std::string& name,
                                          const std::string& help,
                                          std::vector<double> upper_bounds,
                                          const MetricLabels& labels) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto& family = FamilyFor(name, help, "histogram");
   family.histograms.emplace_back(
       labels, std::make_unique<Histogram>(std::move(upper_bounds)));
@@ -131,13 +131,20 @@ Histogram* MetricsRegistry::AddHistogram(const std::string& name,
 void MetricsRegistry::AddGaugeCallback(const std::string& name,
                                        const std::string& help,
                                        std::function<GaugeSamples()> callback) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   FamilyFor(name, help, "gauge").callback = std::move(callback);
+}
+
+void MetricsRegistry::AddCounterCallback(
+    const std::string& name, const std::string& help,
+    std::function<GaugeSamples()> callback) {
+  MutexLock lock(&mu_);
+  FamilyFor(name, help, "counter").callback = std::move(callback);
 }
 
 std::string MetricsRegistry::RenderText() const {
   std::string out;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& family : families_) {
     absl::StrAppend(&out, "# HELP ", family->name, " ", family->help, "\n");
     absl::StrAppend(&out, "# TYPE ", family->name, " ", family->type, "\n");

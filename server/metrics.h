@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "loader/common/mutex.h"
 
 namespace weightd {
 
@@ -54,7 +54,7 @@ class Histogram {
 
  private:
   const std::vector<double> upper_bounds_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<uint64_t> counts_
       ABSL_GUARDED_BY(mu_);  // per bucket, last is +Inf
   double sum_ ABSL_GUARDED_BY(mu_) = 0;
@@ -77,6 +77,10 @@ class MetricsRegistry {
   using GaugeSamples = std::vector<std::pair<MetricLabels, double>>;
   void AddGaugeCallback(const std::string& name, const std::string& help,
                         std::function<GaugeSamples()> callback);
+  // Monotonic totals kept elsewhere (the cache's counters), read at scrape
+  // time.
+  void AddCounterCallback(const std::string& name, const std::string& help,
+                          std::function<GaugeSamples()> callback);
 
   std::string RenderText() const;
 
@@ -93,7 +97,7 @@ class MetricsRegistry {
   Family& FamilyFor(const std::string& name, const std::string& help,
                     const std::string& type) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<std::unique_ptr<Family>> families_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -5,7 +5,8 @@ Usage: test_results.py BEP_JSON [BEP_JSON ...]
 Reads each build-event JSON file (bazel --build_event_json_file), follows every test
 result to its test.xml and counts test cases. A test target whose XML is missing or holds no
 test case counts as one case, passed or failed by the target's own status. Prints
-"<label> FAILED" lines for failures and ends with "N passed, M failed, K skipped".
+"FAILED: ..." lines for failures (a target that fails to build or analyse counts as one failed
+test) and ends with "N passed, M failed, K skipped".
 """
 import json
 import os
@@ -46,6 +47,21 @@ def main(paths):
         with open(bep) as events:
             for line in events:
                 event = json.loads(line)
+                aborted = event.get("aborted")
+                if aborted is not None and aborted.get("reason") not in (None, "SKIPPED"):
+                    # A target that could not be built or analysed counts as a failed test.
+                    what = next(iter(event.get("id", {}).values()), {})
+                    label = what.get("label") or what.get("pattern") or str(what)
+                    failures.append("%s %s: %s" % (label, aborted.get("reason"),
+                                                   aborted.get("description", "")[:200]))
+                    totals[1] += 1
+                    continue
+                completed = event.get("completed")
+                if completed is not None and completed.get("success") is False:
+                    label = event["id"].get("targetCompleted", {}).get("label", "?")
+                    failures.append("%s failed to build (%s)" % (label, bep))
+                    totals[1] += 1
+                    continue
                 test_result = event.get("testResult")
                 if test_result is None:
                     continue

@@ -117,8 +117,18 @@ void CheckpointCache::MarkStaleLocked(const CacheKey& key) {
   }
 }
 
+absl::Status CheckpointCache::FailLocked(const EntryPtr& entry,
+                                         absl::Status error) {
+  ++counters_.load_failures;
+  EraseLocked(entry);
+  entry->state = Entry::State::kFailed;
+  entry->error = error;
+  loaded_.SignalAll();
+  return error;
+}
+
 absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
-    const CacheKey& key, const TierBytes& expected, const LoadFn& load,
+    const CacheKey& key, const PlanFn& plan, const LoadFn& load,
     const std::string& lease_session) {
   EntryPtr entry;
   {
@@ -145,43 +155,33 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
       }
       return Result{entry->model_id, entry->value, true};
     }
-    absl::Status reserved = ReserveLocked(expected, key.path);
-    if (!reserved.ok()) {
-      ++counters_.load_failures;
-      return reserved;
-    }
     entry = std::make_shared<Entry>();
     entry->key = key;
     entry->model_id = NewModelIdLocked(key);
-    entry->reserved = expected;
     by_key_[key] = entry;
     by_id_[entry->model_id] = entry;
     ++counters_.loads;
   }
 
-  // The load runs without the lock; joiners wait on the entry's state.
+  // Plan and load run without the lock; joiners wait on the entry's state.
+  absl::StatusOr<TierBytes> expected = plan();
+  {
+    MutexLock lock(&mu_);
+    if (!expected.ok()) return FailLocked(entry, expected.status());
+    absl::Status reserved = ReserveLocked(*expected, key.path);
+    if (!reserved.ok()) return FailLocked(entry, reserved);
+    entry->reserved = *expected;
+  }
   absl::StatusOr<std::shared_ptr<const CacheValue>> loaded = load();
 
   MutexLock lock(&mu_);
-  loaded_.SignalAll();
-  if (!loaded.ok()) {
-    ++counters_.load_failures;
-    EraseLocked(entry);
-    entry->state = Entry::State::kFailed;
-    entry->error = loaded.status();
-    return loaded.status();
-  }
+  if (!loaded.ok()) return FailLocked(entry, loaded.status());
   entry->value = *std::move(loaded);
-  if (entry->in_index) {
-    UnreserveLocked(entry->reserved);
-    entry->resident = entry->value->ResidentBytes();
-    for (const auto& [tier, bytes] : entry->resident) used_[tier] += bytes;
-  }
+  UnreserveLocked(entry->reserved);
+  entry->resident = entry->value->ResidentBytes();
+  for (const auto& [tier, bytes] : entry->resident) used_[tier] += bytes;
   entry->state = Entry::State::kReady;
-  if (!entry->in_index) {
-    return absl::UnavailableError(
-        absl::StrCat(key.path, ": the model was unloaded while it loaded"));
-  }
+  loaded_.SignalAll();
   TouchLocked(entry);
   if (!lease_session.empty()) {
     ++entry->leases[lease_session];

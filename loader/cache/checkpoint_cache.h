@@ -76,6 +76,10 @@ class CheckpointCache {
   };
   using LoadFn =
       std::function<absl::StatusOr<std::shared_ptr<const CacheValue>>()>;
+  // Runs on a miss, before `load`: the bytes per tier the load will hold (it
+  // may parse metadata to find out). Runs inside the single flight, so a hit
+  // never pays for it.
+  using PlanFn = std::function<absl::StatusOr<TierBytes>()>;
 
   struct Result {
     std::string model_id;
@@ -91,10 +95,17 @@ class CheckpointCache {
   // reserved from the budgets before `load` runs, evicting least-recently-used
   // unleased entries; RESOURCE_EXHAUSTED when it cannot fit. With a non-empty
   // `lease_session` the entry is leased on it before return.
+  absl::StatusOr<Result> GetOrLoad(const CacheKey& key, const PlanFn& plan,
+                                   const LoadFn& load,
+                                   const std::string& lease_session = "");
   absl::StatusOr<Result> GetOrLoad(const CacheKey& key,
                                    const TierBytes& expected,
                                    const LoadFn& load,
-                                   const std::string& lease_session = "");
+                                   const std::string& lease_session = "") {
+    return GetOrLoad(
+        key, [expected]() -> absl::StatusOr<TierBytes> { return expected; },
+        load, lease_session);
+  }
 
   absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
   std::vector<CacheEntryInfo> List() const;
@@ -120,6 +131,10 @@ class CheckpointCache {
   absl::Status ReserveLocked(const TierBytes& need, const std::string& for_path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnreserveLocked(const TierBytes& bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends a load that failed: the entry leaves the index and its waiters get
+  // `error`.
+  absl::Status FailLocked(const EntryPtr& entry, absl::Status error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TouchLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

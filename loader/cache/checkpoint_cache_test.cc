@@ -75,7 +75,7 @@ TEST(CheckpointCacheTest, ConcurrentIdenticalLoadsShareOneLoad) {
   std::vector<std::string> ids(8);
   for (int i = 0; i < 8; ++i) {
     threads.emplace_back([&, i] {
-      auto result = cache.GetOrLoad(Key("/m/a.pt"), {}, slow_load);
+      auto result = cache.GetOrLoad(Key("/m/a.pt"), TierBytes{}, slow_load);
       ASSERT_TRUE(result.ok());
       ids[i] = result->model_id;
     });
@@ -117,7 +117,7 @@ TEST(CheckpointCacheTest, FailedLoadReachesJoinersAndIsNotCached) {
   EXPECT_EQ(cache.Stats().models, 0);
   EXPECT_EQ(cache.Stats().used["host"], 0u);
   // A later request loads again.
-  EXPECT_TRUE(cache.GetOrLoad(Key("/m/bad.pt"), {}, Loader({})).ok());
+  EXPECT_TRUE(cache.GetOrLoad(Key("/m/bad.pt"), TierBytes{}, Loader({})).ok());
 }
 
 TEST(CheckpointCacheTest, EvictsLeastRecentlyUsedUnleasedWithinBudget) {
@@ -195,11 +195,11 @@ TEST(CheckpointCacheTest, UnloadRefusedWhileLeasedUnlessForced) {
 TEST(CheckpointCacheTest,
      ChangedFileIsANewEntryAndTheOldOneServesItsLeaseHolders) {
   CheckpointCache cache({});
-  auto old_entry = cache.GetOrLoad(Key("/m/a", "1:1:100:5"), {},
+  auto old_entry = cache.GetOrLoad(Key("/m/a", "1:1:100:5"), TierBytes{},
                                    Loader({{"host", 4}}), "holder");
   ASSERT_TRUE(old_entry.ok());
-  auto new_entry =
-      cache.GetOrLoad(Key("/m/a", "1:1:120:9"), {}, Loader({{"host", 4}}));
+  auto new_entry = cache.GetOrLoad(Key("/m/a", "1:1:120:9"), TierBytes{},
+                                   Loader({{"host", 4}}));
   ASSERT_TRUE(new_entry.ok());
   EXPECT_FALSE(new_entry->hit);
   EXPECT_NE(old_entry->model_id, new_entry->model_id);

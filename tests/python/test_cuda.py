@@ -81,10 +81,13 @@ class PureTest(unittest.TestCase):
                              [_cuda.normalize_uuid(UUID0), _cuda.normalize_uuid(UUID1)])
 
     def test_handles(self):
-        self.assertEqual(_cuda.fake_segment_name(b"/weightd-gpu0-3".ljust(64, b"\0")),
-                         "/weightd-gpu0-3")
+        handle = (b"WDFG\x01\x00\x00\x00" + (16).to_bytes(8, "little") +
+                  b"/weightd-gpu0-3".ljust(48, b"\0"))
+        self.assertEqual(_cuda.fake_segment_name(handle), "/weightd-gpu0-3")
         with self.assertRaises(weightd.WeightdError):
             _cuda.fake_segment_name(b"\0" * 64)
+        with self.assertRaises(weightd.WeightdError):  # a bare name is not a handle
+            _cuda.fake_segment_name(b"/weightd-gpu0-3".ljust(64, b"\0"))
         self.assertEqual(_cuda.check_ipc_handle(b"x" * 64), b"x" * 64)
         with self.assertRaises(weightd.WeightdError) as caught:
             _cuda.check_ipc_handle(b"x" * 63)

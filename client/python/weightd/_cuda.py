@@ -36,8 +36,16 @@ def normalize_uuid(uuid):
 
 
 def fake_segment_name(handle):
-    """The fake GPU's handle is the NUL-padded name of the shared-memory segment."""
-    name = bytes(handle).split(b"\0", 1)[0]
+    """The shared-memory segment behind a fake GPU arena's handle.
+
+    Layout (loader/device/shared_memory.h): bytes 0-3 magic "WDFG" (fake GPU) or "WDSH"
+    (host), 4 version (1), 5 device index, 8-15 size, 16-63 the NUL-padded segment name.
+    """
+    handle = bytes(handle)
+    if len(handle) != IPC_HANDLE_SIZE or handle[:4] not in (b"WDFG", b"WDSH") or handle[4] != 1:
+        raise _error("fake GPU arena handle is not a weightd shared-memory handle",
+                     grpc.StatusCode.INVALID_ARGUMENT)
+    name = handle[16:].split(b"\0", 1)[0]
     if not name:
         raise _error("fake GPU arena handle holds no segment name", grpc.StatusCode.INVALID_ARGUMENT)
     return name.decode("utf-8", "strict")

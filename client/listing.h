@@ -1,0 +1,33 @@
+// The JSON listing that `weightctl inspect --json` and `weightctl load --json`
+// both print (DESIGN.md): {"format", "tensors": [{"name", "dtype", "shape",
+// "stride", "storage_offset", "sha256"?}], "extra_files"?}. One function, so
+// the two outputs cannot drift apart.
+#ifndef WEIGHTD_CLIENT_LISTING_H_
+#define WEIGHTD_CLIENT_LISTING_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "loader/common/json.h"
+#include "loader/format/checkpoint.h"
+
+namespace weightd {
+
+struct ListedTensor {
+  const TensorInfo* info = nullptr;
+  std::optional<std::string> sha256;
+};
+
+Json TensorListingJson(absl::string_view format,
+                       const std::vector<ListedTensor>& tensors,
+                       const std::map<std::string, std::string>& extra_files,
+                       bool with_extra_files);
+
+// "1.2 GiB", "512 B".
+std::string HumanBytes(uint64_t bytes);
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_CLIENT_LISTING_H_

@@ -1,0 +1,435 @@
+#include "client/weightd_client.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "loader/common/status_macros.h"
+#include "loader/device/shared_memory.h"
+#include "loader/format/tensor_bytes.h"
+
+#ifdef WEIGHTD_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace weightd {
+
+namespace v1 = ::weightd::v1;
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+// The client's end of one Lease stream: opened once per client, kept for its
+// life.
+class LeaseSession {
+ public:
+  static absl::StatusOr<std::shared_ptr<LeaseSession>> Open(
+      v1::WeightService::Stub* stub) {
+    auto session = std::shared_ptr<LeaseSession>(new LeaseSession());
+    session->stream_ = stub->Lease(&session->context_);
+    v1::LeaseEvent opened;
+    if (!session->stream_->Read(&opened) ||
+        opened.kind() != v1::LeaseEvent::OPENED) {
+      return FromGrpcStatus(session->stream_->Finish());
+    }
+    session->id_ = opened.session_id();
+    // Acknowledgements are not needed: loads lease atomically through
+    // LoadRequest.
+    session->reader_ = std::thread([raw = session.get()] {
+      v1::LeaseEvent event;
+      while (raw->stream_->Read(&event)) {
+      }
+    });
+    return session;
+  }
+
+  ~LeaseSession() {
+    {
+      MutexLock lock(&mu_);
+      stream_->WritesDone();
+    }
+    reader_.join();
+    (void)stream_->Finish();
+  }
+
+  const std::string& id() const { return id_; }
+
+  void Release(const std::string& model_id) {
+    v1::LeaseRequest request;
+    request.set_release_model_id(model_id);
+    MutexLock lock(&mu_);
+    stream_->Write(request);
+  }
+
+ private:
+  LeaseSession() = default;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::LeaseRequest, v1::LeaseEvent>>
+      stream_;
+  std::string id_;
+  std::thread reader_;
+  Mutex mu_;  // serializes writes
+};
+
+namespace {
+
+absl::StatusOr<OpenedBuffer> MapReadOnly(int fd, uint64_t size,
+                                         const std::string& what) {
+  OpenedBuffer buffer;
+  buffer.size = size;
+  if (size == 0) {
+    close(fd);
+    static const uint8_t kEmpty = 0;
+    buffer.host = &kEmpty;
+    buffer.close = [] {};
+    return buffer;
+  }
+  void* data = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  int error = errno;
+  close(fd);
+  if (data == MAP_FAILED) {
+    return absl::InternalError(
+        absl::StrCat("mmap ", what, ": ", std::strerror(error)));
+  }
+  buffer.host = static_cast<const uint8_t*>(data);
+  buffer.close = [data, size] { munmap(data, size); };
+  return buffer;
+}
+
+absl::StatusOr<OpenedBuffer> OpenFile(const v1::FileRegion& file) {
+  int fd = open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::NotFoundError(
+        absl::StrCat("open ", file.path(), ": ", std::strerror(errno)));
+  }
+  struct stat info;
+  fstat(fd, &info);
+  const v1::FileIdentity& id = file.identity();
+  int64_t mtime_ns =
+      int64_t{info.st_mtim.tv_sec} * 1000000000 + info.st_mtim.tv_nsec;
+  if (static_cast<uint64_t>(info.st_dev) != id.device() ||
+      static_cast<uint64_t>(info.st_ino) != id.inode() ||
+      static_cast<uint64_t>(info.st_size) != id.size() ||
+      mtime_ns != id.mtime_ns()) {
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        file.path(),
+        " changed on disk since the daemon loaded it; load it again"));
+  }
+  return MapReadOnly(fd, id.size(), file.path());
+}
+
+absl::StatusOr<OpenedBuffer> OpenSegment(const std::string& name,
+                                         uint64_t size) {
+  int fd = shm_open(name.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::NotFoundError(
+        absl::StrCat("shm_open ", name, ": ", std::strerror(errno)));
+  }
+  return MapReadOnly(fd, size, name);
+}
+
+absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
+  if (arena.fake()) {
+    // The fake GPU's memory is a shared-memory segment named in its handle.
+    ASSIGN_OR_RETURN(IpcHandle handle,
+                     IpcHandle::FromString(arena.ipc_handle()));
+    ASSIGN_OR_RETURN(SharedHandleInfo info, DecodeSharedHandle(handle));
+    return OpenSegment(info.name, arena.size());
+  }
+#ifdef WEIGHTD_HAVE_CUDA
+  if (arena.ipc_handle().size() != sizeof(cudaIpcMemHandle_t)) {
+    return absl::InvalidArgumentError(
+        "GPU arena handle is not a cudaIpcMemHandle_t");
+  }
+  int count = 0;
+  cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    return absl::UnavailableError(
+        absl::StrCat("cudaGetDeviceCount: ", cudaGetErrorString(error)));
+  }
+  int device = -1;
+  for (int i = 0; i < count && device < 0; ++i) {
+    cudaDeviceProp props;
+    if (cudaGetDeviceProperties(&props, i) != cudaSuccess) continue;
+    char uuid[64];
+    const unsigned char* b =
+        reinterpret_cast<const unsigned char*>(props.uuid.bytes);
+    snprintf(uuid, sizeof(uuid),
+             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%"
+             "02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
+    if (arena.gpu_uuid() == uuid) device = i;
+  }
+  if (device < 0) {
+    return absl::NotFoundError(absl::StrCat("GPU ", arena.gpu_uuid(),
+                                            " is not visible to this process"));
+  }
+  RETURN_IF_ERROR(cudaSetDevice(device) == cudaSuccess
+                      ? absl::OkStatus()
+                      : absl::InternalError("cudaSetDevice failed"));
+  cudaIpcMemHandle_t handle;
+  std::memcpy(&handle, arena.ipc_handle().data(), sizeof(handle));
+  void* pointer = nullptr;
+  error =
+      cudaIpcOpenMemHandle(&pointer, handle, cudaIpcMemLazyEnablePeerAccess);
+  if (error != cudaSuccess) {
+    return absl::InternalError(
+        absl::StrCat("cudaIpcOpenMemHandle: ", cudaGetErrorString(error)));
+  }
+  OpenedBuffer buffer;
+  buffer.device = pointer;
+  buffer.size = arena.size();
+  buffer.close = [pointer] { cudaIpcCloseMemHandle(pointer); };
+  return buffer;
+#else
+  return absl::UnimplementedError("this client was built without CUDA support");
+#endif
+}
+
+}  // namespace
+
+ClientModel::~ClientModel() {
+  MutexLock lock(&mu_);
+  for (auto& [index, buffer] : opened_) {
+    if (buffer.close) buffer.close();
+  }
+  opened_.clear();
+  if (lease_ != nullptr) lease_->Release(description_.model_id());
+}
+
+absl::StatusOr<OpenedBuffer*> ClientModel::Buffer(int index) {
+  if (index < 0 || index >= description_.buffers_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor has no bytes (buffer ", index, ")"));
+  }
+  MutexLock lock(&mu_);
+  auto it = opened_.find(index);
+  if (it != opened_.end()) return &it->second;
+  const v1::Buffer& buffer = description_.buffers(index);
+  absl::StatusOr<OpenedBuffer> opened;
+  switch (buffer.kind_case()) {
+    case v1::Buffer::kFile:
+      opened = OpenFile(buffer.file());
+      break;
+    case v1::Buffer::kSharedMemory:
+      opened = OpenSegment(buffer.shared_memory().name(),
+                           buffer.shared_memory().size());
+      break;
+    case v1::Buffer::kGpu:
+      opened = OpenGpuArena(buffer.gpu());
+      break;
+    default:
+      opened = absl::InvalidArgumentError("buffer of unknown kind");
+  }
+  if (!opened.ok()) return opened.status();
+  return &opened_.emplace(index, *std::move(opened)).first->second;
+}
+
+absl::StatusOr<const uint8_t*> ClientModel::HostStorage(
+    const v1::Tensor& tensor) {
+  ASSIGN_OR_RETURN(OpenedBuffer * buffer, Buffer(tensor.buffer_index()));
+  if (buffer->host == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tensor ", tensor.name(), " lives on a GPU"));
+  }
+  return buffer->host + tensor.storage_byte_offset();
+}
+
+absl::StatusOr<std::string> ClientModel::ReadTensorBytes(
+    const v1::Tensor& tensor) {
+  TensorInfo info;
+  info.name = tensor.name();
+  ASSIGN_OR_RETURN(info.dtype, DTypeFromName(tensor.dtype()));
+  info.shape.assign(tensor.shape().begin(), tensor.shape().end());
+  info.stride.assign(tensor.stride().begin(), tensor.stride().end());
+  info.storage_offset = tensor.storage_offset();
+  uint64_t extent = info.ExtentBytes();
+  ASSIGN_OR_RETURN(OpenedBuffer * buffer, Buffer(tensor.buffer_index()));
+  if (tensor.storage_byte_offset() > buffer->size ||
+      extent > buffer->size - tensor.storage_byte_offset()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("tensor ", tensor.name(), " extends past its buffer"));
+  }
+  std::string storage_copy;
+  const uint8_t* storage = nullptr;
+  if (buffer->host != nullptr) {
+    storage = buffer->host + tensor.storage_byte_offset();
+  } else {
+#ifdef WEIGHTD_HAVE_CUDA
+    storage_copy.resize(extent);
+    cudaError_t error = cudaMemcpy(storage_copy.data(),
+                                   static_cast<const uint8_t*>(buffer->device) +
+                                       tensor.storage_byte_offset(),
+                                   extent, cudaMemcpyDeviceToHost);
+    if (error != cudaSuccess) {
+      return absl::InternalError(
+          absl::StrCat("cudaMemcpy: ", cudaGetErrorString(error)));
+    }
+    storage = reinterpret_cast<const uint8_t*>(storage_copy.data());
+#else
+    return absl::UnimplementedError(
+        "this client was built without CUDA support");
+#endif
+  }
+  std::string out;
+  RETURN_IF_ERROR(
+      GatherTensorBytes(info, storage, extent, ByteOrder::kLittle, &out));
+  return out;
+}
+
+WeightdClient::~WeightdClient() = default;
+
+absl::StatusOr<std::unique_ptr<WeightdClient>> WeightdClient::Connect(
+    const std::string& address) {
+  auto client = std::unique_ptr<WeightdClient>(new WeightdClient());
+  client->address_ = address;
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(-1);
+  client->channel_ = grpc::CreateCustomChannel(
+      address, grpc::InsecureChannelCredentials(), arguments);
+  if (!client->channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                          std::chrono::seconds(10))) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to weightd at ", address));
+  }
+  client->stub_ = v1::WeightService::NewStub(client->channel_);
+  return client;
+}
+
+absl::StatusOr<std::shared_ptr<LeaseSession>> WeightdClient::Session() {
+  MutexLock lock(&mu_);
+  if (session_ == nullptr) {
+    ASSIGN_OR_RETURN(session_, LeaseSession::Open(stub_.get()));
+  }
+  return session_;
+}
+
+absl::StatusOr<std::unique_ptr<ClientModel>> WeightdClient::Load(
+    const ClientLoadOptions& options,
+    const std::function<void(uint64_t, uint64_t)>& progress) {
+  ASSIGN_OR_RETURN(std::shared_ptr<LeaseSession> session, Session());
+  v1::LoadRequest request;
+  request.set_path(options.path);
+  request.set_format_hint(options.format_hint);
+  request.mutable_placement()->set_target(options.device);
+  for (const auto& [from, to] : options.remap) {
+    (*request.mutable_placement()->mutable_remap())[from] = to;
+  }
+  request.set_cast_dtype(options.cast_dtype);
+  for (const std::string& name : options.filter)
+    request.add_tensor_filter(name);
+  request.set_lease_session(session->id());
+  grpc::ClientContext context;
+  auto reader = stub_->Load(&context, request);
+  auto model = std::unique_ptr<ClientModel>(new ClientModel());
+  bool got_model = false;
+  v1::LoadEvent event;
+  while (reader->Read(&event)) {
+    if (event.has_progress()) {
+      if (progress)
+        progress(event.progress().bytes_done(), event.progress().bytes_total());
+    } else if (event.has_model()) {
+      model->description_ = std::move(*event.mutable_model());
+      got_model = true;
+    }
+  }
+  RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (!got_model)
+    return absl::InternalError("the daemon ended Load without a model");
+  model->lease_ = session;
+  return model;
+}
+
+absl::StatusOr<v1::ListResponse> WeightdClient::List() {
+  grpc::ClientContext context;
+  v1::ListResponse response;
+  RETURN_IF_ERROR(
+      FromGrpcStatus(stub_->List(&context, v1::ListRequest(), &response)));
+  return response;
+}
+
+absl::StatusOr<v1::ModelDescription> WeightdClient::Describe(
+    const std::string& model_id) {
+  grpc::ClientContext context;
+  v1::DescribeRequest request;
+  request.set_model_id(model_id);
+  v1::ModelDescription response;
+  RETURN_IF_ERROR(
+      FromGrpcStatus(stub_->Describe(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<v1::UnloadResponse> WeightdClient::Unload(
+    const std::string& model_id, bool force) {
+  grpc::ClientContext context;
+  v1::UnloadRequest request;
+  request.set_model_id(model_id);
+  request.set_force(force);
+  v1::UnloadResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->Unload(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<v1::StatsResponse> WeightdClient::Stats() {
+  grpc::ClientContext context;
+  v1::StatsResponse response;
+  RETURN_IF_ERROR(
+      FromGrpcStatus(stub_->Stats(&context, v1::StatsRequest(), &response)));
+  return response;
+}
+
+absl::StatusOr<v1::ServerInfoResponse> WeightdClient::ServerInfo() {
+  grpc::ClientContext context;
+  v1::ServerInfoResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(
+      stub_->ServerInfo(&context, v1::ServerInfoRequest(), &response)));
+  return response;
+}
+
+absl::Status WeightdClient::ReadTensors(
+    const std::string& model_id, const std::vector<std::string>& names,
+    const std::function<absl::Status(const v1::Tensor&, std::string)>&
+        on_tensor) {
+  grpc::ClientContext context;
+  v1::ReadTensorsRequest request;
+  request.set_model_id(model_id);
+  for (const std::string& name : names) request.add_names(name);
+  auto reader = stub_->ReadTensors(&context, request);
+  v1::TensorChunk chunk;
+  v1::Tensor current;
+  std::string bytes;
+  absl::Status callback_status;
+  while (callback_status.ok() && reader->Read(&chunk)) {
+    if (chunk.has_tensor()) {
+      current = chunk.tensor();
+      bytes.clear();
+      bytes.reserve(current.byte_size());
+    }
+    if (chunk.offset() != bytes.size()) {
+      context.TryCancel();
+      callback_status = absl::DataLossError("ReadTensors chunk out of order");
+      break;
+    }
+    bytes.append(chunk.data());
+    if (chunk.last()) callback_status = on_tensor(current, std::move(bytes));
+  }
+  if (!callback_status.ok()) {
+    context.TryCancel();
+    (void)reader->Finish();
+    return callback_status;
+  }
+  return FromGrpcStatus(reader->Finish());
+}
+
+}  // namespace weightd

@@ -1,0 +1,116 @@
+// The C++ client: connect to weightd, load models (with progress), hold leases,
+// and reach tensor bytes: host tensors by mapping the checkpoint file or a
+// shared-memory segment, GPU tensors by opening each arena's CUDA IPC handle
+// once.
+#ifndef WEIGHTD_CLIENT_WEIGHTD_CLIENT_H_
+#define WEIGHTD_CLIENT_WEIGHTD_CLIENT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "loader/common/mutex.h"
+#include "proto/weightd/v1/weightd.grpc.pb.h"
+
+namespace weightd {
+
+class LeaseSession;
+
+// One opened buffer of a model: host bytes (mapped file or segment) or a device
+// pointer.
+struct OpenedBuffer {
+  const uint8_t* host =
+      nullptr;  // readable by this process, or null for a real GPU arena
+  void* device = nullptr;  // CUDA device pointer in this process (real GPUs)
+  uint64_t size = 0;
+  std::function<void()> close;
+};
+
+class ClientModel {
+ public:
+  ~ClientModel();
+  const weightd::v1::ModelDescription& description() const {
+    return description_;
+  }
+  const std::string& model_id() const { return description_.model_id(); }
+
+  // The tensor's elements, row-major, little-endian (a copy; from the GPU for
+  // GPU tensors).
+  absl::StatusOr<std::string> ReadTensorBytes(
+      const weightd::v1::Tensor& tensor);
+  // Where the tensor's storage starts in this process: host pointer or device
+  // pointer.
+  absl::StatusOr<const uint8_t*> HostStorage(const weightd::v1::Tensor& tensor);
+
+ private:
+  friend class WeightdClient;
+  ClientModel() = default;
+  absl::StatusOr<OpenedBuffer*> Buffer(int index);
+
+  weightd::v1::ModelDescription description_;
+  std::shared_ptr<LeaseSession> lease_;
+  Mutex mu_;
+  std::map<int, OpenedBuffer> opened_ ABSL_GUARDED_BY(mu_);
+};
+
+struct ClientLoadOptions {
+  std::string path;
+  std::string device;  // "cpu", "cuda:0", "meta", "" (keep saved locations)
+  std::map<std::string, std::string> remap;
+  std::string cast_dtype;
+  std::vector<std::string> filter;
+  std::string format_hint;
+};
+
+class WeightdClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<WeightdClient>> Connect(
+      const std::string& address);
+  ~WeightdClient();
+
+  // Loads through the daemon and leases the model for as long as the
+  // ClientModel lives.
+  absl::StatusOr<std::unique_ptr<ClientModel>> Load(
+      const ClientLoadOptions& options,
+      const std::function<void(uint64_t done, uint64_t total)>& progress =
+          nullptr);
+
+  absl::StatusOr<weightd::v1::ListResponse> List();
+  absl::StatusOr<weightd::v1::ModelDescription> Describe(
+      const std::string& model_id);
+  absl::StatusOr<weightd::v1::UnloadResponse> Unload(
+      const std::string& model_id, bool force);
+  absl::StatusOr<weightd::v1::StatsResponse> Stats();
+  absl::StatusOr<weightd::v1::ServerInfoResponse> ServerInfo();
+  // Streams tensors over the wire; `on_tensor` gets each tensor and its full
+  // bytes.
+  absl::Status ReadTensors(
+      const std::string& model_id, const std::vector<std::string>& names,
+      const std::function<absl::Status(const weightd::v1::Tensor&,
+                                       std::string bytes)>& on_tensor);
+
+  weightd::v1::WeightService::Stub* stub() { return stub_.get(); }
+
+ private:
+  WeightdClient() = default;
+  absl::StatusOr<std::shared_ptr<LeaseSession>> Session();
+
+  std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<weightd::v1::WeightService::Stub> stub_;
+  Mutex mu_;
+  std::shared_ptr<LeaseSession> session_ ABSL_GUARDED_BY(mu_);
+};
+
+// grpc::Status -> absl::Status, prefixed with what was being done.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_CLIENT_WEIGHTD_CLIENT_H_

@@ -1,0 +1,169 @@
+#include "loader/cache/convert.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace weightd {
+namespace {
+
+float HalfToFloat(uint16_t half) {
+  uint32_t sign = static_cast<uint32_t>(half & 0x8000) << 16;
+  uint32_t exponent = (half >> 10) & 0x1f;
+  uint32_t mantissa = half & 0x3ff;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      int shift = 0;
+      while ((mantissa & 0x400) == 0) {
+        mantissa <<= 1;
+        ++shift;
+      }
+      mantissa &= 0x3ff;
+      bits = sign | static_cast<uint32_t>(127 - 15 - shift + 1) << 23 |
+             mantissa << 13;
+    }
+  } else if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | mantissa << 13;
+  } else {
+    bits = sign | (exponent + 127 - 15) << 23 | mantissa << 13;
+  }
+  float value;
+  std::memcpy(&value, &bits, 4);
+  return value;
+}
+
+uint16_t FloatToHalf(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
+  uint32_t abs = bits & 0x7fffffff;
+  if (abs >= 0x7f800000u) {  // inf or nan
+    return sign | 0x7c00 | (abs > 0x7f800000u ? 0x200 : 0);
+  }
+  if (abs >= 0x477ff000u)
+    return sign | 0x7c00;   // rounds past the largest half: inf
+  if (abs < 0x38800000u) {  // below the smallest normal half
+    // Subnormal: value / 2^-24, rounded to nearest even.
+    float magnitude;
+    std::memcpy(&magnitude, &abs, 4);
+    float scaled = magnitude * 16777216.0f;  // 2^24
+    return sign | static_cast<uint16_t>(std::nearbyint(scaled));
+  }
+  uint32_t exponent = (abs >> 23) - 127 + 15;
+  uint32_t mantissa = abs & 0x7fffff;
+  uint32_t half = exponent << 10 | mantissa >> 13;
+  uint32_t rest = mantissa & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (half & 1)))
+    ++half;  // carries into the exponent
+  return sign | static_cast<uint16_t>(half);
+}
+
+uint16_t FloatToBFloat16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if ((bits & 0x7fffffff) > 0x7f800000u)
+    return static_cast<uint16_t>((bits >> 16) | 0x40);
+  uint32_t rounding = 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+float BFloat16ToFloat(uint16_t value) {
+  uint32_t bits = static_cast<uint32_t>(value) << 16;
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+template <typename T>
+T LoadElement(const uint8_t* src, ByteOrder order) {
+  uint8_t bytes[sizeof(T)];
+  std::memcpy(bytes, src, sizeof(T));
+  if (order == ByteOrder::kBig) std::reverse(bytes, bytes + sizeof(T));
+  T value;
+  std::memcpy(&value, bytes, sizeof(T));
+  return value;
+}
+
+// Elements are widened to double; casts to float16/bfloat16 narrow through
+// float32, which can double-round a float64 tie (float64 sources are rare in
+// checkpoints cast on load).
+double ReadAsDouble(const uint8_t* src, DType from, ByteOrder order) {
+  switch (from) {
+    case DType::kFloat64:
+      return LoadElement<double>(src, order);
+    case DType::kFloat32:
+      return LoadElement<float>(src, order);
+    case DType::kFloat16:
+      return HalfToFloat(LoadElement<uint16_t>(src, order));
+    default:  // kBFloat16
+      return BFloat16ToFloat(LoadElement<uint16_t>(src, order));
+  }
+}
+
+}  // namespace
+
+size_t SwapUnit(DType dtype) {
+  switch (dtype) {
+    case DType::kComplex32:
+      return 2;
+    case DType::kComplex64:
+      return 4;
+    case DType::kComplex128:
+      return 8;
+    default:
+      return DTypeSize(dtype);
+  }
+}
+
+void SwapBytesInPlace(uint8_t* data, size_t size, size_t unit) {
+  if (unit <= 1) return;
+  for (size_t i = 0; i + unit <= size; i += unit)
+    std::reverse(data + i, data + i + unit);
+}
+
+bool IsCastableFloat(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kFloat64 ||
+         dtype == DType::kFloat16 || dtype == DType::kBFloat16;
+}
+
+absl::Status CastElements(const uint8_t* src, DType from, ByteOrder order,
+                          size_t count, uint8_t* dst, DType to) {
+  if (!IsCastableFloat(from) || !IsCastableFloat(to) || to == DType::kFloat64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot cast ", DTypeName(from), " to ", DTypeName(to)));
+  }
+  const size_t in_size = DTypeSize(from);
+  const size_t out_size = DTypeSize(to);
+  for (size_t i = 0; i < count; ++i) {
+    const uint8_t* in = src + i * in_size;
+    uint8_t* out = dst + i * out_size;
+    if (from == to) {
+      std::memcpy(out, in, in_size);
+      if (order == ByteOrder::kBig) std::reverse(out, out + in_size);
+      continue;
+    }
+    float value = static_cast<float>(ReadAsDouble(in, from, order));
+    uint16_t narrow;
+    switch (to) {
+      case DType::kFloat32:
+        std::memcpy(out, &value, 4);
+        break;
+      case DType::kFloat16:
+        narrow = FloatToHalf(value);
+        std::memcpy(out, &narrow, 2);
+        break;
+      default:  // kBFloat16
+        narrow = FloatToBFloat16(value);
+        std::memcpy(out, &narrow, 2);
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace weightd

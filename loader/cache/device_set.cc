@@ -1,0 +1,154 @@
+#include "loader/cache/device_set.h"
+
+#include <sys/stat.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "loader/common/logging.h"
+#include "loader/common/mutex.h"
+#include "loader/common/status_macros.h"
+#include "loader/device/device_registry.h"
+#include "loader/device/shared_memory.h"
+#include "loader/device/staging_pipeline.h"
+#include "loader/io/reader_factory.h"
+
+namespace weightd {
+namespace {
+
+struct ArenaOwner : LoadedModel::Owned {
+  explicit ArenaOwner(std::unique_ptr<DeviceArena> arena)
+      : arena(std::move(arena)) {}
+  std::unique_ptr<DeviceArena> arena;
+};
+
+struct SegmentOwner : LoadedModel::Owned {
+  explicit SegmentOwner(std::unique_ptr<SharedMemorySegment> segment)
+      : segment(std::move(segment)) {}
+  std::unique_ptr<SharedMemorySegment> segment;
+};
+
+class RegistryDeviceSet : public DeviceSet {
+ public:
+  static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
+      const Options& options) {
+    auto set = std::unique_ptr<RegistryDeviceSet>(new RegistryDeviceSet());
+    DeviceRegistryOptions registry_options;
+    registry_options.fake_gpus = options.fake_gpus;
+    ASSIGN_OR_RETURN(set->registry_, DeviceRegistry::Create(registry_options));
+    ASSIGN_OR_RETURN(IoBackend backend, ParseIoBackend(options.io_backend));
+    set->reader_options_.backend = backend;
+    set->staging_.chunk_bytes = options.staging_chunk_bytes;
+    set->staging_.num_buffers = options.staging_buffers;
+    // Create one reader now to learn (and log) which backend this process gets.
+    ASSIGN_OR_RETURN(std::unique_ptr<Reader> probe,
+                     CreateReader(set->reader_options_));
+    set->io_backend_ = probe->name();
+    set->io_reason_ = probe->reason();
+    for (Device* gpu : set->registry_->gpus()) {
+      (void)gpu;
+      set->pipelines_.push_back(std::make_unique<PipelineSlot>());
+    }
+    return std::unique_ptr<DeviceSet>(std::move(set));
+  }
+
+  std::vector<GpuDescription> Gpus() const override {
+    std::vector<GpuDescription> out;
+    for (Device* gpu : registry_->gpus()) {
+      GpuDescription description;
+      description.index = gpu->index();
+      description.uuid = gpu->uuid();
+      description.name = gpu->name();
+      description.fake = gpu->kind() == DeviceKind::kFakeGpu;
+      auto memory = gpu->GetMemoryInfo();
+      if (memory.ok()) {
+        description.total_bytes = memory->total_bytes;
+        description.free_bytes = memory->free_bytes;
+      }
+      out.push_back(std::move(description));
+    }
+    return out;
+  }
+
+  std::string gpu_status() const override { return registry_->cuda_status(); }
+  std::string io_backend() const override { return io_backend_; }
+  std::string io_backend_reason() const override { return io_reason_; }
+
+  absl::StatusOr<FilledArena> FillGpuArena(
+      int gpu, int fd, uint64_t size, const std::vector<ArenaRange>& ranges,
+      const ProgressFn& progress) override {
+    if (gpu < 0 || gpu >= static_cast<int>(pipelines_.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("no GPU ", gpu));
+    }
+    Device* device = registry_->gpus()[gpu];
+    ASSIGN_OR_RETURN(StagingPipeline * pipeline, Pipeline(gpu, device));
+    std::vector<CopyRange> copies;
+    copies.reserve(ranges.size());
+    for (const ArenaRange& range : ranges) {
+      copies.push_back(
+          range.host_source != nullptr
+              ? CopyRange::FromMemory(range.host_source, range.length,
+                                      range.arena_offset)
+              : CopyRange::FromFile(range.file_offset, range.length,
+                                    range.arena_offset));
+    }
+    FileSource file;
+    file.fd = fd;
+    struct stat info;
+    file.size = fstat(fd, &info) == 0 ? static_cast<uint64_t>(info.st_size) : 0;
+    file.name = absl::StrCat("/proc/self/fd/", fd);
+    ASSIGN_OR_RETURN(std::unique_ptr<DeviceArena> arena,
+                     pipeline->Load(size, file, copies, nullptr, progress));
+    ASSIGN_OR_RETURN(IpcHandle handle, device->ExportHandle(*arena));
+    FilledArena filled;
+    filled.ipc_handle = handle.ToString();
+    filled.owner = std::make_unique<ArenaOwner>(std::move(arena));
+    return filled;
+  }
+
+  absl::StatusOr<HostSegment> CreateHostSegment(uint64_t size) override {
+    ASSIGN_OR_RETURN(std::unique_ptr<SharedMemorySegment> segment,
+                     SharedMemorySegment::Create(size, "weightd"));
+    HostSegment out;
+    out.name = segment->name();
+    out.data = segment->data();
+    out.owner = std::make_unique<SegmentOwner>(std::move(segment));
+    return out;
+  }
+
+ private:
+  // Pipelines (with their pinned staging ring) are made on a GPU's first load.
+  struct PipelineSlot {
+    Mutex mu;
+    std::unique_ptr<StagingPipeline> pipeline ABSL_GUARDED_BY(mu);
+  };
+
+  absl::StatusOr<StagingPipeline*> Pipeline(int gpu, Device* device) {
+    PipelineSlot& slot = *pipelines_[gpu];
+    MutexLock lock(&slot.mu);
+    if (slot.pipeline == nullptr) {
+      ASSIGN_OR_RETURN(std::unique_ptr<Reader> reader,
+                       CreateReader(reader_options_));
+      ASSIGN_OR_RETURN(slot.pipeline, StagingPipeline::Create(
+                                          device, std::move(reader), staging_));
+    }
+    return slot.pipeline.get();
+  }
+
+  RegistryDeviceSet() = default;
+  std::unique_ptr<DeviceRegistry> registry_;
+  ReaderOptions reader_options_;
+  StagingOptions staging_;
+  std::string io_backend_;
+  std::string io_reason_;
+  std::vector<std::unique_ptr<PipelineSlot>> pipelines_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeviceSet>> DeviceSet::Create(
+    const Options& options) {
+  return RegistryDeviceSet::Create(options);
+}
+
+}  // namespace weightd

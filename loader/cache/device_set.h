@@ -1,0 +1,69 @@
+// The devices a daemon places weights on, behind one small surface the
+// ModelManager uses: GPUs (CUDA and fake) with the staging pipeline that fills
+// their arenas, host shared-memory segments, and the file Reader the pipeline
+// reads through.
+#ifndef WEIGHTD_LOADER_CACHE_DEVICE_SET_H_
+#define WEIGHTD_LOADER_CACHE_DEVICE_SET_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "loader/cache/loaded_model.h"
+#include "loader/cache/model_manager.h"
+
+namespace weightd {
+
+// One piece of an arena's contents: `length` bytes from the file at
+// `file_offset`, or from `host_source` when the bytes had to change (byte swap,
+// cast, inflated record).
+struct ArenaRange {
+  const uint8_t* host_source = nullptr;
+  uint64_t file_offset = 0;
+  uint64_t length = 0;
+  uint64_t arena_offset = 0;
+};
+
+struct FilledArena {
+  std::unique_ptr<LoadedModel::Owned> owner;  // frees the arena
+  std::string ipc_handle;                     // 64 bytes
+};
+
+struct HostSegment {
+  std::unique_ptr<LoadedModel::Owned> owner;  // unlinks and unmaps the segment
+  std::string name;
+  uint8_t* data = nullptr;
+};
+
+class DeviceSet {
+ public:
+  struct Options {
+    int fake_gpus = 0;
+    std::string io_backend = "auto";
+    uint64_t staging_chunk_bytes = 8ull << 20;
+    int staging_buffers = 4;
+  };
+  static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
+      const Options& options);
+  virtual ~DeviceSet() = default;
+
+  // Memory figures are read now.
+  virtual std::vector<GpuDescription> Gpus() const = 0;
+  virtual std::string gpu_status() const = 0;
+  virtual std::string io_backend() const = 0;
+  virtual std::string io_backend_reason() const = 0;
+
+  // Allocates an arena of `size` bytes on GPU `gpu` and fills it through the
+  // staging pipeline.
+  virtual absl::StatusOr<FilledArena> FillGpuArena(
+      int gpu, int fd, uint64_t size, const std::vector<ArenaRange>& ranges,
+      const ProgressFn& progress) = 0;
+  // A writable shared-memory segment other processes can map read-only by name.
+  virtual absl::StatusOr<HostSegment> CreateHostSegment(uint64_t size) = 0;
+};
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_LOADER_CACHE_DEVICE_SET_H_

@@ -1,0 +1,559 @@
+#include "server/weight_service.h"
+
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "loader/common/logging.h"
+
+namespace weightd {
+namespace {
+
+namespace v1 = ::weightd::v1;
+
+constexpr uint32_t kDefaultChunkBytes = 1u << 20;
+constexpr uint32_t kMaxChunkBytes = 16u << 20;
+
+std::shared_ptr<const LoadedModel> AsLoadedModel(
+    const std::shared_ptr<const CacheValue>& v) {
+  return std::static_pointer_cast<const LoadedModel>(v);
+}
+
+void FillTensor(const PlacedTensor& tensor, v1::Tensor* out) {
+  out->set_name(tensor.info.name);
+  out->set_dtype(std::string(DTypeName(tensor.info.dtype)));
+  for (int64_t dim : tensor.info.shape) out->add_shape(dim);
+  for (int64_t stride : tensor.info.stride) out->add_stride(stride);
+  out->set_storage_offset(tensor.info.storage_offset);
+  out->set_byte_size(tensor.byte_size);
+  out->set_saved_location(tensor.saved_location);
+  out->set_placed_location(tensor.placed_location);
+  out->set_buffer_index(tensor.buffer_index);
+  out->set_storage_byte_offset(tensor.storage_byte_offset);
+  out->set_requires_grad(tensor.info.requires_grad);
+}
+
+void FillIdentity(const FileIdentity& id, v1::FileIdentity* out) {
+  out->set_device(id.device);
+  out->set_inode(id.inode);
+  out->set_size(id.size);
+  out->set_mtime_ns(id.mtime_ns);
+}
+
+LoadSpec SpecFromRequest(const v1::LoadRequest& request) {
+  LoadSpec spec;
+  spec.path = request.path();
+  spec.format_hint = request.format_hint();
+  spec.target = request.placement().target();
+  for (const auto& [from, to] : request.placement().remap())
+    spec.remap[from] = to;
+  spec.cast_dtype = request.cast_dtype();
+  spec.filter.assign(request.tensor_filter().begin(),
+                     request.tensor_filter().end());
+  spec.lease_session = request.lease_session();
+  return spec;
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+void FillModelDescription(const std::string& model_id, const LoadedModel& model,
+                          const CacheEntryInfo* info,
+                          v1::ModelDescription* out) {
+  out->set_model_id(model_id);
+  out->set_path(model.path);
+  FillIdentity(model.identity, out->mutable_identity());
+  out->set_format(CheckpointFormatName(model.format));
+  out->set_placement(model.placement);
+  for (const PlacedTensor& tensor : model.tensors)
+    FillTensor(tensor, out->add_tensors());
+  for (const PlacedBuffer& buffer : model.buffers) {
+    v1::Buffer* proto = out->add_buffers();
+    switch (buffer.kind) {
+      case PlacedBuffer::Kind::kFile:
+        proto->mutable_file()->set_path(buffer.path);
+        FillIdentity(buffer.identity,
+                     proto->mutable_file()->mutable_identity());
+        break;
+      case PlacedBuffer::Kind::kSharedMemory:
+        proto->mutable_shared_memory()->set_name(buffer.shm_name);
+        proto->mutable_shared_memory()->set_size(buffer.size);
+        break;
+      case PlacedBuffer::Kind::kGpu: {
+        v1::GpuArena* gpu = proto->mutable_gpu();
+        gpu->set_gpu_uuid(buffer.gpu_uuid);
+        gpu->set_gpu_index(buffer.gpu_index);
+        gpu->set_ipc_handle(buffer.ipc_handle);
+        gpu->set_size(buffer.size);
+        gpu->set_fake(buffer.fake_gpu);
+        break;
+      }
+    }
+  }
+  for (const auto& [name, text] : model.extra_files)
+    (*out->mutable_extra_files())[name] = text;
+  out->set_metadata_json(model.metadata_json);
+  uint64_t resident = 0;
+  for (const auto& [tier, bytes] : model.resident) resident += bytes;
+  out->set_resident_bytes(resident);
+  if (info != nullptr) out->set_lease_count(info->lease_count);
+}
+
+// Load: a thread runs the (possibly long) load while the reactor streams
+// coalesced progress events, then the model description.
+class WeightServiceImpl::LoadReactor
+    : public grpc::ServerWriteReactor<v1::LoadEvent> {
+ public:
+  LoadReactor(WeightServiceImpl* service, const v1::LoadRequest& request)
+      : service_(service), request_(request) {
+    service_->load_requests_->Increment();
+    {
+      MutexLock lock(&service_->threads_mu_);
+      ++service_->running_loads_;
+    }
+    std::thread([this] { Run(); }).detach();
+  }
+
+  void OnWriteDone(bool ok) override {
+    MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok && !finished_) {
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    MaybeWriteLocked();
+  }
+
+  void OnDone() override { Unref(); }
+
+ private:
+  void Run() {
+    absl::Time start = absl::Now();
+    LoadSpec spec = SpecFromRequest(request_);
+    auto result =
+        service_->manager_->Load(spec, [this](uint64_t done, uint64_t total) {
+          MutexLock lock(&mu_);
+          pending_progress_ = true;
+          progress_done_ = done;
+          progress_total_ = total;
+          MaybeWriteLocked();
+        });
+    service_->load_seconds_->Observe(
+        absl::ToDoubleSeconds(absl::Now() - start));
+    {
+      MutexLock lock(&mu_);
+      if (result.ok()) {
+        auto info = service_->manager_->Describe(result->model_id);
+        v1::ModelDescription* model = final_event_.mutable_model();
+        FillModelDescription(result->model_id, *result->model,
+                             info.ok() ? &*info : nullptr, model);
+        model->set_cache_hit(result->cache_hit);
+      } else {
+        service_->load_errors_->Increment();
+        LogWarning("load %s failed: %s", request_.path(),
+                   result.status().ToString());
+        final_status_ = ToGrpcStatus(result.status());
+      }
+      done_loading_ = true;
+      MaybeWriteLocked();
+    }
+    {
+      MutexLock lock(&service_->threads_mu_);
+      --service_->running_loads_;
+      service_->threads_done_.SignalAll();
+    }
+    Unref();
+  }
+
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_) return;
+    if (done_loading_) {
+      finished_ = true;
+      if (final_status_.ok()) {
+        StartWriteAndFinish(&final_event_, grpc::WriteOptions(),
+                            grpc::Status::OK);
+      } else {
+        Finish(final_status_);
+      }
+      return;
+    }
+    if (pending_progress_) {
+      pending_progress_ = false;
+      progress_event_.mutable_progress()->set_bytes_done(progress_done_);
+      progress_event_.mutable_progress()->set_bytes_total(progress_total_);
+      writing_ = true;
+      StartWrite(&progress_event_);
+    }
+  }
+
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+  WeightServiceImpl* const service_;
+  const v1::LoadRequest request_;
+  std::atomic<int> refs_{2};  // the load thread and gRPC
+  Mutex mu_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool pending_progress_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_loading_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t progress_done_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t progress_total_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::LoadEvent progress_event_ ABSL_GUARDED_BY(mu_);
+  v1::LoadEvent final_event_ ABSL_GUARDED_BY(mu_);
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
+// Lease: models acquired on the stream stay resident until released, the stream
+// ends, or the client disappears (gRPC cancels the call when the connection
+// drops).
+class WeightServiceImpl::LeaseReactor
+    : public grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent> {
+ public:
+  LeaseReactor(WeightServiceImpl* service, std::string session_id)
+      : service_(service), session_id_(std::move(session_id)) {
+    service_->lease_sessions_.fetch_add(1);
+    service_->lease_opened_->Increment();
+    v1::LeaseEvent opened;
+    opened.set_session_id(session_id_);
+    opened.set_kind(v1::LeaseEvent::OPENED);
+    MutexLock lock(&mu_);
+    EnqueueLocked(std::move(opened));
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ReleaseAll();
+      MutexLock lock(&mu_);
+      finishing_ = true;
+      MaybeFinishLocked();
+      return;
+    }
+    v1::LeaseEvent event;
+    event.set_session_id(session_id_);
+    absl::Status status;
+    if (request_.has_acquire_model_id()) {
+      event.set_model_id(request_.acquire_model_id());
+      status =
+          service_->manager_->Acquire(request_.acquire_model_id(), session_id_);
+      event.set_kind(v1::LeaseEvent::ACQUIRED);
+    } else if (request_.has_release_model_id()) {
+      event.set_model_id(request_.release_model_id());
+      status =
+          service_->manager_->Release(request_.release_model_id(), session_id_);
+      event.set_kind(v1::LeaseEvent::RELEASED);
+    } else {
+      status = absl::InvalidArgumentError("lease request names no action");
+    }
+    if (!status.ok()) {
+      event.set_kind(v1::LeaseEvent::ERROR);
+      event.set_error(std::string(status.message()));
+    }
+    MutexLock lock(&mu_);
+    EnqueueLocked(std::move(event));
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    MutexLock lock(&mu_);
+    writes_.pop_front();
+    writing_ = false;
+    if (!ok) {
+      writes_.clear();
+      finishing_ = true;
+    } else if (!writes_.empty()) {
+      writing_ = true;
+      StartWrite(&writes_.front());
+      return;
+    }
+    MaybeFinishLocked();
+  }
+
+  void OnCancel() override { ReleaseAll(); }
+
+  void OnDone() override {
+    ReleaseAll();
+    service_->lease_sessions_.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  void EnqueueLocked(v1::LeaseEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    writes_.push_back(std::move(event));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&writes_.front());
+    }
+  }
+
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finishing_ && !writing_ && !finished_) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  void ReleaseAll() {
+    if (!released_.exchange(true)) {
+      int released = service_->manager_->ReleaseSession(session_id_);
+      if (released > 0)
+        LogInfo("lease session %s ended: %d lease(s) released", session_id_,
+                released);
+    }
+  }
+
+  WeightServiceImpl* const service_;
+  const std::string session_id_;
+  v1::LeaseRequest request_;
+  std::atomic<bool> released_{false};
+  Mutex mu_;
+  std::deque<v1::LeaseEvent> writes_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// ReadTensors: each tensor's contiguous little-endian bytes in chunks, produced
+// one write at a time so memory stays at one tensor.
+class WeightServiceImpl::ReadTensorsReactor
+    : public grpc::ServerWriteReactor<v1::TensorChunk> {
+ public:
+  ReadTensorsReactor(WeightServiceImpl* service,
+                     const v1::ReadTensorsRequest& request)
+      : service_(service) {
+    chunk_bytes_ = request.chunk_bytes() == 0
+                       ? kDefaultChunkBytes
+                       : std::min(request.chunk_bytes(), kMaxChunkBytes);
+    auto info = service_->manager_->Describe(request.model_id());
+    if (!info.ok()) {
+      Finish(ToGrpcStatus(info.status()));
+      return;
+    }
+    model_ = AsLoadedModel(info->value);
+    if (request.names().empty()) {
+      for (size_t i = 0; i < model_->tensors.size(); ++i) order_.push_back(i);
+    } else {
+      for (const std::string& name : request.names()) {
+        size_t i = 0;
+        while (i < model_->tensors.size() &&
+               model_->tensors[i].info.name != name)
+          ++i;
+        if (i == model_->tensors.size()) {
+          Finish(grpc::Status(
+              grpc::StatusCode::NOT_FOUND,
+              absl::StrCat(model_->path, ": no tensor \"", name, "\"")));
+          return;
+        }
+        order_.push_back(i);
+      }
+    }
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    if (next_tensor_ >= order_.size() && offset_ >= bytes_.size() &&
+        !started_) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    chunk_.Clear();
+    if (!started_) {
+      const size_t index = order_[next_tensor_++];
+      absl::Status read = model_->ReadTensorBytes(index, &bytes_);
+      if (!read.ok()) {
+        Finish(ToGrpcStatus(read));
+        return;
+      }
+      offset_ = 0;
+      started_ = true;
+      FillTensor(model_->tensors[index], chunk_.mutable_tensor());
+    }
+    size_t length = std::min<size_t>(chunk_bytes_, bytes_.size() - offset_);
+    chunk_.set_offset(offset_);
+    chunk_.set_data(bytes_.data() + offset_, length);
+    offset_ += length;
+    if (offset_ >= bytes_.size()) {
+      chunk_.set_last(true);
+      started_ = false;
+      bytes_.clear();
+      offset_ = 0;
+    }
+    service_->read_tensor_bytes_->Increment(length);
+    StartWrite(&chunk_);
+  }
+
+  WeightServiceImpl* const service_;
+  std::shared_ptr<const LoadedModel> model_;
+  std::vector<size_t> order_;
+  size_t next_tensor_ = 0;
+  uint32_t chunk_bytes_ = kDefaultChunkBytes;
+  std::string bytes_;
+  size_t offset_ = 0;
+  bool started_ = false;
+  v1::TensorChunk chunk_;
+};
+
+WeightServiceImpl::WeightServiceImpl(ModelManager* manager,
+                                     MetricsRegistry* metrics,
+                                     std::string version)
+    : manager_(manager), version_(std::move(version)) {
+  load_requests_ = metrics->AddCounter("weightd_load_requests_total",
+                                       "Load requests received.");
+  load_errors_ = metrics->AddCounter("weightd_load_errors_total",
+                                     "Load requests that failed.");
+  load_seconds_ = metrics->AddHistogram(
+      "weightd_load_duration_seconds",
+      "Time to answer a Load request (hits included).",
+      {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60});
+  lease_opened_ = metrics->AddCounter("weightd_lease_sessions_opened_total",
+                                      "Lease sessions opened.");
+  read_tensor_bytes_ = metrics->AddCounter("weightd_read_tensors_bytes_total",
+                                           "Tensor bytes sent by ReadTensors.");
+}
+
+WeightServiceImpl::~WeightServiceImpl() { WaitForLoads(); }
+
+void WeightServiceImpl::WaitForLoads() {
+  MutexLock lock(&threads_mu_);
+  while (running_loads_ > 0) threads_done_.Wait(&threads_mu_);
+}
+
+grpc::ServerWriteReactor<v1::LoadEvent>* WeightServiceImpl::Load(
+    grpc::CallbackServerContext* context, const v1::LoadRequest* request) {
+  return new LoadReactor(this, *request);
+}
+
+grpc::ServerUnaryReactor* WeightServiceImpl::Describe(
+    grpc::CallbackServerContext* context, const v1::DescribeRequest* request,
+    v1::ModelDescription* response) {
+  auto* reactor = context->DefaultReactor();
+  auto info = manager_->Describe(request->model_id());
+  if (!info.ok()) {
+    reactor->Finish(ToGrpcStatus(info.status()));
+    return reactor;
+  }
+  FillModelDescription(info->model_id, *AsLoadedModel(info->value), &*info,
+                       response);
+  response->set_cache_hit(true);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightServiceImpl::List(
+    grpc::CallbackServerContext* context, const v1::ListRequest* request,
+    v1::ListResponse* response) {
+  for (const CacheEntryInfo& info : manager_->List()) {
+    auto model = AsLoadedModel(info.value);
+    v1::ModelSummary* summary = response->add_models();
+    summary->set_model_id(info.model_id);
+    summary->set_path(info.key.path);
+    summary->set_format(CheckpointFormatName(model->format));
+    summary->set_placement(model->placement);
+    uint64_t resident = 0;
+    for (const auto& [tier, bytes] : info.resident) resident += bytes;
+    summary->set_resident_bytes(resident);
+    summary->set_tensor_count(static_cast<int>(model->tensors.size()));
+    summary->set_lease_count(info.lease_count);
+    summary->set_stale(info.stale);
+  }
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightServiceImpl::Unload(
+    grpc::CallbackServerContext* context, const v1::UnloadRequest* request,
+    v1::UnloadResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  auto freed = manager_->Unload(request->model_id(), request->force());
+  if (freed.ok()) response->set_freed_bytes(*freed);
+  reactor->Finish(ToGrpcStatus(freed.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightServiceImpl::Stats(
+    grpc::CallbackServerContext* context, const v1::StatsRequest* request,
+    v1::StatsResponse* response) {
+  CacheStats stats = manager_->Stats();
+  response->set_loads(stats.loads);
+  response->set_cache_hits(stats.hits);
+  response->set_load_failures(stats.load_failures);
+  response->set_evictions(stats.evictions);
+  response->set_bytes_read(manager_->BytesRead());
+  response->set_models(stats.models);
+  response->set_active_leases(stats.active_leases);
+  response->set_lease_sessions(lease_sessions_.load());
+  TierBytes budgets = manager_->Budgets();
+  for (const auto& [tier, used] : stats.used) {
+    v1::TierStats* tier_stats = response->add_tiers();
+    tier_stats->set_tier(tier);
+    tier_stats->set_used_bytes(used);
+    auto budget = budgets.find(tier);
+    tier_stats->set_budget_bytes(budget == budgets.end() ? 0 : budget->second);
+  }
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
+    grpc::CallbackServerContext* context, const v1::ServerInfoRequest* request,
+    v1::ServerInfoResponse* response) {
+  ManagerInfo info = manager_->Info();
+  response->set_version(version_);
+  for (const GpuDescription& gpu : info.gpus) {
+    v1::GpuInfo* out = response->add_gpus();
+    out->set_index(gpu.index);
+    out->set_uuid(gpu.uuid);
+    out->set_name(gpu.name);
+    out->set_total_bytes(gpu.total_bytes);
+    out->set_free_bytes(gpu.free_bytes);
+    out->set_fake(gpu.fake);
+  }
+  response->set_gpu_status(info.gpu_status);
+  response->set_io_backend(info.io_backend);
+  response->set_io_backend_reason(info.io_backend_reason);
+  response->set_host_budget_bytes(info.host_budget_bytes);
+  response->set_gpu_budget_bytes(info.gpu_budget_bytes);
+  for (const std::string& root : info.model_roots)
+    response->add_model_roots(root);
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent>*
+WeightServiceImpl::Lease(grpc::CallbackServerContext* context) {
+  return new LeaseReactor(this,
+                          absl::StrCat("session-", next_session_.fetch_add(1)));
+}
+
+grpc::ServerWriteReactor<v1::TensorChunk>* WeightServiceImpl::ReadTensors(
+    grpc::CallbackServerContext* context,
+    const v1::ReadTensorsRequest* request) {
+  return new ReadTensorsReactor(this, *request);
+}
+
+}  // namespace weightd

@@ -1,0 +1,87 @@
+// weightd.v1.WeightService over the ModelManager, on gRPC's callback API.
+#ifndef WEIGHTD_SERVER_WEIGHT_SERVICE_H_
+#define WEIGHTD_SERVER_WEIGHT_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "loader/cache/model_manager.h"
+#include "loader/common/mutex.h"
+#include "proto/weightd/v1/weightd.grpc.pb.h"
+#include "server/metrics.h"
+
+namespace weightd {
+
+// Status -> grpc::Status with the same code and message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class WeightServiceImpl final
+    : public weightd::v1::WeightService::CallbackService {
+ public:
+  WeightServiceImpl(ModelManager* manager, MetricsRegistry* metrics,
+                    std::string version);
+  ~WeightServiceImpl() override;
+
+  grpc::ServerWriteReactor<weightd::v1::LoadEvent>* Load(
+      grpc::CallbackServerContext* context,
+      const weightd::v1::LoadRequest* request) override;
+  grpc::ServerUnaryReactor* Describe(
+      grpc::CallbackServerContext* context,
+      const weightd::v1::DescribeRequest* request,
+      weightd::v1::ModelDescription* response) override;
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
+                                 const weightd::v1::ListRequest* request,
+                                 weightd::v1::ListResponse* response) override;
+  grpc::ServerUnaryReactor* Unload(
+      grpc::CallbackServerContext* context,
+      const weightd::v1::UnloadRequest* request,
+      weightd::v1::UnloadResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(
+      grpc::CallbackServerContext* context,
+      const weightd::v1::StatsRequest* request,
+      weightd::v1::StatsResponse* response) override;
+  grpc::ServerUnaryReactor* ServerInfo(
+      grpc::CallbackServerContext* context,
+      const weightd::v1::ServerInfoRequest* request,
+      weightd::v1::ServerInfoResponse* response) override;
+  grpc::ServerBidiReactor<weightd::v1::LeaseRequest, weightd::v1::LeaseEvent>*
+  Lease(grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<weightd::v1::TensorChunk>* ReadTensors(
+      grpc::CallbackServerContext* context,
+      const weightd::v1::ReadTensorsRequest* request) override;
+
+  // Blocks until every load thread has finished (shutdown).
+  void WaitForLoads();
+
+  int lease_sessions() const { return lease_sessions_.load(); }
+
+ private:
+  class LoadReactor;
+  class LeaseReactor;
+  class ReadTensorsReactor;
+
+  ModelManager* const manager_;
+  const std::string version_;
+  std::atomic<int> lease_sessions_{0};
+  std::atomic<uint64_t> next_session_{1};
+
+  Mutex threads_mu_;
+  CondVar threads_done_;
+  int running_loads_ ABSL_GUARDED_BY(threads_mu_) = 0;
+
+  Counter* load_requests_;
+  Counter* load_errors_;
+  Histogram* load_seconds_;
+  Counter* lease_opened_;
+  Counter* read_tensor_bytes_;
+};
+
+// The description a client needs to reach every tensor's bytes.
+void FillModelDescription(const std::string& model_id, const LoadedModel& model,
+                          const CacheEntryInfo* info,
+                          weightd::v1::ModelDescription* out);
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_SERVER_WEIGHT_SERVICE_H_

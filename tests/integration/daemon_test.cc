@@ -1,0 +1,442 @@
+// The daemon end to end, in process: gRPC over a Unix socket and TCP, the C++
+// client, leases, the cache's single flight, the fake GPU, errors, metrics. The
+// Python client and real PyTorch are covered by python_client_test.
+#include "server/daemon.h"
+
+#include <httplib.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/weightd_client.h"
+#include "gtest/gtest.h"
+#include "loader/common/json.h"
+#include "loader/common/sha256.h"
+#include "loader/format/reader.h"
+#include "loader/format/tensor_bytes.h"
+
+extern char** environ;
+
+namespace weightd {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = ::weightd::v1;
+
+std::string TestTempDir() {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  return dir != nullptr ? dir : "/tmp";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in),
+                     std::istreambuf_iterator<char>());
+}
+
+// A small safetensors file: float32 matrix, bfloat16 vector, int64 scalar,
+// empty tensor.
+void WriteSafetensors(const std::string& path, int seed) {
+  std::string data;
+  Json header = Json::MakeObject();
+  auto add = [&](const std::string& name, const std::string& dtype,
+                 std::vector<int64_t> shape, const std::string& bytes) {
+    Json entry = Json::MakeObject();
+    entry.Set("dtype", Json(dtype));
+    Json shape_json = Json::MakeArray();
+    for (int64_t dim : shape) shape_json.Append(Json(dim));
+    entry.Set("shape", std::move(shape_json));
+    Json offsets = Json::MakeArray();
+    offsets.Append(Json(static_cast<uint64_t>(data.size())));
+    offsets.Append(Json(static_cast<uint64_t>(data.size() + bytes.size())));
+    entry.Set("data_offsets", std::move(offsets));
+    header.Set(name, std::move(entry));
+    data += bytes;
+  };
+  std::string matrix(4 * 3 * 5, '\0');
+  for (size_t i = 0; i < 15; ++i) {
+    float value = static_cast<float>(i * seed) * 0.5f;
+    std::memcpy(&matrix[i * 4], &value, 4);
+  }
+  add("layers.0.weight", "F32", {3, 5}, matrix);
+  std::string vector(2 * 7, '\0');
+  for (size_t i = 0; i < vector.size(); ++i)
+    vector[i] = static_cast<char>(i + seed);
+  add("layers.0.bias", "BF16", {7}, vector);
+  std::string scalar(8, '\0');
+  scalar[0] = static_cast<char>(seed);
+  add("step", "I64", {}, scalar);
+  add("empty", "F32", {0, 4}, "");
+  std::string header_text = header.Dump();
+  while (header_text.size() % 8) header_text += ' ';
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  uint64_t size = header_text.size();
+  out.write(reinterpret_cast<const char*>(&size), 8);
+  out << header_text << data;
+}
+
+// The offline answer: every tensor's sha256 as `weightctl inspect --hash`
+// computes it.
+std::map<std::string, std::string> OfflineHashes(const std::string& path) {
+  std::string bytes = ReadFile(path);
+  ReadOptions options;
+  options.file_name = path;
+  auto checkpoint = ReadCheckpoint(bytes, options);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  std::map<std::string, std::string> hashes;
+  if (!checkpoint.ok()) return hashes;
+  for (const TensorInfo& tensor : checkpoint->tensors) {
+    const StorageInfo& storage = checkpoint->storages[tensor.storage_index];
+    const uint8_t* data =
+        storage.inflated
+            ? reinterpret_cast<const uint8_t*>(storage.inflated->data())
+            : reinterpret_cast<const uint8_t*>(bytes.data()) +
+                  storage.file_offset;
+    hashes[tensor.name] =
+        TensorSha256Hex(tensor, data, storage.num_bytes, storage.byte_order);
+  }
+  return hashes;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::path(TestTempDir()) /
+            ("models-" + std::to_string(getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(root_);
+    model_path_ = (root_ / "model.safetensors").string();
+    WriteSafetensors(model_path_, 3);
+    ServerConfig config;
+    // Unix socket paths are limited to 107 bytes; the sandbox's TEST_TMPDIR is
+    // longer.
+    static int counter = 0;
+    socket_dir_ = absl::StrCat("/tmp/weightd-test-", getpid(), "-", counter++);
+    socket_path_ = socket_dir_ + "/w.sock";
+    config.listen = {"unix:" + socket_path_, "127.0.0.1:0"};
+    config.model_roots = {root_.string()};
+    // Runfiles are symlinks into the source tree; the daemon (rightly) refuses
+    // symlinks that leave a root, so the root is the fixtures' real directory.
+    if (fs::exists("tests/fixtures/data/many.pt")) {
+      config.model_roots.push_back(
+          fs::canonical("tests/fixtures/data/many.pt").parent_path().string());
+    }
+    config.metrics_address = "127.0.0.1:0";
+    config.fake_gpus = 1;
+    auto daemon = Daemon::Create(config);
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = *std::move(daemon);
+    address_ = "unix:" + socket_path_;
+  }
+
+  void TearDown() override {
+    daemon_.reset();
+    fs::remove_all(root_);
+    fs::remove_all(socket_dir_);
+  }
+
+  std::unique_ptr<WeightdClient> Connect(const std::string& address = "") {
+    auto client = WeightdClient::Connect(address.empty() ? address_ : address);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  std::map<std::string, std::string> ClientHashes(ClientModel& model) {
+    std::map<std::string, std::string> hashes;
+    for (const v1::Tensor& tensor : model.description().tensors()) {
+      auto bytes = model.ReadTensorBytes(tensor);
+      EXPECT_TRUE(bytes.ok()) << tensor.name() << ": " << bytes.status();
+      if (bytes.ok()) hashes[tensor.name()] = Sha256Hex(*bytes);
+    }
+    return hashes;
+  }
+
+  v1::StatsResponse Stats() {
+    auto stats = Connect()->Stats();
+    EXPECT_TRUE(stats.ok());
+    return stats.ok() ? *stats : v1::StatsResponse();
+  }
+
+  fs::path root_;
+  std::string model_path_;
+  std::string socket_dir_;
+  std::string socket_path_;
+  std::string address_;
+  std::unique_ptr<Daemon> daemon_;
+};
+
+TEST_F(DaemonTest, HostLoadIsZeroCopyAndMatchesTheOfflineReader) {
+  auto client = Connect();
+  ClientLoadOptions options{model_path_, "cpu"};
+  auto model = client->Load(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const v1::ModelDescription& description = (*model)->description();
+  EXPECT_EQ(description.format(), "safetensors");
+  ASSERT_EQ(description.buffers_size(), 1);
+  EXPECT_TRUE(
+      description.buffers(0).has_file());  // zero copy: the mapped file itself
+  EXPECT_EQ(description.resident_bytes(), 0u);
+  EXPECT_EQ(ClientHashes(**model), OfflineHashes(model_path_));
+}
+
+TEST_F(DaemonTest, FakeGpuLoadMatchesTheOfflineReader) {
+  auto client = Connect();
+  ClientLoadOptions options{model_path_, "cuda:0"};
+  std::vector<uint64_t> progress;
+  auto model = client->Load(options, [&](uint64_t done, uint64_t total) {
+    progress.push_back(done);
+    EXPECT_LE(done, total);
+  });
+  ASSERT_TRUE(model.ok()) << model.status();
+  const v1::ModelDescription& description = (*model)->description();
+  ASSERT_EQ(description.buffers_size(), 1);
+  ASSERT_TRUE(description.buffers(0).has_gpu());
+  EXPECT_TRUE(description.buffers(0).gpu().fake());
+  EXPECT_EQ(description.buffers(0).gpu().ipc_handle().size(), 64u);
+  for (const v1::Tensor& tensor : description.tensors()) {
+    EXPECT_EQ(tensor.placed_location(), "cuda:0");
+  }
+  EXPECT_EQ(ClientHashes(**model), OfflineHashes(model_path_));
+  v1::StatsResponse stats = Stats();
+  bool gpu_tier = false;
+  for (const auto& tier : stats.tiers()) {
+    if (absl::StartsWith(tier.tier(), "GPU-") && tier.used_bytes() > 0)
+      gpu_tier = true;
+  }
+  EXPECT_TRUE(gpu_tier);
+}
+
+TEST_F(DaemonTest, MetaLoadReadsNoBytes) {
+  auto model = Connect()->Load({model_path_, "meta"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->description().buffers_size(), 0);
+  for (const auto& tensor : (*model)->description().tensors()) {
+    EXPECT_EQ(tensor.buffer_index(), -1);
+    EXPECT_EQ(tensor.placed_location(), "meta");
+  }
+}
+
+TEST_F(DaemonTest, CastOnLoadGoesThroughSharedMemory) {
+  ClientLoadOptions options{model_path_, "cpu"};
+  options.cast_dtype = "bfloat16";
+  auto model = Connect()->Load(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto& description = (*model)->description();
+  for (const auto& tensor : description.tensors()) {
+    if (tensor.name() == "step") {
+      EXPECT_EQ(tensor.dtype(),
+                "int64");  // only floating-point tensors are cast
+    } else {
+      EXPECT_EQ(tensor.dtype(), "bfloat16") << tensor.name();
+    }
+  }
+  const v1::Tensor* weight = nullptr;
+  for (const auto& tensor : description.tensors()) {
+    if (tensor.name() == "layers.0.weight") weight = &tensor;
+  }
+  ASSERT_NE(weight, nullptr);
+  EXPECT_TRUE(description.buffers(weight->buffer_index()).has_shared_memory());
+  auto bytes = (*model)->ReadTensorBytes(*weight);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  ASSERT_EQ(bytes->size(), 15u * 2);
+  // element 2 = 2 * 3 * 0.5 = 3.0f -> bfloat16 0x4040
+  EXPECT_EQ(static_cast<uint8_t>((*bytes)[4]), 0x40);
+  EXPECT_EQ(static_cast<uint8_t>((*bytes)[5]), 0x40);
+}
+
+TEST_F(DaemonTest, SecondClientIsACacheHit) {
+  auto first = Connect()->Load({model_path_, "cpu"});
+  auto second = Connect()->Load({model_path_, "cpu"});
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ((*first)->model_id(), (*second)->model_id());
+  EXPECT_TRUE((*second)->description().cache_hit());
+  v1::StatsResponse stats = Stats();
+  EXPECT_EQ(stats.loads(), 1u);
+  EXPECT_EQ(stats.cache_hits(), 1u);
+  EXPECT_EQ(stats.active_leases(), 2);
+}
+
+TEST_F(DaemonTest, ConcurrentIdenticalLoadsReadTheFileOnce) {
+  std::vector<std::thread> threads;
+  std::vector<std::string> ids(6);
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      auto client = Connect();
+      auto model = client->Load({model_path_, "cuda:0"});
+      ASSERT_TRUE(model.ok()) << model.status();
+      ids[i] = (*model)->model_id();
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const auto& id : ids) EXPECT_EQ(id, ids[0]);
+  v1::StatsResponse stats = Stats();
+  EXPECT_EQ(stats.loads(), 1u);
+  EXPECT_EQ(stats.cache_hits(), 5u);
+}
+
+TEST_F(DaemonTest, UnloadIsRefusedWhileLeased) {
+  auto client = Connect();
+  auto model = client->Load({model_path_, "cpu"});
+  ASSERT_TRUE(model.ok());
+  std::string id = (*model)->model_id();
+  auto refused = client->Unload(id, false);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "leased"))
+      << refused.status();
+  model->reset();  // releases the lease on the stream
+  absl::Status unloaded;
+  for (int i = 0; i < 100; ++i) {
+    unloaded = client->Unload(id, false).status();
+    if (unloaded.ok()) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(unloaded.ok()) << unloaded;
+}
+
+TEST_F(DaemonTest, KilledClientLosesItsLeaseWithinSeconds) {
+  int out_pipe[2];
+  ASSERT_EQ(pipe(out_pipe), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, out_pipe[0]);
+  std::string binary = "tests/integration/lease_holder";
+  std::vector<std::string> args = {binary, address_, model_path_, "cuda:0"};
+  std::vector<char*> argv;
+  for (auto& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  pid_t child = 0;
+  ASSERT_EQ(posix_spawn(&child, binary.c_str(), &actions, nullptr, argv.data(),
+                        environ),
+            0);
+  close(out_pipe[1]);
+  char line[256] = {0};
+  ssize_t got = read(out_pipe[0], line, sizeof(line) - 1);
+  close(out_pipe[0]);
+  ASSERT_GT(got, 0);
+  EXPECT_TRUE(absl::StartsWith(line, "leased ")) << line;
+  EXPECT_EQ(Stats().active_leases(), 1);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  int leases = -1;
+  for (int i = 0; i < 100 && leases != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    leases = Stats().active_leases();
+  }
+  EXPECT_EQ(leases, 0);
+}
+
+TEST_F(DaemonTest, ReadTensorsOverTcpEqualsTheFile) {
+  ASSERT_EQ(daemon_->tcp_ports().size(), 1u);
+  auto client = Connect(absl::StrCat("127.0.0.1:", daemon_->tcp_ports()[0]));
+  auto model = client->Load({model_path_, "cpu"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::map<std::string, std::string> hashes;
+  absl::Status status =
+      client->ReadTensors((*model)->model_id(), {},
+                          [&](const v1::Tensor& tensor, std::string bytes) {
+                            EXPECT_EQ(bytes.size(), tensor.byte_size());
+                            hashes[tensor.name()] = Sha256Hex(bytes);
+                            return absl::OkStatus();
+                          });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(hashes, OfflineHashes(model_path_));
+}
+
+TEST_F(DaemonTest, ErrorsNameTheFileAndTheDaemonKeepsServing) {
+  auto client = Connect();
+  auto outside = client->Load({"/etc/passwd", "cpu"});
+  EXPECT_EQ(outside.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(absl::StrContains(outside.status().message(), "/etc/passwd"));
+  auto missing = client->Load({(root_ / "nope.pt").string(), "cpu"});
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  std::string garbage = (root_ / "garbage.pt").string();
+  std::ofstream(garbage) << "this is not a checkpoint at all";
+  auto bad = client->Load({garbage, "cpu"});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "garbage.pt"))
+      << bad.status();
+  auto bad_device = client->Load({model_path_, "cuda:7"});
+  EXPECT_EQ(bad_device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(client->Load({model_path_, "cpu"}).ok());
+  EXPECT_EQ(Stats().load_failures(), 2u);
+}
+
+TEST_F(DaemonTest, ChangedFileIsLoadedAgain) {
+  auto client = Connect();
+  auto first = client->Load({model_path_, "cpu"});
+  ASSERT_TRUE(first.ok());
+  std::string before = (*first)->model_id();
+  auto first_hashes = ClientHashes(**first);
+  first->reset();
+  // Rewrite under a new inode (as tools that save atomically do).
+  std::string replacement = model_path_ + ".tmp";
+  WriteSafetensors(replacement, 5);
+  fs::rename(replacement, model_path_);
+  auto second = client->Load({model_path_, "cpu"});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_NE((*second)->model_id(), before);
+  EXPECT_NE(ClientHashes(**second), first_hashes);
+  EXPECT_EQ(ClientHashes(**second), OfflineHashes(model_path_));
+}
+
+TEST_F(DaemonTest, EveryFixtureLoadsThroughTheDaemonAsOffline) {
+  if (!fs::exists("tests/fixtures")) GTEST_SKIP() << "no fixtures";
+  auto client = Connect();
+  int loaded = 0;
+  for (const auto& entry : fs::recursive_directory_iterator("tests/fixtures")) {
+    if (!entry.is_regular_file()) continue;
+    std::string path = fs::canonical(entry.path()).string();
+    std::string bytes = ReadFile(path);
+    ReadOptions options;
+    options.file_name = path;
+    if (!ReadCheckpoint(bytes, options).ok())
+      continue;  // bad-input fixtures, metadata files
+    for (const char* device : {"cpu", "cuda:0"}) {
+      auto model = client->Load({path, device});
+      ASSERT_TRUE(model.ok())
+          << path << " on " << device << ": " << model.status();
+      EXPECT_EQ(ClientHashes(**model), OfflineHashes(path))
+          << path << " on " << device;
+    }
+    ++loaded;
+  }
+  EXPECT_GT(loaded, 5);
+}
+
+TEST_F(DaemonTest, MetricsEndpointServesPrometheusText) {
+  ASSERT_TRUE(Connect()->Load({model_path_, "cpu"}).ok());
+  httplib::Client http("127.0.0.1", daemon_->metrics_port());
+  auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_TRUE(absl::StrContains(metrics->body, "weightd_cache_loads_total 1"))
+      << metrics->body;
+  EXPECT_TRUE(
+      absl::StrContains(metrics->body, "weightd_load_requests_total 1"));
+  auto health = http.Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(http.Get("/readyz")->status, 200);
+}
+
+TEST_F(DaemonTest, ServerInfoReportsFakeGpuAndIoBackend) {
+  auto info = Connect()->ServerInfo();
+  ASSERT_TRUE(info.ok());
+  ASSERT_GE(info->gpus_size(), 1);
+  EXPECT_TRUE(info->gpus(info->gpus_size() - 1).fake());
+  EXPECT_TRUE(info->io_backend() == "io_uring" || info->io_backend() == "pread")
+      << info->io_backend();
+}
+
+}  // namespace
+}  // namespace weightd
