@@ -1,0 +1,483 @@
+#include "loader/device/staging_pipeline.h"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "loader/common/logging.h"
+
+namespace weightd {
+
+struct StagingPipeline::Slot {
+  enum class State { kFree, kReading, kCopying };
+  std::unique_ptr<PinnedBuffer> buffer;
+  std::unique_ptr<DeviceEvent> event;
+  int stream = 0;
+  State state = State::kFree;
+  // The chunk in this buffer.
+  uint64_t file_offset = 0;
+  uint64_t arena_offset = 0;
+  uint64_t length = 0;
+};
+
+namespace {
+
+struct Chunk {
+  const CopyRange* range = nullptr;
+  uint64_t pos = 0;
+  uint64_t length = 0;
+  bool from_file() const { return range->host_source == nullptr; }
+  uint64_t file_offset() const { return range->file_offset + pos; }
+  uint64_t arena_offset() const { return range->arena_offset + pos; }
+  const uint8_t* memory() const {
+    return static_cast<const uint8_t*>(range->host_source) + pos;
+  }
+};
+
+// Walks the ranges chunk by chunk.
+class ChunkCursor {
+ public:
+  ChunkCursor(absl::Span<const CopyRange> ranges, uint64_t chunk_bytes)
+      : ranges_(ranges), chunk_bytes_(chunk_bytes) {
+    Skip();
+  }
+  bool done() const { return index_ >= ranges_.size(); }
+  Chunk Next() {
+    Chunk c;
+    c.range = &ranges_[index_];
+    c.pos = pos_;
+    c.length = std::min(chunk_bytes_, c.range->length - pos_);
+    pos_ += c.length;
+    if (pos_ >= c.range->length) {
+      ++index_;
+      pos_ = 0;
+      Skip();
+    }
+    return c;
+  }
+
+ private:
+  void Skip() {
+    while (index_ < ranges_.size() && ranges_[index_].length == 0) ++index_;
+  }
+  absl::Span<const CopyRange> ranges_;
+  const uint64_t chunk_bytes_;
+  size_t index_ = 0;
+  uint64_t pos_ = 0;
+};
+
+absl::Status Annotate(const absl::Status& s, const std::string& context) {
+  return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
+}
+
+absl::Status ShortRead(const FileSource& file, uint64_t offset, uint64_t want,
+                       uint64_t got) {
+  return absl::DataLossError(
+      absl::StrCat(file.name, ": file ended at offset ", offset + got, ", ",
+                   want - got, " bytes short of the range [", offset, ", +",
+                   want, ") (truncated while loading?)"));
+}
+
+}  // namespace
+
+StagingPipeline::StagingPipeline(Device* device, std::unique_ptr<Reader> reader,
+                                 const StagingOptions& options)
+    : device_(device), options_(options), reader_(std::move(reader)) {}
+
+absl::StatusOr<std::unique_ptr<StagingPipeline>> StagingPipeline::Create(
+    Device* device, std::unique_ptr<Reader> reader,
+    const StagingOptions& options) {
+  if (device == nullptr || reader == nullptr) {
+    return absl::InvalidArgumentError(
+        "staging pipeline needs a device and a reader");
+  }
+  if (options.chunk_bytes == 0 || options.chunk_bytes > (1ull << 31)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "staging chunk must be in [1, 2 GiB], got ", options.chunk_bytes));
+  }
+  if (options.num_buffers < 1 || options.num_buffers > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "staging buffers must be in [1, 256], got ", options.num_buffers));
+  }
+  return std::unique_ptr<StagingPipeline>(
+      new StagingPipeline(device, std::move(reader), options));
+}
+
+StagingPipeline::~StagingPipeline() {
+  MutexLock lock(&mu_);
+  if (broken_) {
+    // Reads may still land in the staging buffers: keep them (a bounded
+    // leak) rather than let the kernel write into freed memory.
+    for (auto& slot : slots_) slot->buffer.release();
+  }
+  reader_->UnregisterBuffers();
+}
+
+uint64_t StagingPipeline::staging_bytes() const {
+  MutexLock lock(&mu_);
+  uint64_t total = 0;
+  for (const auto& slot : slots_) total += slot->buffer->size();
+  return total;
+}
+
+absl::Status StagingPipeline::EnsureBuffers() {
+  if (!slots_.empty()) return absl::OkStatus();
+  std::vector<std::unique_ptr<Slot>> slots;
+  std::vector<iovec> iovs;
+  for (int i = 0; i < options_.num_buffers; ++i) {
+    auto slot = std::make_unique<Slot>();
+    auto buffer = device_->AllocatePinned(options_.chunk_bytes);
+    if (!buffer.ok()) {
+      return Annotate(
+          buffer.status(),
+          absl::StrCat("allocating staging buffer ", i, " of ",
+                       options_.num_buffers, " on ", device_->placement()));
+    }
+    slot->buffer = std::move(*buffer);
+    auto event = device_->CreateEvent();
+    if (!event.ok()) return event.status();
+    slot->event = std::move(*event);
+    slot->stream = i % device_->num_streams();
+    iovs.push_back({slot->buffer->data(), slot->buffer->size()});
+    slots.push_back(std::move(slot));
+  }
+  absl::Status s = reader_->RegisterBuffers(iovs);
+  if (!s.ok()) return s;
+  slots_ = std::move(slots);
+  return absl::OkStatus();
+}
+
+absl::Status StagingPipeline::Run(DeviceArena* arena, const FileSource& file,
+                                  absl::Span<const CopyRange> ranges,
+                                  const CancellationToken* cancel,
+                                  const StagingProgressFn& progress,
+                                  StagingStats* stats) {
+  StagingStats local_stats;
+  if (stats == nullptr) stats = &local_stats;
+  *stats = StagingStats();
+  if (arena == nullptr) return absl::InvalidArgumentError("no arena");
+  // Check every range before touching anything.
+  uint64_t total = 0;
+  bool any_file = false;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const CopyRange& r = ranges[i];
+    absl::Status s = CheckArenaRange(arena->size(), r.arena_offset, r.length);
+    if (!s.ok()) return Annotate(s, absl::StrCat("range ", i));
+    if (r.host_source == nullptr && r.length > 0) {
+      any_file = true;
+      if (r.file_offset > file.size || r.length > file.size - r.file_offset) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "range ", i, ": [", r.file_offset, ", +", r.length, ") is outside ",
+            file.name, " (", file.size, " bytes)"));
+      }
+    }
+    if (r.length > UINT64_MAX - total) {
+      return absl::InvalidArgumentError("range lengths overflow");
+    }
+    total += r.length;
+  }
+  if (any_file && file.fd < 0) {
+    return absl::InvalidArgumentError("file ranges without a file descriptor");
+  }
+  MutexLock lock(&mu_);
+  if (broken_) {
+    return absl::FailedPreconditionError(
+        "staging pipeline unusable after an earlier reader failure");
+  }
+  if (arena->host_data() != nullptr && options_.direct_host_reads) {
+    return RunDirect(arena, file, ranges, total, cancel, progress, stats);
+  }
+  return RunStaged(arena, file, ranges, total, cancel, progress, stats);
+}
+
+absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
+    uint64_t arena_bytes, const FileSource& file,
+    absl::Span<const CopyRange> ranges, const CancellationToken* cancel,
+    const StagingProgressFn& progress, StagingStats* stats) {
+  auto arena = device_->Allocate(arena_bytes);
+  if (!arena.ok()) {
+    return Annotate(
+        arena.status(),
+        absl::StrCat("allocating a ", arena_bytes, "-byte arena on ",
+                     device_->placement(), " for ", file.name));
+  }
+  absl::Status s = Run(arena->get(), file, ranges, cancel, progress, stats);
+  if (!s.ok()) return s;  // the arena is freed here
+  return std::move(*arena);
+}
+
+absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
+                                        const FileSource& file,
+                                        absl::Span<const CopyRange> ranges,
+                                        uint64_t total,
+                                        const CancellationToken* cancel,
+                                        const StagingProgressFn& progress,
+                                        StagingStats* stats) {
+  stats->staged = true;
+  absl::Status status = EnsureBuffers();
+  if (!status.ok()) return status;
+  ChunkCursor cursor(ranges, options_.chunk_bytes);
+  std::vector<int> free_slots;
+  for (int i = static_cast<int>(slots_.size()) - 1; i >= 0; --i) {
+    free_slots.push_back(i);
+  }
+  std::deque<int> busy;  // in issue order
+  int reads = 0, copies = 0;
+  uint64_t done = 0;
+  std::vector<ReadResult> results;
+
+  auto release = [&](int i) {
+    slots_[i]->state = Slot::State::kFree;
+    busy.erase(std::find(busy.begin(), busy.end(), i));
+    free_slots.push_back(i);
+  };
+  auto fail = [&](absl::Status s) {
+    if (status.ok()) status = std::move(s);
+  };
+  // Queues the copy of slot i's bytes; the slot stays busy until its event.
+  auto start_copy = [&](int i) {
+    Slot& slot = *slots_[i];
+    absl::Status s = device_->CopyToDeviceAsync(arena, slot.arena_offset,
+                                                slot.buffer->data(),
+                                                slot.length, slot.stream);
+    bool queued = s.ok();
+    if (s.ok()) s = device_->RecordEvent(slot.event.get(), slot.stream);
+    if (!s.ok()) {
+      fail(Annotate(s, absl::StrCat("copying ", slot.length, " bytes to ",
+                                    device_->placement(), " at arena offset ",
+                                    slot.arena_offset)));
+      // A queued copy must finish before its buffer is reused.
+      if (queued) (void)device_->Synchronize();
+      release(i);
+      return;
+    }
+    slot.state = Slot::State::kCopying;
+    ++copies;
+    stats->max_copies_in_flight = std::max(stats->max_copies_in_flight, copies);
+  };
+  auto copy_finished = [&](int i, const absl::StatusOr<bool>& r) {
+    Slot& slot = *slots_[i];
+    --copies;
+    if (!r.ok()) {
+      fail(Annotate(r.status(),
+                    absl::StrCat("copy of ", slot.length, " bytes to ",
+                                 device_->placement(), " at arena offset ",
+                                 slot.arena_offset)));
+    } else {
+      done += slot.length;
+      ++stats->chunks;
+      if (progress && status.ok()) progress(done, total);
+    }
+    release(i);
+  };
+  auto handle_reads = [&]() {
+    for (ReadResult& r : results) {
+      int i = static_cast<int>(r.tag);
+      Slot& slot = *slots_[i];
+      --reads;
+      if (!r.status.ok()) {
+        fail(Annotate(r.status, absl::StrCat("reading ", file.name,
+                                             " at offset ", slot.file_offset)));
+        release(i);
+      } else if (r.bytes_read != slot.length) {
+        fail(ShortRead(file, slot.file_offset, slot.length, r.bytes_read));
+        release(i);
+      } else if (!status.ok()) {
+        release(i);  // stopping: do not copy
+      } else {
+        start_copy(i);
+      }
+    }
+    results.clear();
+  };
+
+  for (;;) {
+    // Issue work into free buffers.
+    while (status.ok() && !cursor.done() && !free_slots.empty()) {
+      if (cancel != nullptr && cancel->cancelled()) break;
+      int i = free_slots.back();
+      free_slots.pop_back();
+      Slot& slot = *slots_[i];
+      Chunk c = cursor.Next();
+      slot.arena_offset = c.arena_offset();
+      slot.length = c.length;
+      busy.push_back(i);
+      if (c.from_file()) {
+        slot.file_offset = c.file_offset();
+        ReadRequest req;
+        req.fd = file.fd;
+        req.direct_fd = file.direct_fd;
+        req.offset = slot.file_offset;
+        req.buffer = slot.buffer->data();
+        req.length = static_cast<size_t>(c.length);
+        req.tag = static_cast<uint64_t>(i);
+        absl::Status s = reader_->Submit(req);
+        if (!s.ok()) {
+          fail(Annotate(s, absl::StrCat("reading ", file.name, " at offset ",
+                                        slot.file_offset)));
+          release(i);
+          break;
+        }
+        slot.state = Slot::State::kReading;
+        ++reads;
+        stats->max_reads_in_flight =
+            std::max(stats->max_reads_in_flight, reads);
+      } else {
+        std::memcpy(slot.buffer->data(), c.memory(), c.length);
+        start_copy(i);
+      }
+    }
+    if (status.ok() && cancel != nullptr && cancel->cancelled()) {
+      fail(absl::CancelledError(absl::StrCat("load of ", file.name,
+                                             " cancelled after ", done, " of ",
+                                             total, " bytes")));
+    }
+    if (busy.empty()) break;
+
+    // Collect what finished without blocking.
+    bool progressed = false;
+    if (reads > 0) {
+      absl::Status s = reader_->Wait(0, &results);
+      if (!s.ok()) {
+        broken_ = true;
+        fail(Annotate(s, "reader"));
+        // Reads may be outstanding: drain copies and give up on the reads.
+        break;
+      }
+      progressed = !results.empty();
+      handle_reads();
+    }
+    for (size_t k = 0; k < busy.size();) {
+      int i = busy[k];
+      if (slots_[i]->state == Slot::State::kCopying) {
+        absl::StatusOr<bool> r = slots_[i]->event->Query();
+        if (!r.ok() || *r) {
+          copy_finished(i, r);
+          progressed = true;
+          continue;  // busy[k] is now the next slot
+        }
+      }
+      ++k;
+    }
+    if (progressed || busy.empty()) continue;
+
+    // Nothing finished: block on the oldest piece of work.
+    int oldest = busy.front();
+    if (slots_[oldest]->state == Slot::State::kReading) {
+      absl::Status s = reader_->Wait(1, &results);
+      if (!s.ok()) {
+        broken_ = true;
+        fail(Annotate(s, "reader"));
+        break;
+      }
+      handle_reads();
+    } else {
+      absl::Status s = slots_[oldest]->event->Wait();
+      if (s.ok()) {
+        copy_finished(oldest, true);
+      } else {
+        copy_finished(oldest, s);
+      }
+    }
+  }
+  // After a reader failure, copies may still be running from the buffers.
+  for (int i : std::vector<int>(busy.begin(), busy.end())) {
+    if (slots_[i]->state == Slot::State::kCopying) {
+      absl::Status s = slots_[i]->event->Wait();
+      (void)s;
+      --copies;
+      release(i);
+    }
+  }
+  if (status.ok()) stats->bytes = done;
+  return status;
+}
+
+absl::Status StagingPipeline::RunDirect(DeviceArena* arena,
+                                        const FileSource& file,
+                                        absl::Span<const CopyRange> ranges,
+                                        uint64_t total,
+                                        const CancellationToken* cancel,
+                                        const StagingProgressFn& progress,
+                                        StagingStats* stats) {
+  stats->staged = false;
+  ChunkCursor cursor(ranges, options_.chunk_bytes);
+  absl::Status status;
+  uint64_t done = 0;
+  uint64_t next_tag = 0;
+  std::map<uint64_t, Chunk> in_flight;
+  std::vector<ReadResult> results;
+  const size_t depth = static_cast<size_t>(reader_->queue_depth());
+  uint8_t* base = arena->host_data();
+  auto fail = [&](absl::Status s) {
+    if (status.ok()) status = std::move(s);
+  };
+  auto chunk_done = [&](uint64_t length) {
+    done += length;
+    ++stats->chunks;
+    if (progress) progress(done, total);
+  };
+
+  for (;;) {
+    while (status.ok() && !cursor.done() && in_flight.size() < depth) {
+      if (cancel != nullptr && cancel->cancelled()) break;
+      Chunk c = cursor.Next();
+      if (!c.from_file()) {
+        std::memcpy(base + c.arena_offset(), c.memory(), c.length);
+        chunk_done(c.length);
+        continue;
+      }
+      ReadRequest req;
+      req.fd = file.fd;
+      req.direct_fd = file.direct_fd;
+      req.offset = c.file_offset();
+      req.buffer = base + c.arena_offset();
+      req.length = static_cast<size_t>(c.length);
+      req.tag = next_tag++;
+      absl::Status s = reader_->Submit(req);
+      if (!s.ok()) {
+        fail(Annotate(
+            s, absl::StrCat("reading ", file.name, " at offset ", req.offset)));
+        break;
+      }
+      in_flight[req.tag] = c;
+      stats->max_reads_in_flight = std::max(stats->max_reads_in_flight,
+                                            static_cast<int>(in_flight.size()));
+    }
+    if (status.ok() && cancel != nullptr && cancel->cancelled()) {
+      fail(absl::CancelledError(absl::StrCat("load of ", file.name,
+                                             " cancelled after ", done, " of ",
+                                             total, " bytes")));
+    }
+    if (in_flight.empty()) break;
+    absl::Status s = reader_->Wait(1, &results);
+    if (!s.ok()) {
+      // The arena may still be written: the caller must not free it while
+      // the reader lives; mark the pipeline broken so it is not reused.
+      broken_ = true;
+      fail(Annotate(s, "reader"));
+      break;
+    }
+    for (const ReadResult& r : results) {
+      auto it = in_flight.find(r.tag);
+      if (it == in_flight.end()) continue;
+      Chunk c = it->second;
+      in_flight.erase(it);
+      if (!r.status.ok()) {
+        fail(Annotate(r.status, absl::StrCat("reading ", file.name,
+                                             " at offset ", c.file_offset())));
+      } else if (r.bytes_read != c.length) {
+        fail(ShortRead(file, c.file_offset(), c.length, r.bytes_read));
+      } else if (status.ok()) {
+        chunk_done(c.length);
+      }
+    }
+    results.clear();
+  }
+  if (status.ok()) stats->bytes = done;
+  return status;
+}
+
+}  // namespace weightd

@@ -1,0 +1,461 @@
+// The staging pipeline on the fake GPU and on host, over every reader backend.
+#include "loader/device/staging_pipeline.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "loader/device/fake_device.h"
+#include "loader/device/host_device.h"
+#include "loader/device/shared_memory.h"
+#include "loader/io/fault_injecting_reader.h"
+#include "loader/io/io_uring_reader.h"
+#include "loader/io/mapped_file.h"
+#include "loader/io/reader_factory.h"
+#include "loader/io/test_util.h"
+
+namespace weightd {
+namespace {
+
+using testing::FirstPatternMismatch;
+using testing::PatternByte;
+using testing::WritePatternFile;
+
+constexpr uint32_t kSeed = 42;
+constexpr uint64_t kFileSize = (5 << 20) + 123;
+
+// A checkpoint-like layout: file ranges at odd offsets, one range from host
+// memory, a zero-length range, placed in the arena out of order with gaps.
+struct Layout {
+  std::vector<CopyRange> ranges;
+  uint64_t arena_size = 0;
+  std::vector<uint8_t> memory;  // the host-memory source
+};
+
+Layout MakeLayout(uint64_t file_size) {
+  Layout l;
+  l.memory.resize(100000);
+  for (size_t i = 0; i < l.memory.size(); ++i) l.memory[i] = i * 13 + 1;
+  struct R {
+    uint64_t off, len;
+  };
+  std::vector<R> file_ranges = {{0, 64},
+                                {64, 1 << 20},
+                                {(1 << 20) + 64, 3 << 20},
+                                {(4 << 20) + 7, file_size - (4 << 20) - 7},
+                                {100, 0},
+                                {12345, 777}};
+  // Arena: reverse order, 256-byte aligned, 1000-byte gaps.
+  uint64_t at = 0;
+  for (auto it = file_ranges.rbegin(); it != file_ranges.rend(); ++it) {
+    l.ranges.push_back(CopyRange::FromFile(it->off, it->len, at));
+    at = (at + it->len + 1000 + 255) / 256 * 256;
+  }
+  l.ranges.push_back(
+      CopyRange::FromMemory(l.memory.data(), l.memory.size(), at));
+  at += l.memory.size();
+  l.arena_size = at + 500;
+  return l;
+}
+
+// Every range byte-identical at its offset; gaps untouched (zero).
+void ExpectArena(const uint8_t* arena, const Layout& l) {
+  std::vector<bool> covered(l.arena_size, false);
+  for (const CopyRange& r : l.ranges) {
+    const uint8_t* at = arena + r.arena_offset;
+    if (r.host_source != nullptr) {
+      EXPECT_EQ(std::memcmp(at, r.host_source, r.length), 0);
+    } else {
+      EXPECT_EQ(FirstPatternMismatch(at, r.length, r.file_offset, kSeed), -1)
+          << "range at file offset " << r.file_offset;
+    }
+    std::fill(covered.begin() + r.arena_offset,
+              covered.begin() + r.arena_offset + r.length, true);
+  }
+  for (uint64_t i = 0; i < l.arena_size; ++i) {
+    if (!covered[i] && arena[i] != 0) {
+      ADD_FAILURE() << "gap byte " << i << " written";
+      break;
+    }
+  }
+}
+
+struct Param {
+  std::string label;
+  DeviceKind device;
+  IoBackend backend;
+  uint64_t chunk;
+  int buffers;
+};
+void PrintTo(const Param& p, std::ostream* os) { *os << p.label; }
+
+class StagingPipelineTest : public ::testing::TestWithParam<Param> {
+ protected:
+  static void SetUpTestSuite() {
+    path_ = new std::string(WritePatternFile("staging", kFileSize, kSeed));
+  }
+  static void TearDownTestSuite() {
+    unlink(path_->c_str());
+    delete path_;
+  }
+
+  void SetUp() override {
+    if (GetParam().backend == IoBackend::kIoUring &&
+        !IoUringReader::Probe().ok()) {
+      GTEST_SKIP() << "io_uring unavailable: " << IoUringReader::Probe();
+    }
+    auto file = MappedFile::Open(*path_);
+    ASSERT_TRUE(file.ok());
+    file_ = std::move(*file);
+    source_.fd = file_->fd();
+    source_.size = file_->size();
+    source_.name = *path_;
+    if (GetParam().device == DeviceKind::kHost) {
+      auto d = HostDevice::Create();
+      ASSERT_TRUE(d.ok());
+      device_ = std::move(*d);
+    } else {
+      FakeDevice::Options o;
+      o.total_memory = 64 << 20;
+      o.num_streams = 2;
+      auto d = FakeDevice::Create(o);
+      ASSERT_TRUE(d.ok());
+      fake_ = d->get();
+      device_ = std::move(*d);
+    }
+    layout_ = MakeLayout(kFileSize);
+  }
+
+  std::unique_ptr<Reader> NewReader(int queue_depth = 8) {
+    ReaderOptions o;
+    o.backend = GetParam().backend;
+    o.queue_depth = queue_depth;
+    auto r = CreateReader(o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? std::move(*r) : nullptr;
+  }
+
+  std::unique_ptr<StagingPipeline> NewPipeline(std::unique_ptr<Reader> reader) {
+    StagingOptions o;
+    o.chunk_bytes = GetParam().chunk;
+    o.num_buffers = GetParam().buffers;
+    auto p = StagingPipeline::Create(device_.get(), std::move(reader), o);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return p.ok() ? std::move(*p) : nullptr;
+  }
+
+  const uint8_t* ArenaBytes(const DeviceArena& arena) {
+    return fake_ != nullptr ? FakeDevice::ArenaBytes(arena) : arena.host_data();
+  }
+
+  void ExpectNoLeaks() {
+    if (fake_ != nullptr) {
+      EXPECT_EQ(fake_->live_arenas(), 0);
+      EXPECT_EQ(fake_->allocated_bytes(), 0u);
+    }
+  }
+
+  static std::string* path_;
+  std::unique_ptr<MappedFile> file_;
+  FileSource source_;
+  std::unique_ptr<Device> device_;
+  FakeDevice* fake_ = nullptr;
+  Layout layout_;
+};
+
+std::string* StagingPipelineTest::path_ = nullptr;
+
+TEST_P(StagingPipelineTest, ByteIdenticalAtEveryOffset) {
+  auto pipeline = NewPipeline(NewReader());
+  ASSERT_NE(pipeline, nullptr);
+  std::vector<std::pair<uint64_t, uint64_t>> progress;
+  StagingStats stats;
+  auto arena = pipeline->Load(
+      layout_.arena_size, source_, layout_.ranges, nullptr,
+      [&](uint64_t done, uint64_t total) {
+        progress.push_back({done, total});
+      },
+      &stats);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  ExpectArena(ArenaBytes(**arena), layout_);
+  uint64_t total = 0;
+  for (const CopyRange& r : layout_.ranges) total += r.length;
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().first, total);
+  for (size_t i = 0; i < progress.size(); ++i) {
+    EXPECT_EQ(progress[i].second, total);
+    if (i > 0) EXPECT_GT(progress[i].first, progress[i - 1].first);
+  }
+  EXPECT_EQ(stats.bytes, total);
+  EXPECT_EQ(stats.staged, GetParam().device != DeviceKind::kHost);
+  if (stats.staged) {
+    // Bounded memory: the ring, whatever the checkpoint size.
+    EXPECT_EQ(pipeline->staging_bytes(), GetParam().chunk * GetParam().buffers);
+    EXPECT_LE(stats.max_reads_in_flight, GetParam().buffers);
+    EXPECT_LE(stats.max_copies_in_flight, GetParam().buffers);
+  } else {
+    EXPECT_EQ(pipeline->staging_bytes(), 0u);
+  }
+  // The exported handle opens elsewhere with the same bytes.
+  auto handle = device_->ExportHandle(**arena);
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  IpcHandle h = *handle;
+  const Layout& l = layout_;
+  pid_t pid = fork();
+  if (pid == 0) {
+    auto m = OpenSharedHandle(h);
+    if (!m.ok()) _exit(1);
+    for (const CopyRange& r : l.ranges) {
+      if (r.host_source != nullptr) {
+        if (std::memcmp((*m)->data() + r.arena_offset, r.host_source, r.length))
+          _exit(2);
+      } else if (FirstPatternMismatch((*m)->data() + r.arena_offset, r.length,
+                                      r.file_offset, kSeed) != -1) {
+        _exit(3);
+      }
+    }
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  // Reused for a second load.
+  auto again = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                              nullptr, nullptr);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ExpectArena(ArenaBytes(**again), layout_);
+  arena->reset();
+  again->reset();
+  ExpectNoLeaks();
+}
+
+TEST_P(StagingPipelineTest, ReadErrorMidLoad) {
+  FaultInjectingReader::Faults f;
+  f.fail_read = 5;
+  auto pipeline =
+      NewPipeline(std::make_unique<FaultInjectingReader>(NewReader(), f));
+  auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                              nullptr, nullptr);
+  EXPECT_TRUE(absl::IsDataLoss(arena.status())) << arena.status();
+  EXPECT_NE(arena.status().message().find(*path_), std::string::npos)
+      << arena.status();
+  EXPECT_NE(arena.status().message().find("injected read error"),
+            std::string::npos);
+  ExpectNoLeaks();
+  EXPECT_EQ(pipeline->reader()->in_flight(), 0u);
+  // The pipeline still works afterwards.
+  auto ok = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
+                           nullptr);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ExpectArena(ArenaBytes(**ok), layout_);
+}
+
+TEST_P(StagingPipelineTest, ShortReadAndSubmitFailure) {
+  {
+    FaultInjectingReader::Faults f;
+    f.short_read = 3;
+    auto pipeline =
+        NewPipeline(std::make_unique<FaultInjectingReader>(NewReader(), f));
+    auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                                nullptr, nullptr);
+    EXPECT_TRUE(absl::IsDataLoss(arena.status())) << arena.status();
+    EXPECT_NE(arena.status().message().find("file ended"), std::string::npos)
+        << arena.status();
+  }
+  {
+    FaultInjectingReader::Faults f;
+    f.fail_submit = 4;
+    auto pipeline =
+        NewPipeline(std::make_unique<FaultInjectingReader>(NewReader(), f));
+    auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                                nullptr, nullptr);
+    EXPECT_TRUE(absl::IsUnavailable(arena.status())) << arena.status();
+  }
+  ExpectNoLeaks();
+}
+
+TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
+  if (fake_ == nullptr) GTEST_SKIP() << "faults are injected on the fake GPU";
+  auto pipeline = NewPipeline(NewReader());
+  FakeDevice::Faults f;
+  f.fail_copy = fake_->copies_started() + 4;
+  fake_->SetFaults(f);
+  auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                              nullptr, nullptr);
+  EXPECT_TRUE(absl::IsInternal(arena.status())) << arena.status();
+  EXPECT_NE(arena.status().message().find("injected copy failure"),
+            std::string::npos)
+      << arena.status();
+  ExpectNoLeaks();
+
+  FakeDevice::Options o;
+  o.faults.fail_copy_submit = 3;
+  auto fresh = FakeDevice::Create(o);
+  ASSERT_TRUE(fresh.ok());
+  {
+    StagingOptions so;
+    so.chunk_bytes = GetParam().chunk;
+    so.num_buffers = GetParam().buffers;
+    auto p = StagingPipeline::Create(fresh->get(), NewReader(), so);
+    ASSERT_TRUE(p.ok());
+    auto a = (*p)->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
+                        nullptr);
+    EXPECT_TRUE(absl::IsInternal(a.status())) << a.status();
+    EXPECT_NE(a.status().message().find("submitting copy"), std::string::npos);
+  }
+  EXPECT_EQ((*fresh)->live_arenas(), 0);
+
+  f = FakeDevice::Faults();
+  f.fail_allocation = 1;
+  f.fail_all_allocations = true;
+  fake_->SetFaults(f);
+  arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
+                         nullptr);
+  EXPECT_TRUE(absl::IsResourceExhausted(arena.status())) << arena.status();
+  EXPECT_NE(arena.status().message().find("allocating"), std::string::npos);
+  fake_->SetFaults(FakeDevice::Faults());
+  // Too big for the device.
+  arena = pipeline->Load(1ull << 40, source_, layout_.ranges, nullptr, nullptr);
+  EXPECT_TRUE(absl::IsResourceExhausted(arena.status())) << arena.status();
+  ExpectNoLeaks();
+  auto ok = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
+                           nullptr);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ExpectArena(ArenaBytes(**ok), layout_);
+}
+
+TEST_P(StagingPipelineTest, CancelMidLoad) {
+  if (fake_ != nullptr) fake_->SetCopyDelay(absl::Milliseconds(1));
+  FaultInjectingReader::Faults f;
+  f.submit_delay = absl::Microseconds(200);
+  auto pipeline =
+      NewPipeline(std::make_unique<FaultInjectingReader>(NewReader(), f));
+  CancellationToken cancel;
+  uint64_t last = 0;
+  auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                              &cancel, [&](uint64_t done, uint64_t total) {
+                                last = done;
+                                if (done > total / 4) cancel.Cancel();
+                              });
+  EXPECT_TRUE(absl::IsCancelled(arena.status())) << arena.status();
+  EXPECT_NE(arena.status().message().find("cancelled after"),
+            std::string::npos);
+  EXPECT_LT(last, kFileSize);
+  ExpectNoLeaks();
+  EXPECT_EQ(pipeline->reader()->in_flight(), 0u);
+
+  // Cancelled from another thread.
+  CancellationToken other;
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(2));
+    other.Cancel();
+  });
+  arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges, &other,
+                         nullptr);
+  canceller.join();
+  // Small loads may win the race; either way nothing leaks.
+  EXPECT_TRUE(arena.ok() || absl::IsCancelled(arena.status()))
+      << arena.status();
+  arena = absl::CancelledError("");
+  ExpectNoLeaks();
+
+  // Cancelled before it starts.
+  CancellationToken early;
+  early.Cancel();
+  arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges, &early,
+                         nullptr);
+  EXPECT_TRUE(absl::IsCancelled(arena.status()));
+  ExpectNoLeaks();
+}
+
+TEST_P(StagingPipelineTest, RejectsBadRanges) {
+  auto pipeline = NewPipeline(NewReader());
+  std::vector<CopyRange> past_file = {
+      CopyRange::FromFile(kFileSize - 10, 11, 0)};
+  auto a = pipeline->Load(100, source_, past_file, nullptr, nullptr);
+  EXPECT_TRUE(absl::IsOutOfRange(a.status())) << a.status();
+  std::vector<CopyRange> past_arena = {CopyRange::FromFile(0, 100, 50)};
+  a = pipeline->Load(100, source_, past_arena, nullptr, nullptr);
+  EXPECT_TRUE(absl::IsOutOfRange(a.status())) << a.status();
+  FileSource no_fd = source_;
+  no_fd.fd = -1;
+  a = pipeline->Load(100, no_fd, {CopyRange::FromFile(0, 10, 0)}, nullptr,
+                     nullptr);
+  EXPECT_TRUE(absl::IsInvalidArgument(a.status())) << a.status();
+  // Nothing to copy.
+  a = pipeline->Load(0, source_, {}, nullptr, nullptr);
+  EXPECT_TRUE(a.ok()) << a.status();
+  a = absl::CancelledError("");
+  ExpectNoLeaks();
+  EXPECT_FALSE(StagingPipeline::Create(device_.get(), NewReader(),
+                                       StagingOptions{0, 4, true})
+                   .ok());
+}
+
+TEST_P(StagingPipelineTest, ManyThreadsLoadingAtOnce) {
+  constexpr int kThreads = 6;
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto pipeline = NewPipeline(NewReader(4));
+      if (pipeline == nullptr) {
+        ++bad;
+        return;
+      }
+      for (int round = 0; round < 3; ++round) {
+        auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                                    nullptr, nullptr);
+        if (!arena.ok()) {
+          ++bad;
+          continue;
+        }
+        const uint8_t* bytes = ArenaBytes(**arena);
+        for (const CopyRange& r : layout_.ranges) {
+          bool same =
+              r.host_source != nullptr
+                  ? std::memcmp(bytes + r.arena_offset, r.host_source,
+                                r.length) == 0
+                  : FirstPatternMismatch(bytes + r.arena_offset, r.length,
+                                         r.file_offset, kSeed) == -1;
+          if (!same) ++bad;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  ExpectNoLeaks();
+}
+
+std::string Label(const ::testing::TestParamInfo<Param>& info) {
+  return info.param.label;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, StagingPipelineTest,
+    ::testing::Values(Param{"fake_uring_64k_x3", DeviceKind::kFakeGpu,
+                            IoBackend::kIoUring, 64 << 10, 3},
+                      Param{"fake_pread_64k_x3", DeviceKind::kFakeGpu,
+                            IoBackend::kPread, 64 << 10, 3},
+                      Param{"fake_uring_1m_x1", DeviceKind::kFakeGpu,
+                            IoBackend::kIoUring, 1 << 20, 1},
+                      Param{"fake_pread_odd_x4", DeviceKind::kFakeGpu,
+                            IoBackend::kPread, 100003, 4},
+                      Param{"host_uring_64k", DeviceKind::kHost,
+                            IoBackend::kIoUring, 64 << 10, 2},
+                      Param{"host_pread_1m", DeviceKind::kHost,
+                            IoBackend::kPread, 1 << 20, 2}),
+    Label);
+
+}  // namespace
+}  // namespace weightd
