@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/listing.h"
 #include "loader/common/json.h"
 #include "loader/format/checkpoint.h"
 #include "loader/format/reader.h"
@@ -71,12 +72,6 @@ std::string ShapeText(const std::vector<int64_t>& v) {
   return absl::StrCat("[", absl::StrJoin(v, ", "), "]");
 }
 
-Json IntArray(const std::vector<int64_t>& v) {
-  Json a = Json::MakeArray();
-  a.array().reserve(v.size());
-  for (int64_t x : v) a.array().emplace_back(x);
-  return a;
-}
 
 // Storage bytes of a storage: the mapped file or an inflated copy.
 const uint8_t* StorageBytes(const StorageInfo& s, absl::string_view file) {
@@ -151,29 +146,17 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
     }
   }
   if (json) {
-    Json root = Json::MakeObject();
-    root.object().emplace_back("format", Json(CheckpointFormatName(ckpt->format)));
-    Json tensors = Json::MakeArray();
-    tensors.array().reserve(ckpt->tensors.size());
+    std::vector<ListedTensor> listed;
+    listed.reserve(ckpt->tensors.size());
     for (size_t i = 0; i < ckpt->tensors.size(); ++i) {
-      const TensorInfo& t = ckpt->tensors[i];
-      Json e = Json::MakeObject();
-      e.object().emplace_back("name", Json(t.name));
-      e.object().emplace_back("dtype", Json(DTypeName(t.dtype)));
-      e.object().emplace_back("shape", IntArray(t.shape));
-      e.object().emplace_back("stride", IntArray(t.stride));
-      e.object().emplace_back("storage_offset", Json(t.storage_offset));
-      if (hash) e.object().emplace_back("sha256", Json(hashes[i]));
-      tensors.array().push_back(std::move(e));
+      ListedTensor item{&ckpt->tensors[i], std::nullopt};
+      if (hash) item.sha256 = hashes[i];
+      listed.push_back(std::move(item));
     }
-    root.object().emplace_back("tensors", std::move(tensors));
-    if (ckpt->format == CheckpointFormat::kTorchScript) {
-      Json extra = Json::MakeObject();
-      for (const auto& kv : ckpt->extra_files) {
-        extra.object().emplace_back(kv.first, Json(kv.second));
-      }
-      root.object().emplace_back("extra_files", std::move(extra));
-    }
+    // The same builder `weightctl load --json` uses: the two outputs are identical.
+    Json root = TensorListingJson(CheckpointFormatName(ckpt->format), listed,
+                                  ckpt->extra_files,
+                                  ckpt->format == CheckpointFormat::kTorchScript);
     out << root.Dump(true) << "\n";
     return 0;
   }
