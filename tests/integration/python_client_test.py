@@ -10,11 +10,13 @@ Usage: python_client_test.py WEIGHTD_BINARY PYTHON_PACKAGE_DIR [FIXTURES_DIR]
 """
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -25,6 +27,9 @@ except ImportError:  # pragma: no cover
 
 WEIGHTD = None
 FIXTURES = None
+# torch.load honours the zip `byteorder` record only in releases that write it (2.x).
+TORCH_READS_BYTEORDER = torch is not None and re.search(
+    r"""['"]byteorder['"]""", open(torch.serialization.__file__).read()) is not None
 
 
 def flatten(value, prefix=""):
@@ -67,9 +72,17 @@ class Daemon:
         if FIXTURES:
             args.append("--model_root=" + FIXTURES)
         self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        line = self.process.stderr.readline()
-        if "weightd ready" not in line:
-            raise RuntimeError("weightd did not start: " + line + self.process.stderr.read())
+        seen = []
+        for line in self.process.stderr:  # ends when the daemon exits
+            seen.append(line)
+            if "weightd ready" in line:
+                break
+        else:
+            raise RuntimeError("weightd did not start:\n" + "".join(seen))
+        # Keep draining the daemon's log so it never blocks on a full pipe.
+        self.log = seen
+        threading.Thread(target=lambda: self.log.extend(self.process.stderr),
+                         daemon=True).start()
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
@@ -164,6 +177,8 @@ class PythonClientTest(unittest.TestCase):
             path = os.path.join(FIXTURES, entry)
             if not entry.endswith((".pt", ".pth", ".bin")) or "bad" in entry:
                 continue
+            if "big_endian" in entry and not TORCH_READS_BYTEORDER:
+                continue  # this torch ignores the byteorder record and misreads the file
             try:
                 want = flatten(torch.load(path))
             except Exception:  # torchscript, big-endian on this host, refused globals
