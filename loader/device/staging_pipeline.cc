@@ -268,7 +268,10 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
     } else {
       done += slot.length;
       ++stats->chunks;
-      if (progress && status.ok()) progress(done, total);
+      if (progress && status.ok() &&
+          !(cancel != nullptr && cancel->cancelled())) {
+        progress(done, total);
+      }
     }
     release(i);
   };
@@ -295,7 +298,9 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
 
   for (;;) {
     // Issue work into free buffers.
-    while (status.ok() && !cursor.done() && !free_slots.empty()) {
+    const int depth = reader_->queue_depth();
+    while (status.ok() && !cursor.done() && !free_slots.empty() &&
+           reads < depth) {
       if (cancel != nullptr && cancel->cancelled()) break;
       int i = free_slots.back();
       free_slots.pop_back();
@@ -417,7 +422,9 @@ absl::Status StagingPipeline::RunDirect(DeviceArena* arena,
   auto chunk_done = [&](uint64_t length) {
     done += length;
     ++stats->chunks;
-    if (progress) progress(done, total);
+    if (progress && !(cancel != nullptr && cancel->cancelled())) {
+      progress(done, total);
+    }
   };
 
   for (;;) {

@@ -338,7 +338,7 @@ TEST_P(StagingPipelineTest, CancelMidLoad) {
   FaultInjectingReader::Faults f;
   f.submit_delay = absl::Microseconds(200);
   auto pipeline =
-      NewPipeline(std::make_unique<FaultInjectingReader>(NewReader(), f));
+      NewPipeline(std::make_unique<FaultInjectingReader>(NewReader(2), f));
   CancellationToken cancel;
   uint64_t last = 0;
   auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
