@@ -1,0 +1,192 @@
+// Host load from page cache: raw sequential read() throughput of a file vs
+// the staging pipeline reading the same file into a host (shared-memory)
+// arena through each Reader backend. Prints a table; ratios are against the
+// read() baseline measured in the same run.
+//
+//   bazel run -c opt //tests/bench:io_bench -- --size_mb=1024 [--file=PATH]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "loader/device/host_device.h"
+#include "loader/device/staging_pipeline.h"
+#include "loader/io/io_uring_reader.h"
+#include "loader/io/mapped_file.h"
+#include "loader/io/reader_factory.h"
+#include "tests/bench/bench_util.h"
+
+ABSL_FLAG(std::string, file, "",
+          "file to read (default: a generated file under /tmp)");
+ABSL_FLAG(int64_t, size_mb, 1024, "size of the generated file in MiB");
+ABSL_FLAG(int64_t, chunk_mb, 8, "read chunk (and baseline buffer) in MiB");
+ABSL_FLAG(int, queue_depth, 8, "reads in flight");
+ABSL_FLAG(int, repeats, 3, "runs per row; the best is reported");
+ABSL_FLAG(bool, keep_file, false, "keep the generated file");
+
+namespace weightd {
+namespace {
+
+using bench::GiBps;
+using bench::Now;
+
+struct Row {
+  std::string name;
+  double seconds = 0;
+  uint64_t bytes = 0;
+};
+
+int Main() {
+  std::string path = absl::GetFlag(FLAGS_file);
+  bool generated = path.empty();
+  uint64_t size = static_cast<uint64_t>(absl::GetFlag(FLAGS_size_mb)) << 20;
+  if (generated) {
+    path = absl::StrCat("/tmp/weightd-io-bench-", absl::GetFlag(FLAGS_size_mb),
+                        "m.bin");
+    if (!bench::EnsureFile(path, size)) {
+      std::fprintf(stderr, "cannot write %s\n", path.c_str());
+      return 1;
+    }
+  }
+  auto file = MappedFile::Open(path);
+  if (!file.ok()) {
+    std::fprintf(stderr, "%s\n", file.status().ToString().c_str());
+    return 1;
+  }
+  size = (*file)->size();
+  const size_t chunk = static_cast<size_t>(absl::GetFlag(FLAGS_chunk_mb)) << 20;
+  const int repeats = std::max(1, absl::GetFlag(FLAGS_repeats));
+
+  // Warm the page cache, then the baseline.
+  bench::ReadWholeFile(path, chunk, nullptr);
+  std::vector<Row> rows;
+  Row baseline{"read() into one buffer (baseline)", 1e30, size};
+  for (int i = 0; i < repeats; ++i) {
+    uint64_t got = 0;
+    double t = bench::ReadWholeFile(path, chunk, &got);
+    if (t < 0 || got != size) {
+      std::fprintf(stderr, "baseline read failed\n");
+      return 1;
+    }
+    baseline.seconds = std::min(baseline.seconds, t);
+  }
+  rows.push_back(baseline);
+  // The same with a fresh file-sized destination each run: what a copy into
+  // new memory costs (page faults and zeroing included), for the
+  // "incl. allocation" rows.
+  Row fresh_baseline{"read() into a fresh file-sized buffer", 1e30, size};
+  for (int i = 0; i < repeats; ++i) {
+    int fd = open(path.c_str(), O_RDONLY);
+    double start = Now();
+    char* dst = static_cast<char*>(std::malloc(size ? size : 1));
+    uint64_t got = 0;
+    for (;;) {
+      ssize_t n = read(fd, dst + got, std::min<uint64_t>(chunk, size - got));
+      if (n <= 0) break;
+      got += static_cast<uint64_t>(n);
+    }
+    std::free(dst);
+    fresh_baseline.seconds = std::min(fresh_baseline.seconds, Now() - start);
+    close(fd);
+  }
+  rows.push_back(fresh_baseline);
+
+  auto host = HostDevice::Create();
+  if (!host.ok()) return 1;
+  FileSource source;
+  source.fd = (*file)->fd();
+  source.size = size;
+  source.name = path;
+  std::vector<CopyRange> ranges = {CopyRange::FromFile(0, size, 0)};
+
+  std::vector<IoBackend> backends = {IoBackend::kPread};
+  if (IoUringReader::Probe().ok()) {
+    backends.insert(backends.begin(), IoBackend::kIoUring);
+  } else {
+    std::printf("io_uring skipped: %s\n",
+                IoUringReader::Probe().ToString().c_str());
+  }
+  std::string notes;
+  for (IoBackend backend : backends) {
+    ReaderOptions ro;
+    ro.backend = backend;
+    ro.queue_depth = absl::GetFlag(FLAGS_queue_depth);
+    ro.pread_threads = absl::GetFlag(FLAGS_queue_depth);
+    auto reader = CreateReader(ro);
+    if (!reader.ok()) {
+      std::fprintf(stderr, "%s\n", reader.status().ToString().c_str());
+      return 1;
+    }
+    notes +=
+        absl::StrCat("  ", (*reader)->name(), ": ", (*reader)->reason(), "\n");
+    StagingOptions so;
+    so.chunk_bytes = chunk;
+    auto pipeline =
+        StagingPipeline::Create(host->get(), std::move(*reader), so);
+    if (!pipeline.ok()) return 1;
+    // The arena's pages are faulted in once (as a long-lived daemon's arenas
+    // are); the "incl. allocation" row pays for a fresh segment every run.
+    auto arena = (*host)->Allocate(size);
+    if (!arena.ok()) {
+      std::fprintf(stderr, "%s\n", arena.status().ToString().c_str());
+      return 1;
+    }
+    absl::Status s =
+        (*pipeline)->Run(arena->get(), source, ranges, nullptr, nullptr);
+    Row warm{absl::StrCat("pipeline -> host arena, ", IoBackendName(backend)),
+             1e30, size};
+    Row fresh{absl::StrCat("pipeline -> host arena, ", IoBackendName(backend),
+                           ", incl. allocation"),
+              1e30, size};
+    for (int i = 0; i < repeats && s.ok(); ++i) {
+      double start = Now();
+      s = (*pipeline)->Run(arena->get(), source, ranges, nullptr, nullptr);
+      warm.seconds = std::min(warm.seconds, Now() - start);
+    }
+    arena->reset();
+    for (int i = 0; i < repeats && s.ok(); ++i) {
+      double start = Now();
+      auto a = (*pipeline)->Load(size, source, ranges, nullptr, nullptr);
+      fresh.seconds = std::min(fresh.seconds, Now() - start);
+      s = a.status();
+    }
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      return 1;
+    }
+    rows.push_back(warm);
+    rows.push_back(fresh);
+  }
+
+  std::printf(
+      "\nio_bench: %s, %.0f MiB, page cache, chunk %zu MiB, queue depth %d, "
+      "best of %d, %ld CPUs\n",
+      path.c_str(), size / 1048576.0, chunk >> 20,
+      absl::GetFlag(FLAGS_queue_depth), repeats, sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("%-50s %10s %10s %10s\n", "path", "seconds", "GiB/s",
+              "vs read()");
+  for (const Row& r : rows) {
+    std::printf("%-50s %10.3f %10.2f %9.0f%%\n", r.name.c_str(), r.seconds,
+                GiBps(r.bytes, r.seconds),
+                100.0 * baseline.seconds / r.seconds);
+  }
+  std::printf("backends:\n%s", notes.c_str());
+  if (generated && !absl::GetFlag(FLAGS_keep_file)) unlink(path.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace weightd
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return weightd::Main();
+}
