@@ -332,8 +332,8 @@ TEST_P(ReaderTest, DestroyWithReadsInFlight) {
   for (int i = 0; i < reader_->queue_depth(); ++i) {
     ReadRequest r;
     r.fd = file_->fd();
-    r.offset = 0;
-    r.buffer = out.data();
+    r.offset = 64 * 1024 * i;
+    r.buffer = out.data() + 64 * 1024 * i;  // disjoint: no racing writes
     r.length = 64 * 1024;
     ASSERT_TRUE(reader_->Submit(r).ok());
   }
