@@ -131,6 +131,21 @@ bool IsCastableFloat(DType dtype) {
          dtype == DType::kFloat16 || dtype == DType::kBFloat16;
 }
 
+namespace {
+
+// Tight loops for the little-endian float32 sources that dominate casts on load.
+template <typename Narrow>
+void CastFloat32Loop(const uint8_t* src, size_t count, uint8_t* dst, Narrow narrow) {
+  for (size_t i = 0; i < count; ++i) {
+    float value;
+    std::memcpy(&value, src + 4 * i, 4);
+    uint16_t out = narrow(value);
+    std::memcpy(dst + 2 * i, &out, 2);
+  }
+}
+
+}  // namespace
+
 absl::Status CastElements(const uint8_t* src, DType from, ByteOrder order,
                           size_t count, uint8_t* dst, DType to) {
   if (!IsCastableFloat(from) || !IsCastableFloat(to) || to == DType::kFloat64) {
@@ -139,6 +154,16 @@ absl::Status CastElements(const uint8_t* src, DType from, ByteOrder order,
   }
   const size_t in_size = DTypeSize(from);
   const size_t out_size = DTypeSize(to);
+  if (from == DType::kFloat32 && order == ByteOrder::kLittle) {
+    if (to == DType::kBFloat16) {
+      CastFloat32Loop(src, count, dst, FloatToBFloat16);
+      return absl::OkStatus();
+    }
+    if (to == DType::kFloat16) {
+      CastFloat32Loop(src, count, dst, FloatToHalf);
+      return absl::OkStatus();
+    }
+  }
   for (size_t i = 0; i < count; ++i) {
     const uint8_t* in = src + i * in_size;
     uint8_t* out = dst + i * out_size;

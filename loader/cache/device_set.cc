@@ -108,7 +108,7 @@ class RegistryDeviceSet : public DeviceSet {
 
   absl::StatusOr<HostSegment> CreateHostSegment(uint64_t size) override {
     ASSIGN_OR_RETURN(std::unique_ptr<SharedMemorySegment> segment,
-                     SharedMemorySegment::Create(size, "weightd"));
+                     SharedMemorySegment::Create(size, "weightd", /*populate=*/true));
     HostSegment out;
     out.name = segment->name();
     out.data = segment->data();
