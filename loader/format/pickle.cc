@@ -469,11 +469,10 @@ Unpickler::Unpickler(absl::string_view data, UnpicklerOptions options,
     : data_(data),
       options_(std::move(options)),
       persistent_loader_(std::move(persistent_loader)),
-      heap_(std::make_shared<std::deque<PyValue>>()) {}
+      heap_(std::make_shared<PyHeap>()) {}
 
 PyValue* Unpickler::NewValue(PyKind kind) {
-  heap_->emplace_back();
-  PyValue* v = &heap_->back();
+  PyValue* v = heap_->New();
   v->kind = kind;
   ++values_;
   return v;

@@ -68,6 +68,26 @@ std::string PyTypeName(const PyValue* v);
 // None, tuples "(1, 'a')", bytes "b'x'".
 std::string PyStr(const PyValue* v);
 
+// Owns every value of an unpickling; values never move once created.
+class PyHeap {
+ public:
+  PyValue* New() {
+    if (blocks_.empty() || used_ == kBlock) {
+      blocks_.emplace_back(new PyValue[kBlock]);
+      used_ = 0;
+    }
+    ++size_;
+    return &blocks_.back()[used_++];
+  }
+  size_t size() const { return size_; }
+
+ private:
+  static constexpr size_t kBlock = 1024;
+  std::vector<std::unique_ptr<PyValue[]>> blocks_;
+  size_t used_ = 0;
+  size_t size_ = 0;
+};
+
 struct PickledTensor {
   int64_t storage = 0;  // PyValue::index of the storage
   DType dtype = DType::kFloat32;
@@ -110,7 +130,7 @@ using PersistentLoader =
     std::function<absl::StatusOr<PyValue*>(Unpickler& unpickler, PyValue* pid)>;
 
 struct PickleResult {
-  std::shared_ptr<std::deque<PyValue>> heap;
+  std::shared_ptr<PyHeap> heap;
   PyValue* root = nullptr;
   std::vector<PickledTensor> tensors;
   size_t bytes_consumed = 0;  // through STOP
@@ -157,7 +177,7 @@ class Unpickler {
   UnpicklerOptions options_;
   PersistentLoader persistent_loader_;
   size_t pos_ = 0;
-  std::shared_ptr<std::deque<PyValue>> heap_;
+  std::shared_ptr<PyHeap> heap_;
   std::vector<PyValue*> stack_;
   std::vector<size_t> marks_;
   std::vector<PyValue*> memo_vec_;
