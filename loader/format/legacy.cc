@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "loader/common/status_macros.h"
 #include "loader/format/pickle.h"
@@ -52,12 +53,14 @@ struct LegacyView {
 
 bool LooksLikeTorchLegacy(absl::string_view bytes) {
   // Protocol 2+ pickles of the magic number: PROTO n, LONG1 10 bytes.
+  // (protocol 4+ puts a FRAME header in between).
   if (bytes.size() >= 14 && static_cast<uint8_t>(bytes[0]) == 0x80 &&
-      bytes.substr(2, 12) == absl::string_view(kMagicLong1, 12)) {
+      bytes.substr(0, 32).find(absl::string_view(kMagicLong1, 12)) !=
+          absl::string_view::npos) {
     return true;
   }
   // Protocols 0/1: LONG text.
-  return bytes.substr(0, 26) == "L119547037146038801333356";
+  return absl::StartsWith(bytes, "L119547037146038801333356");
 }
 
 bool LooksLikeTar(absl::string_view bytes) {

@@ -86,6 +86,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("views.pt", "dtypes.pt", "training.pt", "many.pt",
                       "legacy.pt", "legacy_dtypes.pt", "big_endian.pt",
                       "big_endian_dtypes.pt", "modern_v3.pt", "script.pt",
+                      "legacy_proto1.pt", "zip_proto5.pt",
                       "model.safetensors"),
     [](const ::testing::TestParamInfo<const char*>& info) {
       std::string n = info.param;
