@@ -72,7 +72,6 @@ std::string ShapeText(const std::vector<int64_t>& v) {
   return absl::StrCat("[", absl::StrJoin(v, ", "), "]");
 }
 
-
 // Storage bytes of a storage: the mapped file or an inflated copy.
 const uint8_t* StorageBytes(const StorageInfo& s, absl::string_view file) {
   if (s.inflated) return reinterpret_cast<const uint8_t*>(s.inflated->data());
@@ -153,10 +152,11 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
       if (hash) item.sha256 = hashes[i];
       listed.push_back(std::move(item));
     }
-    // The same builder `weightctl load --json` uses: the two outputs are identical.
-    Json root = TensorListingJson(CheckpointFormatName(ckpt->format), listed,
-                                  ckpt->extra_files,
-                                  ckpt->format == CheckpointFormat::kTorchScript);
+    // The same builder `weightctl load --json` uses: the two outputs are
+    // identical.
+    Json root = TensorListingJson(
+        CheckpointFormatName(ckpt->format), listed, ckpt->extra_files,
+        ckpt->format == CheckpointFormat::kTorchScript);
     out << root.Dump(true) << "\n";
     return 0;
   }
@@ -167,17 +167,19 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
   uint64_t total = 0;
   for (size_t i = 0; i < ckpt->tensors.size(); ++i) {
     const TensorInfo& t = ckpt->tensors[i];
-    uint64_t bytes = static_cast<uint64_t>(t.NumElements()) * DTypeSize(t.dtype);
+    uint64_t bytes =
+        static_cast<uint64_t>(t.NumElements()) * DTypeSize(t.dtype);
     total += bytes;
-    std::vector<std::string> row = {
-        t.name, std::string(DTypeName(t.dtype)), ShapeText(t.shape),
-        absl::StrCat(bytes), ckpt->storages[t.storage_index].location};
+    std::vector<std::string> row = {t.name, std::string(DTypeName(t.dtype)),
+                                    ShapeText(t.shape), absl::StrCat(bytes),
+                                    ckpt->storages[t.storage_index].location};
     if (hash) row.push_back(hashes[i]);
     rows.push_back(std::move(row));
   }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& r : rows) {
-    for (size_t c = 0; c < r.size(); ++c) width[c] = std::max(width[c], r[c].size());
+    for (size_t c = 0; c < r.size(); ++c)
+      width[c] = std::max(width[c], r[c].size());
   }
   out << path << ": " << CheckpointFormatName(ckpt->format) << ", "
       << ckpt->tensors.size() << " tensors, " << ckpt->storages.size()

@@ -38,7 +38,8 @@ TEST(InspectTest, JsonWithHashes) {
 
 TEST(InspectTest, TorchScriptExtraFiles) {
   std::ostringstream out, err;
-  ASSERT_EQ(RunInspect({"--json", "tests/fixtures/data/script.pt"}, out, err), 0);
+  ASSERT_EQ(RunInspect({"--json", "tests/fixtures/data/script.pt"}, out, err),
+            0);
   auto j = ParseJson(out.str());
   ASSERT_TRUE(j.ok());
   EXPECT_EQ(j->Find("format")->string_value(), "torchscript");
@@ -47,10 +48,10 @@ TEST(InspectTest, TorchScriptExtraFiles) {
 }
 
 TEST(InspectTest, BadFileOneLine) {
-  for (const char* f : {"tests/fixtures/data/bad_truncated.pt",
-                        "tests/fixtures/data/bad_evil.pt",
-                        "tests/fixtures/data/bad_random.pt",
-                        "tests/fixtures/data/does_not_exist.pt"}) {
+  for (const char* f :
+       {"tests/fixtures/data/bad_truncated.pt",
+        "tests/fixtures/data/bad_evil.pt", "tests/fixtures/data/bad_random.pt",
+        "tests/fixtures/data/does_not_exist.pt"}) {
     std::ostringstream out, err;
     EXPECT_EQ(RunInspect({"--json", f}, out, err), 1) << f;
     std::string e = err.str();

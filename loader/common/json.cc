@@ -192,15 +192,16 @@ class Parser {
   absl::StatusOr<Json> Parse() {
     if (text_.size() > options_.max_size) {
       return absl::InvalidArgumentError(
-          absl::StrCat("JSON text is ", text_.size(),
-                       " bytes, limit is ", options_.max_size));
+          absl::StrCat("JSON text is ", text_.size(), " bytes, limit is ",
+                       options_.max_size));
     }
     Json value;
     SkipSpace();
     absl::Status s = ParseValue(&value, 0);
     if (!s.ok()) return s;
     SkipSpace();
-    if (pos_ != text_.size()) return Error("trailing characters after JSON value");
+    if (pos_ != text_.size())
+      return Error("trailing characters after JSON value");
     return value;
   }
 
@@ -280,7 +281,9 @@ class Parser {
     if (text_[pos_] == '0') {
       ++pos_;
     } else if (text_[pos_] >= '1' && text_[pos_] <= '9') {
-      while (pos_ < text_.size() && isdigit(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+      while (pos_ < text_.size() &&
+             isdigit(static_cast<unsigned char>(text_[pos_])))
+        ++pos_;
     } else {
       return Error("invalid number");
     }
@@ -288,15 +291,20 @@ class Parser {
       is_int = false;
       ++pos_;
       size_t digits = pos_;
-      while (pos_ < text_.size() && isdigit(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+      while (pos_ < text_.size() &&
+             isdigit(static_cast<unsigned char>(text_[pos_])))
+        ++pos_;
       if (pos_ == digits) return Error("digit expected after '.'");
     }
     if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
       is_int = false;
       ++pos_;
-      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
+      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-'))
+        ++pos_;
       size_t digits = pos_;
-      while (pos_ < text_.size() && isdigit(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+      while (pos_ < text_.size() &&
+             isdigit(static_cast<unsigned char>(text_[pos_])))
+        ++pos_;
       if (pos_ == digits) return Error("digit expected in exponent");
     }
     std::string num(text_.substr(start, pos_ - start));
@@ -506,7 +514,8 @@ class Parser {
       absl::Status s = ParseString(&key);
       if (!s.ok()) return s;
       SkipSpace();
-      if (pos_ >= text_.size() || text_[pos_] != ':') return Error("expected ':'");
+      if (pos_ >= text_.size() || text_[pos_] != ':')
+        return Error("expected ':'");
       ++pos_;
       SkipSpace();
       Json v;

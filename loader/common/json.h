@@ -24,12 +24,12 @@ class Json {
   Json(std::nullptr_t) {}
   Json(bool b) : type_(Type::kBool), bool_(b) {}
   Json(int v) : type_(Type::kInt), int_(v) {}
-  Json(long v) : type_(Type::kInt), int_(v) {}            // NOLINT
-  Json(long long v) : type_(Type::kInt), int_(v) {}       // NOLINT
-  Json(unsigned v) : type_(Type::kInt), int_(v) {}        // NOLINT
-  Json(unsigned long v)                                   // NOLINT
+  Json(long v) : type_(Type::kInt), int_(v) {}       // NOLINT
+  Json(long long v) : type_(Type::kInt), int_(v) {}  // NOLINT
+  Json(unsigned v) : type_(Type::kInt), int_(v) {}   // NOLINT
+  Json(unsigned long v)                              // NOLINT
       : type_(Type::kInt), int_(static_cast<int64_t>(v)) {}
-  Json(unsigned long long v)                              // NOLINT
+  Json(unsigned long long v)  // NOLINT
       : type_(Type::kInt), int_(static_cast<int64_t>(v)) {}
   Json(double v) : type_(Type::kDouble), double_(v) {}
   Json(const char* s) : type_(Type::kString), string_(s) {}

@@ -18,8 +18,9 @@ TEST(JsonTest, ParsesAndDumpsRoundTrip) {
   EXPECT_EQ(j->Find("c")->string_value(), "x\ny\xc3\xa9");
   EXPECT_DOUBLE_EQ(j->Find("d")->double_value(), -2.5);
   EXPECT_EQ(j->Find("big")->int_value(), 12345678901234);
-  EXPECT_EQ(j->Dump(),
-            R"({"a":1,"b":[true,false,null],"c":"x\nyé","d":-2.5,"e":{},"f":[],"big":12345678901234})");
+  EXPECT_EQ(
+      j->Dump(),
+      R"({"a":1,"b":[true,false,null],"c":"x\nyé","d":-2.5,"e":{},"f":[],"big":12345678901234})");
   auto again = ParseJson(j->Dump(true));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, *j);
@@ -61,11 +62,10 @@ TEST(JsonTest, SurrogatePairs) {
 }
 
 TEST(JsonTest, RejectsInvalid) {
-  const char* bad[] = {"",        "{",          "[1,]",      "{\"a\":1,}",
-                       "01",      "1.",         "-",         "tru",
-                       "\"\t\"",  "{\"a\" 1}",  "[1 2]",     "1 2",
-                       "nan",     "'x'",        "{1:2}",     "\"\\x\"",
-                       "\"\xff\"", "\"\xc0\x80\"", "/*c*/1"};
+  const char* bad[] = {
+      "",      "{",       "[1,]",      "{\"a\":1,}",   "01",    "1.",  "-",
+      "tru",   "\"\t\"",  "{\"a\" 1}", "[1 2]",        "1 2",   "nan", "'x'",
+      "{1:2}", "\"\\x\"", "\"\xff\"",  "\"\xc0\x80\"", "/*c*/1"};
   for (const char* b : bad) {
     EXPECT_FALSE(ParseJson(b).ok()) << b;
   }

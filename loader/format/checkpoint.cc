@@ -20,8 +20,9 @@ int64_t TensorInfo::NumElements() const {
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) return 0;
-    if (d != 0 && n > INT64_MAX / d) return INT64_MAX;  // saturate; readers
-                                                        // refuse before this
+    if (d != 0 && n > INT64_MAX / d)
+      return INT64_MAX;  // saturate; readers
+                         // refuse before this
     n *= d;
   }
   return n;

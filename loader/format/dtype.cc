@@ -47,10 +47,10 @@ struct Alias {
   DType dtype;
 };
 constexpr Alias kAliases[] = {
-    {"float", DType::kFloat32},     {"double", DType::kFloat64},
-    {"half", DType::kFloat16},      {"long", DType::kInt64},
-    {"int", DType::kInt32},         {"short", DType::kInt16},
-    {"cfloat", DType::kComplex64},  {"cdouble", DType::kComplex128},
+    {"float", DType::kFloat32},    {"double", DType::kFloat64},
+    {"half", DType::kFloat16},     {"long", DType::kInt64},
+    {"int", DType::kInt32},        {"short", DType::kInt16},
+    {"cfloat", DType::kComplex64}, {"cdouble", DType::kComplex128},
     {"chalf", DType::kComplex32},
 };
 
@@ -76,7 +76,8 @@ absl::StatusOr<DType> DTypeFromName(absl::string_view name) {
   for (const Alias& a : kAliases) {
     if (name == a.name) return a.dtype;
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", name, "\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype \"", name, "\""));
 }
 
 size_t DTypeSize(DType dtype) {

@@ -15,7 +15,8 @@ namespace {
 
 // 0x1950a86a20f9469cfc6c
 constexpr char kMagicDecimal[] = "119547037146038801333356";
-constexpr char kMagicLong1[] = "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+constexpr char kMagicLong1[] =
+    "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 constexpr int64_t kProtocolVersion = 1001;
 
 absl::Status Invalid(const ReadOptions& options, absl::string_view what) {
@@ -77,8 +78,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
   absl::flat_hash_map<std::string, size_t> view_by_key;
 
   auto root_storage = [&](const std::string& key, const std::string& location,
-                          DType dtype, uint64_t numel)
-      -> absl::StatusOr<size_t> {
+                          DType dtype,
+                          uint64_t numel) -> absl::StatusOr<size_t> {
     auto it = root_by_key.find(key);
     if (it != root_by_key.end()) return roots[it->second].index;
     StorageInfo info;
@@ -122,7 +123,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     }
     const PyValue* numel = pid->items[4];
     if (numel->kind != PyKind::kInt || numel->i < 0) {
-      return absl::InvalidArgumentError("storage numel is not a non-negative int");
+      return absl::InvalidArgumentError(
+          "storage numel is not a non-negative int");
     }
     DType dtype;
     if (type->kind == PyKind::kDType) {
@@ -135,9 +137,9 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     } else {
       return absl::InvalidArgumentError("storage type is not a storage class");
     }
-    ASSIGN_OR_RETURN(size_t index,
-                     root_storage(key, location, dtype,
-                                  static_cast<uint64_t>(numel->i)));
+    ASSIGN_OR_RETURN(
+        size_t index,
+        root_storage(key, location, dtype, static_cast<uint64_t>(numel->i)));
     const PyValue* view = pid->items[5];
     if (view->kind != PyKind::kNone) {
       // (view_key, offset, view_size), in elements of the root's dtype.
@@ -156,10 +158,9 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
         size_t vindex = ckpt.storages.size();
         ckpt.storages.push_back(std::move(info));
         it = view_by_key.emplace(view_key, views.size()).first;
-        views.push_back(LegacyView{key,
-                                   static_cast<uint64_t>(view->items[1]->i),
-                                   static_cast<uint64_t>(view->items[2]->i),
-                                   vindex});
+        views.push_back(
+            LegacyView{key, static_cast<uint64_t>(view->items[1]->i),
+                       static_cast<uint64_t>(view->items[2]->i), vindex});
       }
       index = views[it->second].index;
     }
@@ -200,7 +201,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
   uint64_t pos = u.offset();
   for (const PyValue* k : keys->items) {
     std::string key;
-    if (!AsText(k, &key)) return Invalid(options, "storage key is not a string");
+    if (!AsText(k, &key))
+      return Invalid(options, "storage key is not a string");
     auto it = root_by_key.find(key);
     if (it == root_by_key.end()) {
       return Invalid(options, absl::StrCat("storage \"", key,
@@ -210,7 +212,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     if (file_bytes.size() - pos < 8) {
       return Invalid(options, absl::StrCat("storage \"", key,
                                            "\" is missing (file truncated at "
-                                           "byte ", file_bytes.size(), ")"));
+                                           "byte ",
+                                           file_bytes.size(), ")"));
     }
     uint64_t numel = 0;
     for (int b = 7; b >= 0; --b) {
@@ -218,9 +221,11 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     }
     pos += 8;
     if (numel != s.numel) {
-      return Invalid(options, absl::StrCat("storage \"", key, "\" holds ",
-                                           numel, " elements, its persistent "
-                                           "id declares ", s.numel));
+      return Invalid(options,
+                     absl::StrCat("storage \"", key, "\" holds ", numel,
+                                  " elements, its persistent "
+                                  "id declares ",
+                                  s.numel));
     }
     StorageInfo& info = ckpt.storages[s.index];
     if (file_bytes.size() - pos < info.num_bytes) {
@@ -240,7 +245,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     }
   }
   for (const LegacyView& v : views) {
-    const StorageInfo& root_info = ckpt.storages[roots[root_by_key[v.root_key]].index];
+    const StorageInfo& root_info =
+        ckpt.storages[roots[root_by_key[v.root_key]].index];
     StorageInfo& info = ckpt.storages[v.index];
     uint64_t elem = DTypeSize(info.dtype);
     uint64_t off, len, end;

@@ -1,11 +1,11 @@
 #include "loader/format/map_location.h"
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace weightd {
 
@@ -23,9 +23,8 @@ absl::StatusOr<std::string> CanonicalDevice(absl::string_view tag) {
       return absl::StrCat("cuda:", index);
     }
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown device \"", tag,
-                   "\" (expected cpu, meta, cuda or cuda:N)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown device \"", tag, "\" (expected cpu, meta, cuda or cuda:N)"));
 }
 
 std::string MapLocation::ToString() const {
@@ -52,9 +51,8 @@ absl::StatusOr<MapLocation> ParseMapLocation(absl::string_view spec) {
   if (spec.find("->") == absl::string_view::npos) {
     auto target = CanonicalDevice(spec);
     if (!target.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad map_location \"", spec, "\": ",
-                       target.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad map_location \"", spec, "\": ", target.status().message()));
     }
     if (*target == "meta") {
       map.kind = MapLocation::Kind::kMeta;
@@ -69,9 +67,8 @@ absl::StatusOr<MapLocation> ParseMapLocation(absl::string_view spec) {
     item = absl::StripAsciiWhitespace(item);
     std::vector<absl::string_view> sides = absl::StrSplit(item, "->");
     if (sides.size() != 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad map_location entry \"", item,
-                       "\" (expected FROM->TO)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad map_location entry \"", item, "\" (expected FROM->TO)"));
     }
     absl::string_view from = absl::StripAsciiWhitespace(sides[0]);
     if (from.empty()) {
@@ -80,17 +77,16 @@ absl::StatusOr<MapLocation> ParseMapLocation(absl::string_view spec) {
     }
     auto to = CanonicalDevice(sides[1]);
     if (!to.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad map_location entry \"", item, "\": ",
-                       to.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad map_location entry \"", item, "\": ", to.status().message()));
     }
     std::string from_s(from);
     auto canon_from = CanonicalDevice(from);
     if (canon_from.ok()) from_s = *canon_from;
     for (const auto& kv : map.remap) {
       if (kv.first == from_s) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "map_location maps \"", from_s, "\" twice"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("map_location maps \"", from_s, "\" twice"));
       }
     }
     map.remap.emplace_back(from_s, *to);

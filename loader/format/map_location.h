@@ -19,7 +19,7 @@ struct MapLocation {
     kMeta,   // metadata only, no bytes anywhere
   };
   Kind kind = Kind::kKeep;
-  std::string target;                                   // kAll
+  std::string target;                                      // kAll
   std::vector<std::pair<std::string, std::string>> remap;  // kRemap
 
   std::string ToString() const;

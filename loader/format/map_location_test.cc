@@ -57,7 +57,8 @@ TEST(MapLocationTest, Errors) {
   auto m = ParseMapLocation("");
   auto r = ResolveLocation(*m, "mps");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("cannot place storage saved on \"mps\""));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("cannot place storage saved on \"mps\""));
   m = ParseMapLocation("cuda:1->cuda:0");
   EXPECT_FALSE(ResolveLocation(*m, "xla:0").ok());
 }

@@ -7,12 +7,12 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "loader/common/status_macros.h"
 
 namespace weightd {
@@ -124,9 +124,11 @@ bool Utf8ToCodePoints(absl::string_view s, std::vector<uint32_t>* out) {
   size_t i = 0;
   while (i < s.size()) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-                         : (c & 0xF8) == 0xF0   ? 4
-                                                : 0;
+    int len = c < 0x80             ? 1
+              : (c & 0xE0) == 0xC0 ? 2
+              : (c & 0xF0) == 0xE0 ? 3
+              : (c & 0xF8) == 0xF0 ? 4
+                                   : 0;
     if (len == 0 || i + len > s.size()) return false;
     uint32_t cp = len == 1 ? c : c & (0x7F >> len);
     for (int k = 1; k < len; ++k) {
@@ -292,8 +294,8 @@ bool IsSeq(const PyValue* v) {
 }
 
 constexpr const char* kTensorTypePrefixes[] = {
-    "Double", "Float", "Half", "BFloat16", "Long", "Int", "Short",
-    "Char",   "Byte",  "Bool", "ComplexFloat", "ComplexDouble"};
+    "Double", "Float", "Half", "BFloat16", "Long",         "Int",
+    "Short",  "Char",  "Byte", "Bool",     "ComplexFloat", "ComplexDouble"};
 
 bool IsTensorClass(absl::string_view module, absl::string_view name) {
   if (module != "torch" && module != "torch.cuda") return false;
@@ -488,15 +490,15 @@ PickleResult Unpickler::Release() {
 
 absl::Status Unpickler::Error(size_t at, absl::string_view what) const {
   return absl::InvalidArgumentError(
-      absl::StrCat(options_.context, options_.context.empty() ? "" : ": ",
-                   what, " (pickle byte ", at, ")"));
+      absl::StrCat(options_.context, options_.context.empty() ? "" : ": ", what,
+                   " (pickle byte ", at, ")"));
 }
 
 absl::Status Unpickler::ReadBytes(size_t n, absl::string_view* out) {
   if (n > data_.size() - pos_) {
-    return Error(pos_, absl::StrCat("pickle truncated: needs ", n,
-                                    " more bytes, ", data_.size() - pos_,
-                                    " left"));
+    return Error(pos_,
+                 absl::StrCat("pickle truncated: needs ", n, " more bytes, ",
+                              data_.size() - pos_, " left"));
   }
   *out = data_.substr(pos_, n);
   pos_ += n;
@@ -515,12 +517,12 @@ absl::Status Unpickler::ReadLine(absl::string_view* out) {
 
 absl::Status Unpickler::Push(PyValue* v, size_t at) {
   if (stack_.size() >= options_.max_stack) {
-    return Error(at, absl::StrCat("pickle stack deeper than ",
-                                  options_.max_stack));
+    return Error(at,
+                 absl::StrCat("pickle stack deeper than ", options_.max_stack));
   }
   if (values_ > options_.max_values) {
-    return Error(at, absl::StrCat("more than ", options_.max_values,
-                                  " pickle values"));
+    return Error(
+        at, absl::StrCat("more than ", options_.max_values, " pickle values"));
   }
   stack_.push_back(v);
   return absl::OkStatus();
@@ -575,8 +577,7 @@ absl::StatusOr<PyValue*> Unpickler::MemoGet(uint64_t id, size_t at) {
   return Error(at, absl::StrCat("memo key ", id, " not found"));
 }
 
-absl::StatusOr<PyValue*> Unpickler::MakeInt(absl::string_view text,
-                                            size_t at) {
+absl::StatusOr<PyValue*> Unpickler::MakeInt(absl::string_view text, size_t at) {
   text = absl::StripAsciiWhitespace(text);
   if (absl::EndsWith(text, "L")) text.remove_suffix(1);
   int64_t v;
@@ -728,11 +729,13 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
   //                    [, metadata])
   // _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks,
   //                    dtype [, metadata])
-  size_t min_args = fn == "_rebuild_tensor" ? 4 : fn == "_rebuild_tensor_v2" ? 6 : 7;
+  size_t min_args = fn == "_rebuild_tensor"      ? 4
+                    : fn == "_rebuild_tensor_v2" ? 6
+                                                 : 7;
   size_t max_args = fn == "_rebuild_tensor" ? 4 : min_args + 1;
   if (args.size() < min_args || args.size() > max_args) {
-    return Error(at, absl::StrCat(fn, " called with ", args.size(),
-                                  " arguments"));
+    return Error(at,
+                 absl::StrCat(fn, " called with ", args.size(), " arguments"));
   }
   const PyValue* storage = args[0];
   if (storage->kind != PyKind::kStorage) {
@@ -750,8 +753,9 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
     t.dtype = args[6]->dtype;
   }
   if (args[1]->kind != PyKind::kInt || args[1]->i < 0) {
-    return Error(at, absl::StrCat(fn, ": storage offset is not a non-negative "
-                                      "int"));
+    return Error(at, absl::StrCat(fn,
+                                  ": storage offset is not a non-negative "
+                                  "int"));
   }
   t.storage_offset = args[1]->i;
   const PyValue* size = args[2];
@@ -774,8 +778,9 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
     const PyValue* s = stride->items[d];
     if (n->kind != PyKind::kInt || s->kind != PyKind::kInt || n->i < 0 ||
         s->i < 0) {
-      return Error(at, absl::StrCat(fn, ": size/stride entries must be "
-                                        "non-negative ints"));
+      return Error(at, absl::StrCat(fn,
+                                    ": size/stride entries must be "
+                                    "non-negative ints"));
     }
     t.shape.push_back(n->i);
     t.stride.push_back(s->i);
@@ -808,7 +813,7 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
     }
   }
   if (fn != "_rebuild_tensor") {
-    t.requires_grad = args[4]->kind == PyKind::kBool ? args[4]->b
+    t.requires_grad = args[4]->kind == PyKind::kBool  ? args[4]->b
                       : args[4]->kind == PyKind::kInt ? args[4]->i != 0
                                                       : false;
     const PyValue* hooks = args[5];
@@ -820,7 +825,7 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
       const PyValue* meta = args[meta_index];
       if (meta->kind == PyKind::kDict) {
         for (const auto& kv : meta->pairs) {
-          bool on = kv.second->kind == PyKind::kBool ? kv.second->b
+          bool on = kv.second->kind == PyKind::kBool  ? kv.second->b
                     : kv.second->kind == PyKind::kInt ? kv.second->i != 0
                                                       : false;
           if (kv.first->kind == PyKind::kStr && kv.first->s == "conj") {
@@ -830,8 +835,8 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
           }
         }
       } else if (meta->kind != PyKind::kNone) {
-        return Error(at, absl::StrCat(fn, ": metadata is a ",
-                                      PyTypeName(meta)));
+        return Error(at,
+                     absl::StrCat(fn, ": metadata is a ", PyTypeName(meta)));
       }
     }
   }
@@ -863,7 +868,8 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
     if (a.empty()) return d;
     if (a.size() != 1) return bad_args();
     if (a[0]->kind == PyKind::kDict) {
-      for (auto& kv : a[0]->pairs) RETURN_IF_ERROR(SetItem(d, kv.first, kv.second, at));
+      for (auto& kv : a[0]->pairs)
+        RETURN_IF_ERROR(SetItem(d, kv.first, kv.second, at));
       return d;
     }
     if (!IsSeq(a[0])) return bad_args();
@@ -874,8 +880,8 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
     return d;
   }
   if (fn == "builtins.set" || fn == "builtins.frozenset") {
-    PyValue* s = NewValue(fn == "builtins.set" ? PyKind::kSet
-                                               : PyKind::kFrozenSet);
+    PyValue* s =
+        NewValue(fn == "builtins.set" ? PyKind::kSet : PyKind::kFrozenSet);
     if (a.empty()) return s;
     if (a.size() != 1 || !(IsSeq(a[0]) || a[0]->kind == PyKind::kSet ||
                            a[0]->kind == PyKind::kFrozenSet)) {
@@ -911,11 +917,11 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
     return s;
   }
   if (fn == "builtins.bytearray" || fn == "_codecs.encode") {
-    PyValue* b = NewValue(fn == "_codecs.encode" ? PyKind::kBytes
-                                                 : PyKind::kByteArray);
+    PyValue* b =
+        NewValue(fn == "_codecs.encode" ? PyKind::kBytes : PyKind::kByteArray);
     if (a.empty() && fn == "builtins.bytearray") return b;
-    if (a.size() == 1 && (a[0]->kind == PyKind::kBytes ||
-                          a[0]->kind == PyKind::kByteArray)) {
+    if (a.size() == 1 &&
+        (a[0]->kind == PyKind::kBytes || a[0]->kind == PyKind::kByteArray)) {
       b->s = a[0]->s;
       return b;
     }
@@ -929,7 +935,8 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
       return b;
     }
     if (enc != "latin1" && enc != "latin-1" && enc != "iso-8859-1") {
-      return Error(at, absl::StrCat(fn, ": unsupported encoding \"", enc, "\""));
+      return Error(at,
+                   absl::StrCat(fn, ": unsupported encoding \"", enc, "\""));
     }
     std::vector<uint32_t> cps;
     if (!Utf8ToCodePoints(a[0]->s, &cps)) return bad_args();
@@ -993,7 +1000,7 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
     }
     PickledTensor t = tensors_[a[0]->index];
     t.is_parameter = true;
-    t.requires_grad = a.size() < 2 ? true
+    t.requires_grad = a.size() < 2                  ? true
                       : a[1]->kind == PyKind::kBool ? a[1]->b
                                                     : a[1]->i != 0;
     PyValue* v = NewValue(PyKind::kTensor);
@@ -1046,7 +1053,8 @@ absl::Status Unpickler::Build(PyValue* inst, PyValue* state, size_t at) {
         }
         std::vector<PyValue*> args(state->items.begin(),
                                    state->items.begin() + 4);
-        ASSIGN_OR_RETURN(PyValue * t, RebuildTensor("_rebuild_tensor", args, at));
+        ASSIGN_OR_RETURN(PyValue * t,
+                         RebuildTensor("_rebuild_tensor", args, at));
         inst->kind = PyKind::kTensor;
         inst->index = t->index;
         return absl::OkStatus();
@@ -1066,8 +1074,8 @@ absl::Status Unpickler::Build(PyValue* inst, PyValue* state, size_t at) {
       return absl::OkStatus();
     }
     default:
-      return Error(at, absl::StrCat("BUILD on a ", PyTypeName(inst),
-                                    " is not allowed"));
+      return Error(
+          at, absl::StrCat("BUILD on a ", PyTypeName(inst), " is not allowed"));
   }
 }
 
@@ -1105,7 +1113,8 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
       RETURN_IF_ERROR(ReadBytes(1, &raw));
       protocol_ = static_cast<uint8_t>(raw[0]);
       if (protocol_ > 5) {
-        return Error(at, absl::StrCat("unsupported pickle protocol ", protocol_));
+        return Error(at,
+                     absl::StrCat("unsupported pickle protocol ", protocol_));
       }
       return absl::OkStatus();
     }
@@ -1167,7 +1176,8 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
       size_t n = op == kBinInt ? 4 : op == kBinInt1 ? 1 : 2;
       RETURN_IF_ERROR(ReadBytes(n, &raw));
       PyValue* v = NewValue(PyKind::kInt);
-      const unsigned char* u = reinterpret_cast<const unsigned char*>(raw.data());
+      const unsigned char* u =
+          reinterpret_cast<const unsigned char*>(raw.data());
       if (op == kBinInt) {
         v->i = static_cast<int32_t>(LE32(raw.data()));
       } else if (op == kBinInt1) {
@@ -1264,11 +1274,11 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
         if (!s.ok()) return Error(at, s.status().message());
         v = *s;
       } else {
-        PyKind kind = (op == kBinBytes || op == kShortBinBytes ||
-                       op == kBinBytes8)
-                          ? PyKind::kBytes
-                      : op == kByteArray8 ? PyKind::kByteArray
-                                          : PyKind::kStr;
+        PyKind kind =
+            (op == kBinBytes || op == kShortBinBytes || op == kBinBytes8)
+                ? PyKind::kBytes
+            : op == kByteArray8 ? PyKind::kByteArray
+                                : PyKind::kStr;
         v = NewValue(kind);
         v->s = std::string(raw);
       }
@@ -1347,7 +1357,8 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
     }
     case kDict: {
       ASSIGN_OR_RETURN(std::vector<PyValue*> items, PopMark(at));
-      if (items.size() % 2) return Error(at, "DICT with an odd number of items");
+      if (items.size() % 2)
+        return Error(at, "DICT with an odd number of items");
       PyValue* d = NewValue(PyKind::kDict);
       for (size_t k = 0; k < items.size(); k += 2) {
         RETURN_IF_ERROR(SetItem(d, items[k], items[k + 1], at));

@@ -142,14 +142,20 @@ TEST(PickleTest, EveryTruncationFails) {
 
 TEST(PickleTest, RefusesGlobalsByNameWithOffset) {
   // cos\nsystem\n(S'echo hi'\ntR.
-  std::string evil = B("\x80\x02" "cos\nsystem\n(X\x07\x00\x00\x00echo hitR.");
+  std::string evil =
+      B("\x80\x02"
+        "cos\nsystem\n(X\x07\x00\x00\x00echo hitR.");
   auto r = ToJson(evil);
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(),
               HasSubstr("refusing global \"os.system\": not in the "
                         "weights-only allowlist (pickle byte 2)"));
   // STACK_GLOBAL too.
-  std::string sg = B("\x80\x04\x8c\x08" "builtins" "\x8c\x04" "eval\x93.");
+  std::string sg =
+      B("\x80\x04\x8c\x08"
+        "builtins"
+        "\x8c\x04"
+        "eval\x93.");
   r = ToJson(sg);
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("\"builtins.eval\""));
@@ -165,7 +171,9 @@ TEST(PickleTest, RefusesGlobalsByNameWithOffset) {
 
 TEST(PickleTest, Python2Strings) {
   // SHORT_BINSTRING with a latin-1 byte.
-  std::string p = B("\x80\x02U\x03" "a\xe9z.");
+  std::string p =
+      B("\x80\x02U\x03"
+        "a\xe9z.");
   UnpicklerOptions o;
   EXPECT_FALSE(ToJson(p, o).ok());  // not UTF-8
   o.encoding = StringEncoding::kLatin1;
@@ -185,20 +193,22 @@ TEST(PickleTest, Python2Strings) {
 
 TEST(PickleTest, MemoAndSharedReferences) {
   // [x, x] where x = [] memoized: h (BINGET) returns the same object.
-  auto r = ToJson(B("\x80\x02]q\x00(]q\x01h\x01" "e."));
+  auto r =
+      ToJson(B("\x80\x02]q\x00(]q\x01h\x01"
+               "e."));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(*r, "[[],[]]");
   EXPECT_FALSE(ToJson(B("\x80\x02h\x05.")).ok());  // missing memo key
 }
 
 TEST(PickleTest, StackErrors) {
-  EXPECT_FALSE(ToJson(B("a.")).ok());        // APPEND on empty stack
-  EXPECT_FALSE(ToJson(B("(N.")).ok());       // STOP with open mark
-  EXPECT_FALSE(ToJson(B("NN.")).ok());       // two values
-  EXPECT_FALSE(ToJson(B("\x80\x09N.")).ok());  // protocol 9
-  EXPECT_FALSE(ToJson(B("\xff.")).ok());     // unknown opcode
+  EXPECT_FALSE(ToJson(B("a.")).ok());           // APPEND on empty stack
+  EXPECT_FALSE(ToJson(B("(N.")).ok());          // STOP with open mark
+  EXPECT_FALSE(ToJson(B("NN.")).ok());          // two values
+  EXPECT_FALSE(ToJson(B("\x80\x09N.")).ok());   // protocol 9
+  EXPECT_FALSE(ToJson(B("\xff.")).ok());        // unknown opcode
   EXPECT_FALSE(ToJson(B("N]\x82\x01.")).ok());  // EXT1
-  EXPECT_FALSE(ToJson(B("K\x01]s.")).ok());  // SETITEM on a list
+  EXPECT_FALSE(ToJson(B("K\x01]s.")).ok());     // SETITEM on a list
   auto r = ToJson(B("(N."));
   EXPECT_THAT(r.status().message(), HasSubstr("STOP with an open MARK"));
 }
@@ -220,8 +230,12 @@ TEST(PickleTest, Limits) {
 
 TEST(PickleTest, DuplicateDictKeysKeepLastValueFirstPosition) {
   // {1: 'a', 2: 'b', 1.0: 'c'} written by hand.
-  auto r = ToJson(B("}(K\x01X\x01\x00\x00\x00" "aK\x02X\x01\x00\x00\x00" "b"
-                  "G\x3f\xf0\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00" "cu."));
+  auto r =
+      ToJson(B("}(K\x01X\x01\x00\x00\x00"
+               "aK\x02X\x01\x00\x00\x00"
+               "b"
+               "G\x3f\xf0\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00"
+               "cu."));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(*r, R"({"1":"c","2":"b"})");
 }
@@ -230,20 +244,25 @@ TEST(PickleTest, TensorRebuildWithPersistentLoader) {
   // ('storage', FloatStorage, '0', 'cpu', 6) -> _rebuild_tensor_v2(s, 1,
   // (2, 2), (1, 2), False, OrderedDict())
   std::string p =
-      B("\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\n("
-      "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0"
-      "X\x03\x00\x00\x00" "cpuK\x06tQ"
-      "K\x01K\x02K\x02\x86K\x01K\x02\x86\x89" "ccollections\nOrderedDict\n)R"
-      "tR.");
+      B("\x80\x02"
+        "ctorch._utils\n_rebuild_tensor_v2\n("
+        "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00"
+        "0"
+        "X\x03\x00\x00\x00"
+        "cpuK\x06tQ"
+        "K\x01K\x02K\x02\x86K\x01K\x02\x86\x89"
+        "ccollections\nOrderedDict\n)R"
+        "tR.");
   int calls = 0;
-  Unpickler u(p, {}, [&](Unpickler& un, PyValue* pid) -> absl::StatusOr<PyValue*> {
-    ++calls;
-    EXPECT_EQ(pid->items.size(), 5u);
-    PyValue* s = un.NewValue(PyKind::kStorage);
-    s->dtype = DType::kFloat32;
-    s->index = 0;
-    return s;
-  });
+  Unpickler u(p, {},
+              [&](Unpickler& un, PyValue* pid) -> absl::StatusOr<PyValue*> {
+                ++calls;
+                EXPECT_EQ(pid->items.size(), 5u);
+                PyValue* s = un.NewValue(PyKind::kStorage);
+                s->dtype = DType::kFloat32;
+                s->index = 0;
+                return s;
+              });
   auto root = u.Load();
   ASSERT_TRUE(root.ok()) << root.status();
   EXPECT_EQ(calls, 1);
@@ -256,19 +275,30 @@ TEST(PickleTest, TensorRebuildWithPersistentLoader) {
 }
 
 TEST(PickleTest, UnsupportedTensorKindsAreNamed) {
-  auto r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_qtensor\n)R."));
+  auto r =
+      ToJson(B("\x80\x02"
+               "ctorch._utils\n_rebuild_qtensor\n)R."));
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("unsupported: quantized tensor"));
-  r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\n)R."));
+  r =
+      ToJson(B("\x80\x02"
+               "ctorch._utils\n_rebuild_sparse_tensor\n)R."));
   EXPECT_THAT(r.status().message(), HasSubstr("unsupported: sparse tensor"));
-  r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_nested_tensor\n)R."));
+  r =
+      ToJson(B("\x80\x02"
+               "ctorch._utils\n_rebuild_nested_tensor\n)R."));
   EXPECT_THAT(r.status().message(), HasSubstr("unsupported: nested tensor"));
-  r = ToJson(B("\x80\x02" "ctorch._utils\n_rebuild_meta_tensor_no_storage\n)R."));
+  r =
+      ToJson(B("\x80\x02"
+               "ctorch._utils\n_rebuild_meta_tensor_no_storage\n)R."));
   EXPECT_THAT(r.status().message(), HasSubstr("unsupported: meta tensor"));
 }
 
 TEST(PickleTest, TorchScriptClassesOnlyInTorchScriptMode) {
-  std::string p = B("\x80\x02" "c__torch__\nM\n)\x81}X\x01\x00\x00\x00" "aK\x01sb.");
+  std::string p =
+      B("\x80\x02"
+        "c__torch__\nM\n)\x81}X\x01\x00\x00\x00"
+        "aK\x01sb.");
   EXPECT_FALSE(ToJson(p).ok());
   UnpicklerOptions o;
   o.torchscript = true;

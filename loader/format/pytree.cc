@@ -10,16 +10,14 @@ class Walker {
  public:
   Walker(const ReadOptions& options, size_t heap_size,
          std::vector<NamedTensor>* out)
-      : options_(options),
-        budget_(heap_size * 8 + 100000),
-        out_(out) {}
+      : options_(options), budget_(heap_size * 8 + 100000), out_(out) {}
 
   absl::Status Walk(const PyValue* v, const std::string& path, size_t depth,
                     Json* json) {
     if (depth > options_.max_depth) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          FilePrefix(options_), "values nested deeper than ",
-          options_.max_depth));
+      return absl::InvalidArgumentError(
+          absl::StrCat(FilePrefix(options_), "values nested deeper than ",
+                       options_.max_depth));
     }
     if (++visits_ > budget_) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -29,9 +27,9 @@ class Walker {
     switch (v->kind) {
       case PyKind::kTensor: {
         if (out_->size() >= options_.max_tensors) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              FilePrefix(options_), "more than ", options_.max_tensors,
-              " tensors"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(FilePrefix(options_), "more than ",
+                           options_.max_tensors, " tensors"));
         }
         out_->push_back(NamedTensor{path, v->index});
         *json = Json::MakeObject();
@@ -162,10 +160,10 @@ absl::Status AddTensors(const std::vector<NamedTensor>& named,
     }
     const StorageInfo& storage = checkpoint->storages[t.storage];
     if (t.extent_bytes > storage.num_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          FilePrefix(options), "storage \"", storage.key, "\" record is ",
-          storage.num_bytes, " bytes, tensor \"", n.name, "\" needs ",
-          t.extent_bytes));
+      return absl::InvalidArgumentError(
+          absl::StrCat(FilePrefix(options), "storage \"", storage.key,
+                       "\" record is ", storage.num_bytes, " bytes, tensor \"",
+                       n.name, "\" needs ", t.extent_bytes));
     }
     TensorInfo info;
     info.name = n.name;

@@ -17,10 +17,10 @@ struct ReadOptions {
   Py2Encoding encoding = Py2Encoding::kUtf8;
 
   // Limits.
-  size_t max_depth = 200;              // nesting of values (dicts, lists, ...)
-  size_t max_mark_depth = 1000;        // nested pickle MARKs
+  size_t max_depth = 200;               // nesting of values (dicts, lists, ...)
+  size_t max_mark_depth = 1000;         // nested pickle MARKs
   size_t max_string_bytes = 256 << 20;  // one pickle string / bytes value
-  size_t max_pickle_values = 1 << 25;  // values created by one file's pickles
+  size_t max_pickle_values = 1 << 25;   // values created by one file's pickles
   uint64_t max_pickle_bytes = 1ull << 30;  // size of data.pkl / legacy pickles
   uint64_t max_safetensors_header = 100 << 20;
   size_t max_tensors = 1 << 22;

@@ -30,7 +30,8 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-absl::StatusOr<Checkpoint> Read(const std::string& name, const std::string& bytes) {
+absl::StatusOr<Checkpoint> Read(const std::string& name,
+                                const std::string& bytes) {
   ReadOptions options;
   options.file_name = name;
   return ReadCheckpoint(bytes, options);
@@ -67,8 +68,9 @@ TEST_P(FixtureTest, MatchesTorch) {
     EXPECT_EQ(t.storage_offset, w.Find("storage_offset")->int_value());
     const StorageInfo& s = ckpt->storages[t.storage_index];
     const uint8_t* base =
-        s.inflated ? reinterpret_cast<const uint8_t*>(s.inflated->data())
-                   : reinterpret_cast<const uint8_t*>(bytes.data()) + s.file_offset;
+        s.inflated
+            ? reinterpret_cast<const uint8_t*>(s.inflated->data())
+            : reinterpret_cast<const uint8_t*>(bytes.data()) + s.file_offset;
     ASSERT_LE(s.file_offset + s.num_bytes, bytes.size());
     EXPECT_EQ(TensorSha256Hex(t, base, s.num_bytes, s.byte_order),
               w.Find("sha256")->string_value());
@@ -86,8 +88,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("views.pt", "dtypes.pt", "training.pt", "many.pt",
                       "legacy.pt", "legacy_dtypes.pt", "big_endian.pt",
                       "big_endian_dtypes.pt", "modern_v3.pt", "script.pt",
-                      "legacy_proto1.pt", "zip_proto5.pt",
-                      "model.safetensors"),
+                      "legacy_proto1.pt", "zip_proto5.pt", "model.safetensors"),
     [](const ::testing::TestParamInfo<const char*>& info) {
       std::string n = info.param;
       for (char& c : n) {

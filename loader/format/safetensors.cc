@@ -44,7 +44,8 @@ absl::StatusOr<Checkpoint> ReadSafetensors(absl::string_view file_bytes,
                                          options.max_safetensors_header));
   }
   if (n > file_bytes.size() - 8) {
-    return Invalid(options, absl::StrCat("header of ", n, " bytes runs past "
+    return Invalid(options, absl::StrCat("header of ", n,
+                                         " bytes runs past "
                                          "the end of the file (",
                                          file_bytes.size(), " bytes)"));
   }
@@ -69,7 +70,8 @@ absl::StatusOr<Checkpoint> ReadSafetensors(absl::string_view file_bytes,
     const std::string& name = kv.first;
     const Json& v = kv.second;
     if (name == "__metadata__") {
-      if (!v.is_object()) return Invalid(options, "__metadata__ is not an object");
+      if (!v.is_object())
+        return Invalid(options, "__metadata__ is not an object");
       for (const auto& m : v.object()) {
         if (!m.second.is_string()) {
           return Invalid(options, absl::StrCat("__metadata__ value \"", m.first,
@@ -80,8 +82,8 @@ absl::StatusOr<Checkpoint> ReadSafetensors(absl::string_view file_bytes,
       continue;
     }
     if (!v.is_object()) {
-      return Invalid(options, absl::StrCat("entry \"", name,
-                                           "\" is not an object"));
+      return Invalid(options,
+                     absl::StrCat("entry \"", name, "\" is not an object"));
     }
     const Json* dtype = v.Find("dtype");
     const Json* shape = v.Find("shape");
@@ -95,8 +97,8 @@ absl::StatusOr<Checkpoint> ReadSafetensors(absl::string_view file_bytes,
     }
     auto dt = DTypeFromSafetensorsName(dtype->string_value());
     if (!dt.ok()) {
-      return Invalid(options, absl::StrCat("tensor \"", name, "\": ",
-                                           dt.status().message()));
+      return Invalid(options, absl::StrCat("tensor \"", name,
+                                           "\": ", dt.status().message()));
     }
     if (shape->size() > options.max_dims) {
       return Invalid(options, absl::StrCat("tensor \"", name, "\" has ",
@@ -127,22 +129,24 @@ absl::StatusOr<Checkpoint> ReadSafetensors(absl::string_view file_bytes,
     const Json& e = offsets->array()[1];
     if (!b.is_int() || !e.is_int() || b.int_value() < 0 ||
         e.int_value() < b.int_value()) {
-      return Invalid(options, absl::StrCat("tensor \"", name,
-                                           "\" has bad data_offsets"));
+      return Invalid(
+          options, absl::StrCat("tensor \"", name, "\" has bad data_offsets"));
     }
     uint64_t begin = b.int_value(), end = e.int_value();
     if (end > data_size) {
-      return Invalid(options, absl::StrCat("tensor \"", name, "\" ends at byte ",
-                                           end, " of a ", data_size,
-                                           "-byte data section"));
+      return Invalid(options,
+                     absl::StrCat("tensor \"", name, "\" ends at byte ", end,
+                                  " of a ", data_size, "-byte data section"));
     }
     uint64_t nbytes;
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(*dt)),
                                &nbytes) ||
         nbytes != end - begin) {
-      return Invalid(options, absl::StrCat("tensor \"", name, "\" is ",
-                                           end - begin, " bytes, its dtype and "
-                                           "shape need ", nbytes));
+      return Invalid(options,
+                     absl::StrCat("tensor \"", name, "\" is ", end - begin,
+                                  " bytes, its dtype and "
+                                  "shape need ",
+                                  nbytes));
     }
     StorageInfo s;
     s.key = name;

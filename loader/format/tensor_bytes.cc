@@ -23,15 +23,16 @@ size_t SwapUnit(DType dtype) {
 
 void SwapInPlace(char* p, size_t n, size_t unit) {
   if (unit <= 1) return;
-  for (size_t i = 0; i + unit <= n; i += unit) std::reverse(p + i, p + i + unit);
+  for (size_t i = 0; i + unit <= n; i += unit)
+    std::reverse(p + i, p + i + unit);
 }
 
 }  // namespace
 
 absl::Status CheckTensorView(const TensorInfo& t, uint64_t storage_len) {
   if (t.shape.size() != t.stride.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor \"", t.name, "\": shape and stride differ in rank"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor \"", t.name, "\": shape and stride differ in rank"));
   }
   if (t.storage_offset < 0) {
     return absl::InvalidArgumentError(
@@ -87,7 +88,7 @@ absl::Status ForEachTensorChunk(
       reinterpret_cast<const char*>(storage) + t.storage_offset * elem;
   // Merge trailing dims that are contiguous into one run.
   const size_t ndim = t.shape.size();
-  int64_t run = 1;  // elements per contiguous run
+  int64_t run = 1;      // elements per contiguous run
   size_t outer = ndim;  // dims [0, outer) iterate; [outer, ndim) are the run
   int64_t expected_stride = 1;
   while (outer > 0) {
@@ -161,16 +162,17 @@ absl::Status GatherTensorBytes(const TensorInfo& t, const uint8_t* storage,
                                std::string* out) {
   out->clear();
   out->reserve(static_cast<size_t>(t.NumElements()) * DTypeSize(t.dtype));
-  return ForEachTensorChunk(t, storage, storage_len, order,
-                            [out](absl::string_view c) { out->append(c.data(), c.size()); });
+  return ForEachTensorChunk(
+      t, storage, storage_len, order,
+      [out](absl::string_view c) { out->append(c.data(), c.size()); });
 }
 
 std::string TensorSha256Hex(const TensorInfo& t, const uint8_t* storage,
                             uint64_t storage_len, ByteOrder order) {
   Sha256 h;
-  absl::Status s = ForEachTensorChunk(
-      t, storage, storage_len, order,
-      [&h](absl::string_view c) { h.Update(c); });
+  absl::Status s =
+      ForEachTensorChunk(t, storage, storage_len, order,
+                         [&h](absl::string_view c) { h.Update(c); });
   if (!s.ok()) return "";
   return h.FinishHex();
 }

@@ -43,9 +43,8 @@ class StorageTable {
 
   // `dirs`: record directories to try for a key, in order.
   PersistentLoader Loader(std::vector<std::string> dirs) {
-    return [this, dirs](Unpickler& u, PyValue* pid) {
-      return Load(u, pid, dirs);
-    };
+    return
+        [this, dirs](Unpickler& u, PyValue* pid) { return Load(u, pid, dirs); };
   }
 
   absl::StatusOr<PyValue*> Load(Unpickler& u, PyValue* pid,
@@ -82,7 +81,8 @@ class StorageTable {
     }
     const PyValue* numel_v = pid->items[4];
     if (numel_v->kind != PyKind::kInt || numel_v->i < 0) {
-      return absl::InvalidArgumentError("storage numel is not a non-negative int");
+      return absl::InvalidArgumentError(
+          "storage numel is not a non-negative int");
     }
     DType dtype;
     bool untyped = false;
@@ -172,10 +172,11 @@ class StorageTable {
     for (size_t i = 0; i < ckpt_->storages.size(); ++i) {
       StorageInfo& s = ckpt_->storages[i];
       if (record_bytes_[i] < declared_[i]) {
-        return Invalid(options_, absl::StrCat(
-                                     "storage \"", s.key, "\" record is ",
-                                     record_bytes_[i], " bytes, its persistent "
-                                     "id declares ", declared_[i]));
+        return Invalid(options_, absl::StrCat("storage \"", s.key,
+                                              "\" record is ", record_bytes_[i],
+                                              " bytes, its persistent "
+                                              "id declares ",
+                                              declared_[i]));
       }
       s.num_bytes = declared_[i];
     }
@@ -206,10 +207,10 @@ absl::StatusOr<std::string> ReadRecord(const ZipArchive& zip,
                                        const ZipEntry& entry,
                                        const ReadOptions& options) {
   if (entry.uncompressed_size > options.max_pickle_bytes) {
-    return Invalid(options, absl::StrCat("record \"", entry.name, "\" is ",
-                                         entry.uncompressed_size,
-                                         " bytes, limit is ",
-                                         options.max_pickle_bytes));
+    return Invalid(
+        options,
+        absl::StrCat("record \"", entry.name, "\" is ", entry.uncompressed_size,
+                     " bytes, limit is ", options.max_pickle_bytes));
   }
   auto data = zip.Extract(entry);
   if (!data.ok()) return Invalid(options, data.status().message());
@@ -406,18 +407,18 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
                                            "\" is not a number"));
     }
     if (v < kMinVersion || v > kMaxVersion) {
-      return Invalid(options,
-                     absl::StrCat("unsupported archive version ", v,
-                                  " (supported ", kMinVersion, "..",
-                                  kMaxVersion, ")"));
+      return Invalid(options, absl::StrCat("unsupported archive version ", v,
+                                           " (supported ", kMinVersion, "..",
+                                           kMaxVersion, ")"));
     }
   }
   Checkpoint ckpt;
-  ckpt.format =
-      torchscript ? CheckpointFormat::kTorchScript : CheckpointFormat::kTorchZip;
+  ckpt.format = torchscript ? CheckpointFormat::kTorchScript
+                            : CheckpointFormat::kTorchZip;
   StorageTable storages(zip, file_bytes, options, &ckpt);
   if (const ZipEntry* bo = zip.Find(prefix + "byteorder")) {
-    if (bo->uncompressed_size > 16) return Invalid(options, "bad byteorder record");
+    if (bo->uncompressed_size > 16)
+      return Invalid(options, "bad byteorder record");
     ASSIGN_OR_RETURN(std::string text, ReadRecord(zip, *bo, options));
     absl::string_view t = absl::StripAsciiWhitespace(text);
     if (t == "big") {
@@ -476,8 +477,8 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
   RETURN_IF_ERROR(walker.Walk(root, "", 0));
   {
     std::vector<NamedTensor> ignored;
-    RETURN_IF_ERROR(WalkPyTree(root, "", options, result.heap->size(),
-                               &ignored, &ckpt.metadata));
+    RETURN_IF_ERROR(WalkPyTree(root, "", options, result.heap->size(), &ignored,
+                               &ckpt.metadata));
   }
   // constants.pkl: a tuple of constants, tensors stored under constants/.
   const ZipEntry* constants = zip.Find(prefix + "constants.pkl");

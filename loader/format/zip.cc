@@ -107,12 +107,12 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
     return Corrupt("multi-disk archives are not supported");
   }
   if (entries_total > limits.max_entries) {
-    return Corrupt(absl::StrCat(entries_total, " entries, limit is ",
-                                limits.max_entries));
+    return Corrupt(
+        absl::StrCat(entries_total, " entries, limit is ", limits.max_entries));
   }
   if (cd_offset > cd_limit || cd_size > cd_limit - cd_offset) {
-    return Corrupt(absl::StrCat("central directory (offset ", cd_offset,
-                                ", ", cd_size,
+    return Corrupt(absl::StrCat("central directory (offset ", cd_offset, ", ",
+                                cd_size,
                                 " bytes) lies outside the file (truncated?)"));
   }
   // Every entry needs at least 46 bytes.
@@ -129,8 +129,8 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
     }
     const char* c = bytes.data() + pos;
     if (U32(c) != kCentralSig) {
-      return Corrupt(absl::StrCat("bad central directory signature at byte ",
-                                  pos));
+      return Corrupt(
+          absl::StrCat("bad central directory signature at byte ", pos));
     }
     ZipEntry entry;
     entry.flags = U16(c + 8);
@@ -167,8 +167,8 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
         };
         if (!take(&entry.uncompressed_size) || !take(&entry.compressed_size) ||
             !take(&entry.local_header_offset)) {
-          return Corrupt(absl::StrCat("short zip64 extra field in \"",
-                                      entry.name, "\""));
+          return Corrupt(
+              absl::StrCat("short zip64 extra field in \"", entry.name, "\""));
         }
         if (entry_disk == 0xFFFF) {
           if (f_end - f < 4) return Corrupt("short zip64 extra field");
@@ -177,10 +177,11 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
       }
       x += 4 + len;
     }
-    if (entry_disk != 0) return Corrupt("multi-disk archives are not supported");
+    if (entry_disk != 0)
+      return Corrupt("multi-disk archives are not supported");
     if (entry.flags & 1) {
-      return Corrupt(absl::StrCat("\"", entry.name,
-                                  "\" is encrypted; encryption is not supported"));
+      return Corrupt(absl::StrCat(
+          "\"", entry.name, "\" is encrypted; encryption is not supported"));
     }
     if (entry.method != 0 && entry.method != 8) {
       return Corrupt(absl::StrCat("\"", entry.name,
@@ -201,8 +202,8 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
     }
     const char* l = bytes.data() + lh;
     if (U32(l) != kLocalSig) {
-      return Corrupt(absl::StrCat("bad local header signature for \"",
-                                  entry.name, "\""));
+      return Corrupt(
+          absl::StrCat("bad local header signature for \"", entry.name, "\""));
     }
     uint64_t l_name = U16(l + 26), l_extra = U16(l + 28);
     if (cd_offset - lh - kLocalSize < l_name + l_extra) {
@@ -215,9 +216,9 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
     }
     entry.data_offset = lh + kLocalSize + l_name + l_extra;
     if (entry.compressed_size > cd_offset - entry.data_offset) {
-      return Corrupt(absl::StrCat("\"", entry.name, "\" (", entry.compressed_size,
-                                  " bytes at ", entry.data_offset,
-                                  ") extends past the file data (truncated?)"));
+      return Corrupt(absl::StrCat(
+          "\"", entry.name, "\" (", entry.compressed_size, " bytes at ",
+          entry.data_offset, ") extends past the file data (truncated?)"));
     }
     if (!zip.by_name_.emplace(entry.name, zip.entries_.size()).second) {
       return Corrupt(absl::StrCat("duplicate entry name \"", entry.name, "\""));
@@ -229,12 +230,14 @@ absl::StatusOr<ZipArchive> ZipArchive::Open(absl::string_view bytes,
   std::vector<const ZipEntry*> order;
   order.reserve(zip.entries_.size());
   for (const ZipEntry& e2 : zip.entries_) order.push_back(&e2);
-  std::sort(order.begin(), order.end(), [](const ZipEntry* a, const ZipEntry* b) {
-    return a->local_header_offset < b->local_header_offset;
-  });
+  std::sort(order.begin(), order.end(),
+            [](const ZipEntry* a, const ZipEntry* b) {
+              return a->local_header_offset < b->local_header_offset;
+            });
   for (size_t i = 1; i < order.size(); ++i) {
     const ZipEntry* prev = order[i - 1];
-    if (prev->data_offset + prev->compressed_size > order[i]->local_header_offset) {
+    if (prev->data_offset + prev->compressed_size >
+        order[i]->local_header_offset) {
       return Corrupt(absl::StrCat("entries \"", prev->name, "\" and \"",
                                   order[i]->name, "\" overlap"));
     }
@@ -257,7 +260,8 @@ absl::StatusOr<absl::string_view> ZipArchive::StoredData(
 }
 
 absl::StatusOr<std::string> ZipArchive::Extract(const ZipEntry& entry) const {
-  absl::string_view raw = bytes_.substr(entry.data_offset, entry.compressed_size);
+  absl::string_view raw =
+      bytes_.substr(entry.data_offset, entry.compressed_size);
   if (entry.method == 0) return std::string(raw);
   if (entry.uncompressed_size > limits_.max_inflated_size) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -280,7 +284,8 @@ absl::StatusOr<std::string> ZipArchive::Extract(const ZipEntry& entry) const {
     bool to_spare = out_left == 0;
     uInt in_chunk = static_cast<uInt>(std::min<uint64_t>(in_left, 1u << 30));
     uInt out_chunk =
-        to_spare ? 1 : static_cast<uInt>(std::min<uint64_t>(out_left, 1u << 30));
+        to_spare ? 1
+                 : static_cast<uInt>(std::min<uint64_t>(out_left, 1u << 30));
     zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in));
     zs.avail_in = in_chunk;
     zs.next_out = reinterpret_cast<Bytef*>(to_spare ? spare : outp);
@@ -331,7 +336,8 @@ absl::StatusOr<std::string> ZipArchive::Extract(const ZipEntry& entry) const {
 
 absl::Status ZipArchive::VerifyCrc(const ZipEntry& entry) const {
   if (entry.method != 0) return Extract(entry).status();
-  absl::string_view raw = bytes_.substr(entry.data_offset, entry.compressed_size);
+  absl::string_view raw =
+      bytes_.substr(entry.data_offset, entry.compressed_size);
   uLong crc = crc32(0L, Z_NULL, 0);
   while (!raw.empty()) {
     uInt chunk = static_cast<uInt>(std::min<size_t>(raw.size(), 1u << 30));

@@ -53,8 +53,8 @@ std::string MakeZip(const std::vector<Rec>& recs, bool eocd64 = false) {
       deflateEnd(&zs);
       payload = buf;
     }
-    uint32_t crc = crc32(0, reinterpret_cast<const Bytef*>(r.data.data()),
-                         r.data.size());
+    uint32_t crc =
+        crc32(0, reinterpret_cast<const Bytef*>(r.data.data()), r.data.size());
     uint64_t offset = out.size();
     uint16_t flags = r.descriptor ? 8 : 0;
     uint16_t method = r.deflate ? 8 : 0;
@@ -135,7 +135,8 @@ std::string MakeZip(const std::vector<Rec>& recs, bool eocd64 = false) {
 }
 
 TEST(ZipTest, StoredRecordsAreZeroCopy) {
-  std::string z = MakeZip({{"a/data.pkl", "hello"}, {"a/data/0", "xyz", false, false, false, 13}});
+  std::string z = MakeZip(
+      {{"a/data.pkl", "hello"}, {"a/data/0", "xyz", false, false, false, 13}});
   auto zip = ZipArchive::Open(z);
   ASSERT_TRUE(zip.ok()) << zip.status();
   ASSERT_EQ(zip->entries().size(), 2u);
@@ -162,7 +163,8 @@ TEST(ZipTest, DeflatedAndDescriptors) {
 }
 
 TEST(ZipTest, Zip64) {
-  std::string z = MakeZip({{"a/data.pkl", "abc", false, true}, {"a/b", "de", false, true}}, true);
+  std::string z = MakeZip(
+      {{"a/data.pkl", "abc", false, true}, {"a/b", "de", false, true}}, true);
   auto zip = ZipArchive::Open(z);
   ASSERT_TRUE(zip.ok()) << zip.status();
   EXPECT_EQ(*zip->StoredData(*zip->Find("a/b")), "de");

@@ -1,9 +1,12 @@
-// Whole-load benchmark through the ModelManager (what the daemon runs for a Load), against
-// baselines measured in the same run on the same file:
-//   host:  raw sequential read() of the file from page cache  vs  load + reading every tensor
-//          byte through the zero-copy view (and the shared-memory cast path, for reference);
+// Whole-load benchmark through the ModelManager (what the daemon runs for a
+// Load), against baselines measured in the same run on the same file:
+//   host:  raw sequential read() of the file from page cache  vs  load +
+//   reading every tensor
+//          byte through the zero-copy view (and the shared-memory cast path,
+//          for reference);
 //   GPU:   (where GPUs exist) the same checkpoint loaded onto each GPU.
-// Usage: load_bench [--size_mib=1024] [--dir=/tmp] [--iterations=3] [--fake_gpus=0]
+// Usage: load_bench [--size_mib=1024] [--dir=/tmp] [--iterations=3]
+// [--fake_gpus=0]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -37,10 +40,13 @@ Flags ParseFlags(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value = arg.substr(arg.find('=') + 1);
-    if (absl::StartsWith(arg, "--size_mib=")) (void)absl::SimpleAtoi(value, &flags.size_mib);
+    if (absl::StartsWith(arg, "--size_mib="))
+      (void)absl::SimpleAtoi(value, &flags.size_mib);
     if (absl::StartsWith(arg, "--dir=")) flags.dir = value;
-    if (absl::StartsWith(arg, "--iterations=")) (void)absl::SimpleAtoi(value, &flags.iterations);
-    if (absl::StartsWith(arg, "--fake_gpus=")) (void)absl::SimpleAtoi(value, &flags.fake_gpus);
+    if (absl::StartsWith(arg, "--iterations="))
+      (void)absl::SimpleAtoi(value, &flags.iterations);
+    if (absl::StartsWith(arg, "--fake_gpus="))
+      (void)absl::SimpleAtoi(value, &flags.fake_gpus);
   }
   return flags;
 }
@@ -72,7 +78,8 @@ bool WriteCheckpoint(const std::string& path, uint64_t size_bytes) {
   out.write(reinterpret_cast<const char*>(&header_size), 8);
   out << text;
   std::vector<char> block(8 << 20);
-  for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<char>(i * 31 + 7);
+  for (size_t i = 0; i < block.size(); ++i)
+    block[i] = static_cast<char>(i * 31 + 7);
   for (uint64_t done = 0; done < offset;) {
     uint64_t n = std::min<uint64_t>(block.size(), offset - done);
     out.write(block.data(), n);
@@ -93,14 +100,15 @@ uint64_t SumWords(const uint64_t* p, uint64_t words) {
   return a + b + c + d;
 }
 
-// Reads every byte of every host tensor (as a client touching its weights would).
+// Reads every byte of every host tensor (as a client touching its weights
+// would).
 uint64_t TouchAll(const LoadedModel& model) {
   uint64_t sum = 0;
 
   for (const PlacedTensor& tensor : model.tensors) {
     if (tensor.buffer_index < 0) continue;
-    const uint8_t* data =
-        model.buffers[tensor.buffer_index].host_data + tensor.storage_byte_offset;
+    const uint8_t* data = model.buffers[tensor.buffer_index].host_data +
+                          tensor.storage_byte_offset;
     const uint64_t words = tensor.byte_size / 8;
     const uint64_t* p = reinterpret_cast<const uint64_t*>(data);
     sum += SumWords(p, words);
@@ -138,12 +146,14 @@ int Run(const Flags& flags) {
   options.fake_gpus = flags.fake_gpus;
   auto manager = ModelManager::Create(options);
   if (!manager.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(manager.status().message()).c_str());
+    std::fprintf(stderr, "%s\n",
+                 std::string(manager.status().message()).c_str());
     return 1;
   }
   uint64_t bytes = 0;
   bench::ReadWholeFile(path, 8 << 20, &bytes);  // page cache warm-up
-  double raw = 1e30, raw_sum = 1e30, host_load = 1e30, host_touch = 1e30, cast = 1e30;
+  double raw = 1e30, raw_sum = 1e30, host_load = 1e30, host_touch = 1e30,
+         cast = 1e30;
   uint64_t checksum = 0;
   for (int i = 0; i < flags.iterations; ++i) {
     raw = std::min(raw, bench::ReadWholeFile(path, 8 << 20, &bytes));
@@ -157,7 +167,8 @@ int Run(const Flags& flags) {
       auto result = (*manager)->Load(spec, nullptr);
       double loaded = bench::Now();
       if (!result.ok()) {
-        std::fprintf(stderr, "%s\n", std::string(result.status().message()).c_str());
+        std::fprintf(stderr, "%s\n",
+                     std::string(result.status().message()).c_str());
         return 1;
       }
       checksum += TouchAll(*result->model);
@@ -174,21 +185,27 @@ int Run(const Flags& flags) {
     }
   }
   const double gib = static_cast<double>(size) / (1ull << 30);
-  std::printf("checkpoint: %s, %.2f GiB, %d iteration(s), best of each\n", path.c_str(), gib,
-              flags.iterations);
-  std::printf("%-52s %10s %10s %8s\n", "measurement", "seconds", "GiB/s", "ratio");
-  std::printf("%-52s %10.4f %10.2f %8s\n", "baseline: raw sequential read() (page cache)", raw,
-              gib / raw, "1.00");
-  std::printf("%-52s %10.4f %10.2f %8.2f\n", "baseline: read() + sum every byte (a consumer)",
-              raw_sum, gib / raw_sum, raw / raw_sum);
-  std::printf("%-52s %10.4f %10s %8s\n", "host load (metadata + zero-copy mapping)", host_load,
-              "-", "-");
-  std::printf("%-52s %10.4f %10.2f %8.2f\n", "host load + sum every tensor byte", host_touch,
-              gib / host_touch, raw / host_touch);
-  std::printf("%-52s %10s %10s %8.2f\n", "  ratio to read() + sum (same consumer)", "", "",
+  std::printf("checkpoint: %s, %.2f GiB, %d iteration(s), best of each\n",
+              path.c_str(), gib, flags.iterations);
+  std::printf("%-52s %10s %10s %8s\n", "measurement", "seconds", "GiB/s",
+              "ratio");
+  std::printf("%-52s %10.4f %10.2f %8s\n",
+              "baseline: raw sequential read() (page cache)", raw, gib / raw,
+              "1.00");
+  std::printf("%-52s %10.4f %10.2f %8.2f\n",
+              "baseline: read() + sum every byte (a consumer)", raw_sum,
+              gib / raw_sum, raw / raw_sum);
+  std::printf("%-52s %10.4f %10s %8s\n",
+              "host load (metadata + zero-copy mapping)", host_load, "-", "-");
+  std::printf("%-52s %10.4f %10.2f %8.2f\n",
+              "host load + sum every tensor byte", host_touch, gib / host_touch,
+              raw / host_touch);
+  std::printf("%-52s %10s %10s %8.2f\n",
+              "  ratio to read() + sum (same consumer)", "", "",
               raw_sum / host_touch);
-  std::printf("%-52s %10.4f %10.2f %8.2f\n", "host load cast to bfloat16 (shared memory copy)",
-              cast, gib / cast, raw / cast);
+  std::printf("%-52s %10.4f %10.2f %8.2f\n",
+              "host load cast to bfloat16 (shared memory copy)", cast,
+              gib / cast, raw / cast);
   for (const GpuDescription& gpu : (*manager)->Info().gpus) {
     double best = 1e30;
     for (int i = 0; i < flags.iterations; ++i) {
@@ -198,7 +215,8 @@ int Run(const Flags& flags) {
       double start = bench::Now();
       auto result = (*manager)->Load(spec, nullptr);
       if (!result.ok()) {
-        std::fprintf(stderr, "%s\n", std::string(result.status().message()).c_str());
+        std::fprintf(stderr, "%s\n",
+                     std::string(result.status().message()).c_str());
         return 1;
       }
       best = std::min(best, bench::Now() - start);
@@ -207,7 +225,9 @@ int Run(const Flags& flags) {
       (void)(*manager)->Unload(id, true);
     }
     std::printf("%-52s %10.4f %10.2f %8.2f\n",
-                absl::StrCat("GPU load onto cuda:", gpu.index, gpu.fake ? " (fake)" : "").c_str(),
+                absl::StrCat("GPU load onto cuda:", gpu.index,
+                             gpu.fake ? " (fake)" : "")
+                    .c_str(),
                 best, gib / best, raw / best);
   }
   std::printf("(checksum %llu)\n", static_cast<unsigned long long>(checksum));
@@ -218,4 +238,6 @@ int Run(const Flags& flags) {
 }  // namespace
 }  // namespace weightd
 
-int main(int argc, char** argv) { return weightd::Run(weightd::ParseFlags(argc, argv)); }
+int main(int argc, char** argv) {
+  return weightd::Run(weightd::ParseFlags(argc, argv));
+}

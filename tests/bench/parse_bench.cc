@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 #include "loader/format/reader.h"
 
 namespace {
@@ -172,8 +172,8 @@ int main(int argc, char** argv) {
     std::string speedup = "";
     if (have_torch) {
       std::string out = RunCapture(
-          absl::StrCat(Quote(python), " -c ", Quote(kTimer), " ", Quote(f),
-                       " ", std::max(3, iters / 10), " 2>/dev/null"),
+          absl::StrCat(Quote(python), " -c ", Quote(kTimer), " ", Quote(f), " ",
+                       std::max(3, iters / 10), " 2>/dev/null"),
           &status);
       double t;
       if (status == 0 && absl::SimpleAtod(out.substr(0, out.find('\n')), &t) &&
@@ -188,8 +188,9 @@ int main(int argc, char** argv) {
            med, ms.front(), torch_ms.c_str(), speedup.c_str());
     munmap(m.p, m.n);
   }
-  printf("(weightd: ReadCheckpoint on a mapped file, metadata only, median of "
-         "%d; torch.load: median, same files, same run)\n",
-         iters);
+  printf(
+      "(weightd: ReadCheckpoint on a mapped file, metadata only, median of "
+      "%d; torch.load: median, same files, same run)\n",
+      iters);
   return 0;
 }

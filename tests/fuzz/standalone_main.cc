@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
     // corruption.
     if (data.size() <= 4096) {
       for (size_t n = 0; n < data.size(); n += 1 + data.size() / 64) {
-        LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()), n);
+        LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(data.data()),
+                               n);
         ++runs;
       }
     }
