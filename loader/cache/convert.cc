@@ -133,9 +133,11 @@ bool IsCastableFloat(DType dtype) {
 
 namespace {
 
-// Tight loops for the little-endian float32 sources that dominate casts on load.
+// Tight loops for the little-endian float32 sources that dominate casts on
+// load.
 template <typename Narrow>
-void CastFloat32Loop(const uint8_t* src, size_t count, uint8_t* dst, Narrow narrow) {
+void CastFloat32Loop(const uint8_t* src, size_t count, uint8_t* dst,
+                     Narrow narrow) {
   for (size_t i = 0; i < count; ++i) {
     float value;
     std::memcpy(&value, src + 4 * i, 4);

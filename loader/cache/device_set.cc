@@ -107,8 +107,9 @@ class RegistryDeviceSet : public DeviceSet {
   }
 
   absl::StatusOr<HostSegment> CreateHostSegment(uint64_t size) override {
-    ASSIGN_OR_RETURN(std::unique_ptr<SharedMemorySegment> segment,
-                     SharedMemorySegment::Create(size, "weightd", /*populate=*/true));
+    ASSIGN_OR_RETURN(
+        std::unique_ptr<SharedMemorySegment> segment,
+        SharedMemorySegment::Create(size, "weightd", /*populate=*/true));
     HostSegment out;
     out.name = segment->name();
     out.data = segment->data();
