@@ -315,9 +315,10 @@ TEST_F(DaemonTest, KilledClientLosesItsLeaseWithinSeconds) {
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
   pid_t child = 0;
-  ASSERT_EQ(posix_spawn(&child, binary.c_str(), &actions, nullptr, argv.data(),
-                        environ),
-            0);
+  int spawned = posix_spawn(&child, binary.c_str(), &actions, nullptr,
+                            argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ASSERT_EQ(spawned, 0);
   close(out_pipe[1]);
   char line[256] = {0};
   ssize_t got = read(out_pipe[0], line, sizeof(line) - 1);
