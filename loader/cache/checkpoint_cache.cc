@@ -95,6 +95,13 @@ void CheckpointCache::EraseLocked(const EntryPtr& entry) {
                                                          : entry->resident);
 }
 
+void CheckpointCache::AddLeaseLocked(const EntryPtr& entry,
+                                     const std::string& session) {
+  ++entry->leases[session];
+  ++entry->lease_count;
+  ++counters_.active_leases;
+}
+
 void CheckpointCache::TouchLocked(const EntryPtr& entry) {
   if (entry->in_lru) lru_.erase(entry->lru_position);
   lru_.push_front(entry);
@@ -148,11 +155,7 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
       if (!entry->in_index) continue;
       ++counters_.hits;
       TouchLocked(entry);
-      if (!lease_session.empty()) {
-        ++entry->leases[lease_session];
-        ++entry->lease_count;
-        ++counters_.active_leases;
-      }
+      if (!lease_session.empty()) AddLeaseLocked(entry, lease_session);
       return Result{entry->model_id, entry->value, true};
     }
     entry = std::make_shared<Entry>();
@@ -183,11 +186,7 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
   entry->state = Entry::State::kReady;
   loaded_.SignalAll();
   TouchLocked(entry);
-  if (!lease_session.empty()) {
-    ++entry->leases[lease_session];
-    ++entry->lease_count;
-    ++counters_.active_leases;
-  }
+  if (!lease_session.empty()) AddLeaseLocked(entry, lease_session);
   return Result{entry->model_id, entry->value, false};
 }
 
@@ -234,9 +233,7 @@ absl::Status CheckpointCache::Acquire(const std::string& model_id,
   MutexLock lock(&mu_);
   auto entry = FindReadyLocked(model_id);
   if (!entry.ok()) return entry.status();
-  ++(*entry)->leases[session];
-  ++(*entry)->lease_count;
-  ++counters_.active_leases;
+  AddLeaseLocked(*entry, session);
   TouchLocked(*entry);
   return absl::OkStatus();
 }

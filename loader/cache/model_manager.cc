@@ -131,6 +131,13 @@ absl::Status MaterializeStorage(const StorageInfo& storage,
   return absl::OkStatus();
 }
 
+// Whether placing the storage as `placed_dtype` changes its bytes (so no
+// zero-copy view).
+bool BytesChange(const StorageInfo& storage, DType placed_dtype) {
+  return placed_dtype != storage.dtype ||
+         storage.byte_order == ByteOrder::kBig || storage.inflated != nullptr;
+}
+
 uint64_t PlacedStorageBytes(const StorageInfo& storage, DType placed_dtype) {
   if (placed_dtype == storage.dtype) return storage.num_bytes;
   return storage.num_bytes / DTypeSize(storage.dtype) * DTypeSize(placed_dtype);
@@ -384,9 +391,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
       }
       plan.storage_dtype[s] = placed;
       uint64_t bytes = PlacedStorageBytes(storage, placed);
-      bool changes = placed != storage.dtype ||
-                     storage.byte_order == ByteOrder::kBig ||
-                     storage.inflated != nullptr;
+      bool changes = BytesChange(storage, placed);
       if (target.kind == Target::Kind::kHost && changes) {
         host_bytes += AlignUp(bytes, kHostAlignment);
       } else if (target.kind == Target::Kind::kGpu) {
@@ -440,9 +445,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
     for (const auto& [s, target] : plan->storage_target) {
       if (target.kind != Target::Kind::kHost) continue;
       const StorageInfo& storage = checkpoint.storages[s];
-      bool changes = plan->storage_dtype[s] != storage.dtype ||
-                     storage.byte_order == ByteOrder::kBig ||
-                     storage.inflated != nullptr;
+      bool changes = BytesChange(storage, plan->storage_dtype[s]);
       if (changes) {
         host_changed.push_back(s);
         continue;
@@ -512,9 +515,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
         ArenaRange range;
         range.length = bytes;
         range.arena_offset = size;
-        bool changes = plan->storage_dtype[s] != storage.dtype ||
-                       storage.byte_order == ByteOrder::kBig ||
-                       storage.inflated != nullptr;
+        bool changes = BytesChange(storage, plan->storage_dtype[s]);
         if (changes) {
           changed_bytes.emplace_back(bytes, '\0');
           RETURN_IF_ERROR(MaterializeStorage(

@@ -13,6 +13,9 @@
 
 namespace weightd {
 
+// Appends code point `cp` (at most 0x10FFFF) encoded as UTF-8.
+void AppendUtf8(uint32_t cp, std::string* out);
+
 class Json {
  public:
   enum class Type { kNull, kBool, kInt, kDouble, kString, kArray, kObject };

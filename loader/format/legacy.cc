@@ -19,10 +19,6 @@ constexpr char kMagicLong1[] =
     "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 constexpr int64_t kProtocolVersion = 1001;
 
-absl::Status Invalid(const ReadOptions& options, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(FilePrefix(options), what));
-}
-
 bool AsText(const PyValue* v, std::string* out) {
   if (v->kind == PyKind::kStr || v->kind == PyKind::kBytes) {
     *out = v->s;
@@ -181,39 +177,42 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
 
   ASSIGN_OR_RETURN(PyValue * magic, u.Load());
   if (magic->kind != PyKind::kBigInt || magic->s != kMagicDecimal) {
-    return Invalid(options, "invalid magic number; not a legacy torch file");
+    return InvalidFile(options,
+                       "invalid magic number; not a legacy torch file");
   }
   ASSIGN_OR_RETURN(PyValue * protocol, u.Load());
   if (protocol->kind != PyKind::kInt || protocol->i != kProtocolVersion) {
-    return Invalid(options, absl::StrCat("unsupported legacy protocol version ",
-                                         PyStr(protocol)));
+    return InvalidFile(
+        options,
+        absl::StrCat("unsupported legacy protocol version ", PyStr(protocol)));
   }
   ASSIGN_OR_RETURN(PyValue * sys_info, u.Load());
   if (sys_info->kind != PyKind::kDict) {
-    return Invalid(options, "legacy sys_info is not a dict");
+    return InvalidFile(options, "legacy sys_info is not a dict");
   }
   ASSIGN_OR_RETURN(PyValue * root, u.Load());
   ASSIGN_OR_RETURN(PyValue * keys, u.Load());
   if (keys->kind != PyKind::kList && keys->kind != PyKind::kTuple) {
-    return Invalid(options, "legacy storage key list is not a list");
+    return InvalidFile(options, "legacy storage key list is not a list");
   }
   // Raw storages follow, in key-list order.
   uint64_t pos = u.offset();
   for (const PyValue* k : keys->items) {
     std::string key;
     if (!AsText(k, &key))
-      return Invalid(options, "storage key is not a string");
+      return InvalidFile(options, "storage key is not a string");
     auto it = root_by_key.find(key);
     if (it == root_by_key.end()) {
-      return Invalid(options, absl::StrCat("storage \"", key,
-                                           "\" is listed but never used"));
+      return InvalidFile(options, absl::StrCat("storage \"", key,
+                                               "\" is listed but never used"));
     }
     LegacyStorage& s = roots[it->second];
     if (file_bytes.size() - pos < 8) {
-      return Invalid(options, absl::StrCat("storage \"", key,
-                                           "\" is missing (file truncated at "
-                                           "byte ",
-                                           file_bytes.size(), ")"));
+      return InvalidFile(options,
+                         absl::StrCat("storage \"", key,
+                                      "\" is missing (file truncated at "
+                                      "byte ",
+                                      file_bytes.size(), ")"));
     }
     uint64_t numel = 0;
     for (int b = 7; b >= 0; --b) {
@@ -221,18 +220,18 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     }
     pos += 8;
     if (numel != s.numel) {
-      return Invalid(options,
-                     absl::StrCat("storage \"", key, "\" holds ", numel,
-                                  " elements, its persistent "
-                                  "id declares ",
-                                  s.numel));
+      return InvalidFile(options,
+                         absl::StrCat("storage \"", key, "\" holds ", numel,
+                                      " elements, its persistent "
+                                      "id declares ",
+                                      s.numel));
     }
     StorageInfo& info = ckpt.storages[s.index];
     if (file_bytes.size() - pos < info.num_bytes) {
-      return Invalid(options,
-                     absl::StrCat("storage \"", key, "\" record is ",
-                                  file_bytes.size() - pos, " bytes, needs ",
-                                  info.num_bytes, " (file truncated)"));
+      return InvalidFile(options,
+                         absl::StrCat("storage \"", key, "\" record is ",
+                                      file_bytes.size() - pos, " bytes, needs ",
+                                      info.num_bytes, " (file truncated)"));
     }
     info.file_offset = pos;
     pos += info.num_bytes;
@@ -240,8 +239,9 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
   }
   for (const LegacyStorage& s : roots) {
     if (s.numel != UINT64_MAX) {
-      return Invalid(options, absl::StrCat("storage \"", s.key,
-                                           "\" is not in the storage list"));
+      return InvalidFile(
+          options,
+          absl::StrCat("storage \"", s.key, "\" is not in the storage list"));
     }
   }
   for (const LegacyView& v : views) {
@@ -253,9 +253,9 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
     if (__builtin_mul_overflow(v.offset, elem, &off) ||
         __builtin_mul_overflow(v.numel, elem, &len) ||
         __builtin_add_overflow(off, len, &end) || end > root_info.num_bytes) {
-      return Invalid(options, absl::StrCat("storage view \"", info.key,
-                                           "\" lies outside storage \"",
-                                           v.root_key, "\""));
+      return InvalidFile(options, absl::StrCat("storage view \"", info.key,
+                                               "\" lies outside storage \"",
+                                               v.root_key, "\""));
     }
     info.file_offset = root_info.file_offset + off;
     info.num_bytes = len;

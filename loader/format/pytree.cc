@@ -84,6 +84,10 @@ class Walker {
 
 }  // namespace
 
+absl::Status InvalidFile(const ReadOptions& options, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(FilePrefix(options), what));
+}
+
 std::string FilePrefix(const ReadOptions& options) {
   return options.file_name.empty() ? "" : absl::StrCat(options.file_name, ": ");
 }

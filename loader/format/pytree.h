@@ -43,6 +43,8 @@ absl::Status AddTensors(const std::vector<NamedTensor>& named,
 
 // "file.pt: " or "" when the options name no file.
 std::string FilePrefix(const ReadOptions& options);
+// INVALID_ARGUMENT naming the file: "<file>: <what>".
+absl::Status InvalidFile(const ReadOptions& options, absl::string_view what);
 
 StringEncoding ToStringEncoding(ReadOptions::Py2Encoding e);
 

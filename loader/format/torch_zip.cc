@@ -22,10 +22,6 @@ namespace {
 constexpr int64_t kMinVersion = 1;
 constexpr int64_t kMaxVersion = 10;
 
-absl::Status Invalid(const ReadOptions& options, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(FilePrefix(options), what));
-}
-
 bool AsText(const PyValue* v, std::string* out) {
   if (v->kind == PyKind::kStr || v->kind == PyKind::kBytes) {
     *out = v->s;
@@ -172,11 +168,12 @@ class StorageTable {
     for (size_t i = 0; i < ckpt_->storages.size(); ++i) {
       StorageInfo& s = ckpt_->storages[i];
       if (record_bytes_[i] < declared_[i]) {
-        return Invalid(options_, absl::StrCat("storage \"", s.key,
-                                              "\" record is ", record_bytes_[i],
-                                              " bytes, its persistent "
-                                              "id declares ",
-                                              declared_[i]));
+        return InvalidFile(
+            options_,
+            absl::StrCat("storage \"", s.key, "\" record is ", record_bytes_[i],
+                         " bytes, its persistent "
+                         "id declares ",
+                         declared_[i]));
       }
       s.num_bytes = declared_[i];
     }
@@ -207,13 +204,13 @@ absl::StatusOr<std::string> ReadRecord(const ZipArchive& zip,
                                        const ZipEntry& entry,
                                        const ReadOptions& options) {
   if (entry.uncompressed_size > options.max_pickle_bytes) {
-    return Invalid(
+    return InvalidFile(
         options,
         absl::StrCat("record \"", entry.name, "\" is ", entry.uncompressed_size,
                      " bytes, limit is ", options.max_pickle_bytes));
   }
   auto data = zip.Extract(entry);
-  if (!data.ok()) return Invalid(options, data.status().message());
+  if (!data.ok()) return InvalidFile(options, data.status().message());
   return data;
 }
 
@@ -304,8 +301,8 @@ class ModuleWalker {
   absl::Status Walk(const PyValue* obj, const std::string& prefix,
                     size_t depth) {
     if (depth > options_.max_depth) {
-      return Invalid(options_, absl::StrCat("modules nested deeper than ",
-                                            options_.max_depth));
+      return InvalidFile(options_, absl::StrCat("modules nested deeper than ",
+                                                options_.max_depth));
     }
     auto it = classes_.find(obj->s);
     const ScriptClass* cls = it == classes_.end() ? nullptr : &it->second;
@@ -362,9 +359,9 @@ class ModuleWalker {
 absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
                                         const ReadOptions& options) {
   auto zip_or = ZipArchive::Open(file_bytes);
-  if (!zip_or.ok()) return Invalid(options, zip_or.status().message());
+  if (!zip_or.ok()) return InvalidFile(options, zip_or.status().message());
   const ZipArchive& zip = *zip_or;
-  if (zip.entries().empty()) return Invalid(options, "empty zip archive");
+  if (zip.entries().empty()) return InvalidFile(options, "empty zip archive");
   // The archive prefix is the first record's top directory (any name).
   std::string prefix;
   {
@@ -384,32 +381,33 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
   }
   const ZipEntry* data_pkl = zip.Find(prefix + "data.pkl");
   if (data_pkl == nullptr) {
-    return Invalid(options,
-                   "zip archive has no data.pkl record (not a PyTorch "
-                   "checkpoint)");
+    return InvalidFile(options,
+                       "zip archive has no data.pkl record (not a PyTorch "
+                       "checkpoint)");
   }
   bool torchscript = zip.Find(prefix + "constants.pkl") != nullptr;
   // Format version.
   const ZipEntry* version = zip.Find(prefix + ".data/version");
   if (version == nullptr) version = zip.Find(prefix + "version");
   if (version == nullptr) {
-    return Invalid(options, "zip archive has no version record");
+    return InvalidFile(options, "zip archive has no version record");
   }
   {
     if (version->uncompressed_size > 64) {
-      return Invalid(options, "version record is too long");
+      return InvalidFile(options, "version record is too long");
     }
     ASSIGN_OR_RETURN(std::string text, ReadRecord(zip, *version, options));
     int64_t v;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &v)) {
-      return Invalid(options, absl::StrCat("version record \"",
-                                           absl::CEscape(text.substr(0, 20)),
-                                           "\" is not a number"));
+      return InvalidFile(
+          options,
+          absl::StrCat("version record \"", absl::CEscape(text.substr(0, 20)),
+                       "\" is not a number"));
     }
     if (v < kMinVersion || v > kMaxVersion) {
-      return Invalid(options, absl::StrCat("unsupported archive version ", v,
-                                           " (supported ", kMinVersion, "..",
-                                           kMaxVersion, ")"));
+      return InvalidFile(options, absl::StrCat("unsupported archive version ",
+                                               v, " (supported ", kMinVersion,
+                                               "..", kMaxVersion, ")"));
     }
   }
   Checkpoint ckpt;
@@ -418,14 +416,14 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
   StorageTable storages(zip, file_bytes, options, &ckpt);
   if (const ZipEntry* bo = zip.Find(prefix + "byteorder")) {
     if (bo->uncompressed_size > 16)
-      return Invalid(options, "bad byteorder record");
+      return InvalidFile(options, "bad byteorder record");
     ASSIGN_OR_RETURN(std::string text, ReadRecord(zip, *bo, options));
     absl::string_view t = absl::StripAsciiWhitespace(text);
     if (t == "big") {
       storages.set_byte_order(ByteOrder::kBig);
     } else if (t != "little") {
-      return Invalid(options, absl::StrCat("unknown byteorder \"",
-                                           absl::CEscape(t), "\""));
+      return InvalidFile(options, absl::StrCat("unknown byteorder \"",
+                                               absl::CEscape(t), "\""));
     }
   }
   ASSIGN_OR_RETURN(std::string pkl, ReadRecord(zip, *data_pkl, options));
@@ -470,8 +468,9 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
     ckpt.extra_files.emplace(e.name.substr(extra_dir.size()), std::move(text));
   }
   if (root->kind != PyKind::kObject) {
-    return Invalid(options, absl::StrCat("TorchScript data.pkl holds a ",
-                                         PyTypeName(root), ", not a module"));
+    return InvalidFile(
+        options, absl::StrCat("TorchScript data.pkl holds a ", PyTypeName(root),
+                              ", not a module"));
   }
   ModuleWalker walker(classes, options, &named);
   RETURN_IF_ERROR(walker.Walk(root, "", 0));
