@@ -59,12 +59,16 @@ SharedMemorySegment::Create(uint64_t size, absl::string_view prefix,
       return absl::InvalidArgumentError(
           absl::StrCat("shared-memory name too long: ", name));
     }
-    fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    // Owner and group, like the daemon's Unix socket (0660): clients in the
+    // daemon's group map the segment read-only; nobody else can read the
+    // weights.
+    fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
     if (fd >= 0 || errno != EEXIST) break;
   }
   if (fd < 0) return ErrnoError(errno, absl::StrCat("shm_open(", name, ")"));
   std::unique_ptr<SharedMemorySegment> segment(new SharedMemorySegment());
-  segment->name_ = name;  // unlinked by the destructor from here on
+  segment->name_ = name;   // unlinked by the destructor from here on
+  (void)fchmod(fd, 0640);  // exact mode whatever the umask
   if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
     close(fd);
