@@ -203,6 +203,23 @@ class PythonClientTest(unittest.TestCase):
         finally:
             daemon.stop()
 
+    def test_process_exits_without_close(self):
+        """A script that never closes its Client still exits (and its leases go with it)."""
+        endings = ["", "del t", "del t; del c", "c.close()"]
+        for ending in endings:
+            with self.subTest(ending=ending):
+                code = ("import sys, weightd; c = weightd.Client(sys.argv[1]); "
+                        "t = c.load(sys.argv[2], device='cpu'); " + ending)
+                done = subprocess.run([sys.executable, "-c", code, self.daemon.address,
+                                       self.path("many.pt")], capture_output=True, text=True,
+                                      timeout=60)
+                self.assertEqual(done.returncode, 0, done.stderr)
+        short_lived = ("import sys, weightd; "
+                       "t = weightd.Client(sys.argv[1]).load(sys.argv[2], device='cpu')")
+        done = subprocess.run([sys.executable, "-c", short_lived, self.daemon.address,
+                               self.path("many.pt")], capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
     def test_killed_client_loses_its_lease(self):
         code = ("import sys, time, weightd; c = weightd.Client(sys.argv[1]); "
                 "t = c.load(sys.argv[2], device='cpu'); print('leased', flush=True); "

@@ -86,6 +86,8 @@ class LeaseSession:
             self._close_orphan()
 
     def _close_orphan(self):
+        if sys.is_finalizing():
+            return  # interpreter exit: the process's exit ends the stream (see Client.__del__)
         self.close(timeout=0 if threading.current_thread() is self._thread else 5.0)
         channel, self._orphan_channel = self._orphan_channel, None
         if channel is not None:

@@ -1,5 +1,6 @@
 """weightd.Client: load checkpoints through the weightd daemon."""
 import os
+import sys
 import threading
 
 import grpc
@@ -120,6 +121,10 @@ class Client:
     def __del__(self):
         # A Client dropped while tensors of its loads live (`Client().load(path)`) keeps its
         # lease session and channel open until the last of those tensors is gone.
+        if sys.is_finalizing():
+            # gRPC's threads are gone at interpreter exit and closing a channel would wait for
+            # them forever; the process's exit ends the stream and the daemon releases.
+            return
         try:
             with self._lock:
                 if self._closed:
