@@ -203,6 +203,43 @@ class PythonClientTest(unittest.TestCase):
         finally:
             daemon.stop()
 
+    def test_saved_gpu_locations_and_map_location(self):
+        """Storages saved on two GPUs land on those GPUs, or where map_location sends them."""
+        path = self.path("saved_on_gpus.pt")
+        state = collections.OrderedDict([("a.weight", torch.randn(3, 4)),
+                                         ("b.weight", torch.randn(5))])
+        original = torch.serialization.location_tag
+        # Pretend the tensors lived on cuda:0 and cuda:1 when saved (this host has no GPU).
+        torch.serialization.location_tag = (
+            lambda storage: "cuda:1" if storage.nbytes() == 20 else "cuda:0")
+        try:
+            torch.save(state, path)
+        finally:
+            torch.serialization.location_tag = original
+        want = torch.load(path, map_location="cpu")
+        daemon = Daemon(self.root, extra=["--fake_gpus=2"])
+        try:
+            client = self.weightd.Client(daemon.address)
+            for map_location, placed in [({}, {"a.weight": "cuda:0", "b.weight": "cuda:1"}),
+                                         ({"cuda:1": "cuda:0"},
+                                          {"a.weight": "cuda:0", "b.weight": "cuda:0"}),
+                                         ("cpu", {"a.weight": "cpu", "b.weight": "cpu"})]:
+                got = client.load(path, map_location=map_location)
+                info = {t.name: (t.saved_location, t.placed_location)
+                        for t in got.description.tensors}
+                self.assertEqual(info["a.weight"][0], "cuda:0")
+                self.assertEqual(info["b.weight"][0], "cuda:1")
+                self.assertEqual({k: v[1] for k, v in info.items()}, placed)
+                for key, tensor in want.items():
+                    same_tensor(self, key, got[key], tensor)
+            client.close()
+        finally:
+            daemon.stop()
+        # A daemon with one GPU cannot honour the saved cuda:1, as torch.load cannot.
+        with self.assertRaises(self.weightd.WeightdError) as caught:
+            self.client.load(path, device="")
+        self.assertIn("cuda:1", caught.exception.message)
+
     def test_process_exits_without_close(self):
         """A script that never closes its Client still exits (and its leases go with it)."""
         endings = ["", "del t", "del t; del c", "c.close()"]
