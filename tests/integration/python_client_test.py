@@ -87,6 +87,7 @@ class Daemon:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=20)
+        self.process.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
