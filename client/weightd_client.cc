@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -320,7 +321,13 @@ absl::StatusOr<std::unique_ptr<ClientModel>> WeightdClient::Load(
     const std::function<void(uint64_t, uint64_t)>& progress) {
   ASSIGN_OR_RETURN(std::shared_ptr<LeaseSession> session, Session());
   v1::LoadRequest request;
-  request.set_path(options.path);
+  // The daemon resolves paths in its own working directory: send an absolute
+  // one.
+  request.set_path(options.path.empty() || options.path[0] == '/'
+                       ? options.path
+                       : std::filesystem::absolute(options.path)
+                             .lexically_normal()
+                             .string());
   request.set_format_hint(options.format_hint);
   request.mutable_placement()->set_target(options.device);
   for (const auto& [from, to] : options.remap) {

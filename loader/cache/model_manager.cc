@@ -9,6 +9,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <thread>
 
@@ -269,20 +270,19 @@ absl::StatusOr<std::string> ModelManager::ResolvePath(
   char resolved[PATH_MAX];
   if (realpath(path.c_str(), resolved) == nullptr) {
     int error = errno;
-    // Say NOT_FOUND only for paths inside a root, so nothing leaks about the
-    // rest.
-    std::string lexical = path;
+    // NOT_FOUND only for a path that names a place inside a root; anything else
+    // is PERMISSION_DENIED, so nothing leaks about files outside the roots.
+    std::string lexical =
+        std::filesystem::absolute(path).lexically_normal().string();
     for (const std::string& root : canonical_roots_) {
       if (IsUnder(lexical, root)) {
         return absl::NotFoundError(
             absl::StrCat(path, ": ", std::strerror(error)));
       }
     }
-    if (error == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    }
     return absl::PermissionDeniedError(
-        absl::StrCat(path, ": ", std::strerror(error)));
+        absl::StrCat(path, " is outside the model roots (",
+                     absl::StrJoin(canonical_roots_, ", "), ")"));
   }
   for (const std::string& root : canonical_roots_) {
     if (IsUnder(resolved, root)) return std::string(resolved);

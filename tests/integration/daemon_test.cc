@@ -358,6 +358,9 @@ TEST_F(DaemonTest, ErrorsNameTheFileAndTheDaemonKeepsServing) {
   auto outside = client->Load({"/etc/passwd", "cpu"});
   EXPECT_EQ(outside.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE(absl::StrContains(outside.status().message(), "/etc/passwd"));
+  // A missing file outside the roots says nothing about what exists there.
+  EXPECT_EQ(client->Load({"/nonexistent/dir/x.pt", "cpu"}).status().code(),
+            absl::StatusCode::kPermissionDenied);
   auto missing = client->Load({(root_ / "nope.pt").string(), "cpu"});
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   std::string garbage = (root_ / "garbage.pt").string();
@@ -369,7 +372,8 @@ TEST_F(DaemonTest, ErrorsNameTheFileAndTheDaemonKeepsServing) {
   auto bad_device = client->Load({model_path_, "cuda:7"});
   EXPECT_EQ(bad_device.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(client->Load({model_path_, "cpu"}).ok());
-  EXPECT_EQ(Stats().load_failures(), 2u);
+  EXPECT_EQ(Stats().load_failures(),
+            2u);  // two parsed and failed; the rest never loaded
 }
 
 TEST_F(DaemonTest, ChangedFileIsLoadedAgain) {

@@ -241,6 +241,15 @@ class PythonClientTest(unittest.TestCase):
             self.client.load(path, device="")
         self.assertIn("cuda:1", caught.exception.message)
 
+    def test_relative_paths_are_the_clients(self):
+        """A relative path means the client's working directory, not the daemon's."""
+        code = ("import sys, weightd; c = weightd.Client(sys.argv[1]); "
+                "print(len(c.load('many.pt', device='cpu')))")
+        done = subprocess.run([sys.executable, "-c", code, self.daemon.address],
+                              cwd=self.root, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.strip(), "1000")
+
     def test_process_exits_without_close(self):
         """A script that never closes its Client still exits (and its leases go with it)."""
         endings = ["", "del t", "del t; del c", "c.close()"]

@@ -179,7 +179,9 @@ class Client:
         The model is leased on this client's lease session until the last returned tensor is
         garbage-collected (or the client closes). Host tensors are zero-copy, read-only views.
         """
-        request = pb.LoadRequest(path=os.fspath(path), format_hint=format_hint)
+        # The daemon resolves paths in its own working directory: send an absolute one.
+        request = pb.LoadRequest(path=os.path.abspath(os.fspath(path)),
+                                 format_hint=format_hint)
         if isinstance(map_location, dict):
             for saved, target in map_location.items():
                 request.placement.remap[str(saved)] = self._target(target)
