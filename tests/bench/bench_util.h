@@ -16,6 +16,13 @@
 namespace weightd {
 namespace bench {
 
+// One line of a benchmark's table.
+struct Row {
+  std::string name;
+  double seconds = 0;
+  uint64_t bytes = 0;
+};
+
 inline double Now() {
   return std::chrono::duration<double>(
              std::chrono::steady_clock::now().time_since_epoch())

@@ -44,11 +44,7 @@ namespace {
 using bench::GiBps;
 using bench::Now;
 
-struct Row {
-  std::string name;
-  double seconds = 0;
-  uint64_t bytes = 0;
-};
+using bench::Row;
 
 absl::StatusOr<double> PinnedBandwidthSeconds(Device* gpu, uint64_t bytes,
                                               int repeats) {

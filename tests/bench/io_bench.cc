@@ -38,11 +38,7 @@ namespace {
 using bench::GiBps;
 using bench::Now;
 
-struct Row {
-  std::string name;
-  double seconds = 0;
-  uint64_t bytes = 0;
-};
+using bench::Row;
 
 int Main() {
   std::string path = absl::GetFlag(FLAGS_file);
