@@ -376,6 +376,33 @@ TEST_F(DaemonTest, ErrorsNameTheFileAndTheDaemonKeepsServing) {
             2u);  // two parsed and failed; the rest never loaded
 }
 
+TEST_F(DaemonTest, OverBudgetIsResourceExhaustedAndLeavesNothingBehind) {
+  daemon_.reset();
+  ServerConfig config;
+  config.listen = {address_};
+  config.model_roots = {root_.string()};
+  config.metrics_address = "";
+  config.fake_gpus = 1;
+  config.gpu_budget_bytes =
+      512;  // the model needs three 256-byte-aligned storages
+  auto daemon = Daemon::Create(config);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  daemon_ = *std::move(daemon);
+  auto client = Connect();
+  auto refused = client->Load({model_path_, "cuda:0"});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(
+      absl::StrContains(refused.status().message(), "model.safetensors"))
+      << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "budget"));
+  v1::StatsResponse stats = Stats();
+  for (const auto& tier : stats.tiers())
+    EXPECT_EQ(tier.used_bytes(), 0u) << tier.tier();
+  EXPECT_EQ(stats.models(), 0);
+  EXPECT_TRUE(
+      client->Load({model_path_, "cpu"}).ok());  // host placement still works
+}
+
 TEST_F(DaemonTest, ChangedFileIsLoadedAgain) {
   auto client = Connect();
   auto first = client->Load({model_path_, "cpu"});
