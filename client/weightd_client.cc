@@ -1,19 +1,15 @@
 #include "client/weightd_client.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "loader/common/status_macros.h"
+#include "loader/device/cuda_device.h"
 #include "loader/device/shared_memory.h"
 #include "loader/format/tensor_bytes.h"
+#include "loader/io/mapped_file.h"
 
 #ifdef WEIGHTD_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -83,60 +79,36 @@ class LeaseSession {
 
 namespace {
 
-absl::StatusOr<OpenedBuffer> MapReadOnly(int fd, uint64_t size,
-                                         const std::string& what) {
+// Host bytes owned by `owner` (a mapping that unmaps itself when released).
+template <typename Mapping>
+OpenedBuffer HostBuffer(std::unique_ptr<Mapping> mapping, uint64_t size) {
+  static const uint8_t kEmpty = 0;  // a zero-byte buffer still needs an address
   OpenedBuffer buffer;
+  buffer.host = mapping->data() != nullptr ? mapping->data() : &kEmpty;
   buffer.size = size;
-  if (size == 0) {
-    close(fd);
-    static const uint8_t kEmpty = 0;
-    buffer.host = &kEmpty;
-    buffer.close = [] {};
-    return buffer;
-  }
-  void* data = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  int error = errno;
-  close(fd);
-  if (data == MAP_FAILED) {
-    return absl::InternalError(
-        absl::StrCat("mmap ", what, ": ", std::strerror(error)));
-  }
-  buffer.host = static_cast<const uint8_t*>(data);
-  buffer.close = [data, size] { munmap(data, size); };
+  buffer.owner = std::shared_ptr<Mapping>(std::move(mapping));
   return buffer;
 }
 
 absl::StatusOr<OpenedBuffer> OpenFile(const v1::FileRegion& file) {
-  int fd = open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::NotFoundError(
-        absl::StrCat("open ", file.path(), ": ", std::strerror(errno)));
-  }
-  struct stat info;
-  fstat(fd, &info);
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped,
+                   MappedFile::Open(file.path()));
   const v1::FileIdentity& id = file.identity();
-  int64_t mtime_ns =
-      int64_t{info.st_mtim.tv_sec} * 1000000000 + info.st_mtim.tv_nsec;
-  if (static_cast<uint64_t>(info.st_dev) != id.device() ||
-      static_cast<uint64_t>(info.st_ino) != id.inode() ||
-      static_cast<uint64_t>(info.st_size) != id.size() ||
-      mtime_ns != id.mtime_ns()) {
-    close(fd);
+  const FileIdentity expected{id.device(), id.inode(), id.size(),
+                              id.mtime_ns()};
+  if (mapped->identity() != expected) {
     return absl::FailedPreconditionError(absl::StrCat(
         file.path(),
         " changed on disk since the daemon loaded it; load it again"));
   }
-  return MapReadOnly(fd, id.size(), file.path());
+  return HostBuffer(std::move(mapped), id.size());
 }
 
 absl::StatusOr<OpenedBuffer> OpenSegment(const std::string& name,
                                          uint64_t size) {
-  int fd = shm_open(name.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) {
-    return absl::NotFoundError(
-        absl::StrCat("shm_open ", name, ": ", std::strerror(errno)));
-  }
-  return MapReadOnly(fd, size, name);
+  ASSIGN_OR_RETURN(std::unique_ptr<SharedMapping> mapping,
+                   OpenSharedSegment(name, size));
+  return HostBuffer(std::move(mapping), size);
 }
 
 absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
@@ -144,8 +116,9 @@ absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
     // The fake GPU's memory is a shared-memory segment named in its handle.
     ASSIGN_OR_RETURN(IpcHandle handle,
                      IpcHandle::FromString(arena.ipc_handle()));
-    ASSIGN_OR_RETURN(SharedHandleInfo info, DecodeSharedHandle(handle));
-    return OpenSegment(info.name, arena.size());
+    ASSIGN_OR_RETURN(std::unique_ptr<SharedMapping> mapping,
+                     OpenSharedHandle(handle));
+    return HostBuffer(std::move(mapping), arena.size());
   }
 #ifdef WEIGHTD_HAVE_CUDA
   if (arena.ipc_handle().size() != sizeof(cudaIpcMemHandle_t)) {
@@ -162,14 +135,8 @@ absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
   for (int i = 0; i < count && device < 0; ++i) {
     cudaDeviceProp props;
     if (cudaGetDeviceProperties(&props, i) != cudaSuccess) continue;
-    char uuid[64];
-    const unsigned char* b =
-        reinterpret_cast<const unsigned char*>(props.uuid.bytes);
-    snprintf(uuid, sizeof(uuid),
-             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%"
-             "02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
-             b[11], b[12], b[13], b[14], b[15]);
+    const std::string uuid =
+        FormatGpuUuid(reinterpret_cast<const uint8_t*>(props.uuid.bytes));
     if (arena.gpu_uuid() == uuid) device = i;
   }
   if (device < 0) {
@@ -191,7 +158,8 @@ absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
   OpenedBuffer buffer;
   buffer.device = pointer;
   buffer.size = arena.size();
-  buffer.close = [pointer] { cudaIpcCloseMemHandle(pointer); };
+  buffer.owner = std::shared_ptr<void>(
+      pointer, [](void* opened) { cudaIpcCloseMemHandle(opened); });
   return buffer;
 #else
   return absl::UnimplementedError("this client was built without CUDA support");
@@ -202,10 +170,7 @@ absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
 
 ClientModel::~ClientModel() {
   MutexLock lock(&mu_);
-  for (auto& [index, buffer] : opened_) {
-    if (buffer.close) buffer.close();
-  }
-  opened_.clear();
+  opened_.clear();  // unmaps files and segments, closes IPC handles
   if (lease_ != nullptr) lease_->Release(description_.model_id());
 }
 

@@ -25,11 +25,11 @@ class LeaseSession;
 // One opened buffer of a model: host bytes (mapped file or segment) or a device
 // pointer.
 struct OpenedBuffer {
-  const uint8_t* host =
-      nullptr;  // readable by this process, or null for a real GPU arena
+  // Readable by this process; null for a real GPU arena.
+  const uint8_t* host = nullptr;
   void* device = nullptr;  // CUDA device pointer in this process (real GPUs)
   uint64_t size = 0;
-  std::function<void()> close;
+  std::shared_ptr<void> owner;  // releasing it unmaps or closes the buffer
 };
 
 class ClientModel {
