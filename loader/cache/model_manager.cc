@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -350,35 +351,39 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
     }
     cast = *parsed;
   }
-  // Identity first: a changed file is a new cache key.
-  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
-  FileIdentity identity{file->identity().device, file->identity().inode,
-                        file->identity().size, file->identity().mtime_ns};
+  // Identity first (a stat; a cache hit needs nothing more): a changed file is
+  // a new cache key.
+  ASSIGN_OR_RETURN(const FileIdentity identity, StatFileIdentity(path));
   CacheKey key{path, IdentityKey(identity), CanonicalPlacement(spec)};
 
-  std::shared_ptr<MappedFile> shared_file(std::move(file));
-  auto parsed_checkpoint = std::make_shared<absl::StatusOr<Checkpoint>>(
-      absl::InternalError("not parsed"));
+  // Mapped and parsed only on a miss, inside the cache's single flight.
+  std::shared_ptr<MappedFile> shared_file;
+  absl::StatusOr<Checkpoint> parsed_checkpoint =
+      absl::InternalError("not parsed");
   auto parse = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(shared_file, MappedFile::Open(path));
+    if (shared_file->identity() != identity) {
+      return absl::AbortedError(absl::StrCat(
+          path, " changed while it was being loaded; load it again"));
+    }
     ReadOptions read_options;
     read_options.file_name = path;
-    *parsed_checkpoint = ReadCheckpoint(
+    parsed_checkpoint = ReadCheckpoint(
         absl::string_view(reinterpret_cast<const char*>(shared_file->data()),
                           shared_file->size()),
         read_options);
-    if (!parsed_checkpoint->ok()) {
-      absl::Status status = parsed_checkpoint->status();
+    if (!parsed_checkpoint.ok()) {
+      absl::Status status = parsed_checkpoint.status();
       return absl::Status(status.code() == absl::StatusCode::kUnimplemented
                               ? absl::StatusCode::kInvalidArgument
                               : status.code(),
                           status.message());
     }
     if (!spec.format_hint.empty() &&
-        spec.format_hint !=
-            CheckpointFormatName((*parsed_checkpoint)->format)) {
+        spec.format_hint != CheckpointFormatName(parsed_checkpoint->format)) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ": format hint \"", spec.format_hint, "\" but the file is ",
-          CheckpointFormatName((*parsed_checkpoint)->format)));
+          CheckpointFormatName(parsed_checkpoint->format)));
     }
     return absl::OkStatus();
   };
@@ -437,7 +442,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
     return plan;
   };
 
-  std::shared_ptr<Plan> plan;
+  std::optional<Plan> plan;  // set by the plan step, read by the load step
   // Parse and plan happen inside the cache's single flight so a hit costs
   // nothing; the expected bytes are reserved by the load function itself
   // through a second, cheap call.
@@ -447,7 +452,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
       LoadSlots* slots;
       ~SlotRelease() { slots->Release(); }
     } release{&impl_->load_slots};
-    const Checkpoint& checkpoint = **parsed_checkpoint;
+    const Checkpoint& checkpoint = *parsed_checkpoint;
     auto model = std::make_shared<LoadedModel>();
     model->path = path;
     model->identity = identity;
@@ -619,8 +624,8 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
   // Parsing and planning run only on a miss, inside the cache's single flight.
   auto plan_fn = [&]() -> absl::StatusOr<TierBytes> {
     RETURN_IF_ERROR(parse());
-    ASSIGN_OR_RETURN(Plan made, make_plan(**parsed_checkpoint));
-    plan = std::make_shared<Plan>(std::move(made));
+    ASSIGN_OR_RETURN(Plan made, make_plan(*parsed_checkpoint));
+    plan = std::move(made);
     return plan->expected;
   };
   ASSIGN_OR_RETURN(CheckpointCache::Result result,
