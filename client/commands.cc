@@ -141,17 +141,6 @@ int Health(const std::string& address, const std::vector<std::string>& args,
              : 1;
 }
 
-TensorInfo InfoFromProto(const v1::Tensor& tensor) {
-  TensorInfo info;
-  info.name = tensor.name();
-  auto dtype = DTypeFromName(tensor.dtype());
-  if (dtype.ok()) info.dtype = *dtype;
-  info.shape.assign(tensor.shape().begin(), tensor.shape().end());
-  info.stride.assign(tensor.stride().begin(), tensor.stride().end());
-  info.storage_offset = tensor.storage_offset();
-  return info;
-}
-
 void PrintTensorTable(const v1::ModelDescription& model, std::ostream& out) {
   out << absl::StrFormat(
       "%s  %s  %s  %d tensors  %s resident\n", model.model_id(), model.path(),
@@ -217,8 +206,11 @@ int Load(const std::string& address, const std::vector<std::string>& args,
   }
   std::vector<TensorInfo> infos;
   infos.reserve(description.tensors_size());
-  for (const v1::Tensor& tensor : description.tensors())
-    infos.push_back(InfoFromProto(tensor));
+  for (const v1::Tensor& tensor : description.tensors()) {
+    auto info = TensorInfoFromProto(tensor);
+    if (!info.ok()) return Fail(err, file, info.status());
+    infos.push_back(*std::move(info));
+  }
   std::vector<ListedTensor> listed;
   for (int i = 0; i < description.tensors_size(); ++i) {
     ListedTensor item{&infos[i], std::nullopt};

@@ -212,14 +212,19 @@ absl::StatusOr<const uint8_t*> ClientModel::HostStorage(
   return buffer->host + tensor.storage_byte_offset();
 }
 
-absl::StatusOr<std::string> ClientModel::ReadTensorBytes(
-    const v1::Tensor& tensor) {
+absl::StatusOr<TensorInfo> TensorInfoFromProto(const v1::Tensor& tensor) {
   TensorInfo info;
   info.name = tensor.name();
   ASSIGN_OR_RETURN(info.dtype, DTypeFromName(tensor.dtype()));
   info.shape.assign(tensor.shape().begin(), tensor.shape().end());
   info.stride.assign(tensor.stride().begin(), tensor.stride().end());
   info.storage_offset = tensor.storage_offset();
+  return info;
+}
+
+absl::StatusOr<std::string> ClientModel::ReadTensorBytes(
+    const v1::Tensor& tensor) {
+  ASSIGN_OR_RETURN(TensorInfo info, TensorInfoFromProto(tensor));
   uint64_t extent = info.ExtentBytes();
   ASSIGN_OR_RETURN(OpenedBuffer * buffer, Buffer(tensor.buffer_index()));
   if (tensor.storage_byte_offset() > buffer->size ||

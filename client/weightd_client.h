@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "loader/common/mutex.h"
+#include "loader/format/checkpoint.h"
 #include "proto/weightd/v1/weightd.grpc.pb.h"
 
 namespace weightd {
@@ -107,6 +108,10 @@ class WeightdClient {
   Mutex mu_;
   std::shared_ptr<LeaseSession> session_ ABSL_GUARDED_BY(mu_);
 };
+
+// The view a described tensor has (name, dtype, shape, stride, storage offset).
+absl::StatusOr<TensorInfo> TensorInfoFromProto(
+    const weightd::v1::Tensor& tensor);
 
 // grpc::Status -> absl::Status, prefixed with what was being done.
 absl::Status FromGrpcStatus(const grpc::Status& status);
