@@ -2,6 +2,11 @@
 
 #include <httplib.h>
 
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <thread>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -67,7 +72,21 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
     }
     endpoint->port_ = port;
   }
-  endpoint->thread_ = std::thread([&server] { server.listen_after_bind(); });
+  auto listening_ended = std::make_shared<std::atomic<bool>>(false);
+  endpoint->thread_ = std::thread([&server, listening_ended] {
+    server.listen_after_bind();
+    listening_ended->store(true);
+  });
+  // httplib's stop() only takes effect once the server runs: a Stop() that came
+  // before would leave the thread in accept() for good. Return once it runs.
+  while (!server.is_running() && !listening_ended->load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (!server.is_running()) {
+    endpoint->thread_.join();
+    return absl::UnavailableError(
+        absl::StrCat("metrics endpoint: cannot serve on ", address));
+  }
   return endpoint;
 }
 
