@@ -75,30 +75,20 @@ class RegistryDeviceSet : public DeviceSet {
   std::string io_backend_reason() const override { return io_reason_; }
 
   absl::StatusOr<FilledArena> FillGpuArena(
-      int gpu, int fd, uint64_t size, const std::vector<ArenaRange>& ranges,
+      int gpu, int fd, uint64_t size, const std::vector<CopyRange>& ranges,
       const ProgressFn& progress) override {
     if (gpu < 0 || gpu >= static_cast<int>(pipelines_.size())) {
       return absl::InvalidArgumentError(absl::StrCat("no GPU ", gpu));
     }
     Device* device = registry_->gpus()[gpu];
     ASSIGN_OR_RETURN(StagingPipeline * pipeline, Pipeline(gpu, device));
-    std::vector<CopyRange> copies;
-    copies.reserve(ranges.size());
-    for (const ArenaRange& range : ranges) {
-      copies.push_back(
-          range.host_source != nullptr
-              ? CopyRange::FromMemory(range.host_source, range.length,
-                                      range.arena_offset)
-              : CopyRange::FromFile(range.file_offset, range.length,
-                                    range.arena_offset));
-    }
     FileSource file;
     file.fd = fd;
     struct stat info;
     file.size = fstat(fd, &info) == 0 ? static_cast<uint64_t>(info.st_size) : 0;
     file.name = absl::StrCat("/proc/self/fd/", fd);
     ASSIGN_OR_RETURN(std::unique_ptr<DeviceArena> arena,
-                     pipeline->Load(size, file, copies, nullptr, progress));
+                     pipeline->Load(size, file, ranges, nullptr, progress));
     ASSIGN_OR_RETURN(IpcHandle handle, device->ExportHandle(*arena));
     FilledArena filled;
     filled.ipc_handle = handle.ToString();

@@ -13,18 +13,9 @@
 #include "absl/status/statusor.h"
 #include "loader/cache/loaded_model.h"
 #include "loader/cache/model_manager.h"
+#include "loader/device/staging_pipeline.h"
 
 namespace weightd {
-
-// One piece of an arena's contents: `length` bytes from the file at
-// `file_offset`, or from `host_source` when the bytes had to change (byte swap,
-// cast, inflated record).
-struct ArenaRange {
-  const uint8_t* host_source = nullptr;
-  uint64_t file_offset = 0;
-  uint64_t length = 0;
-  uint64_t arena_offset = 0;
-};
 
 struct FilledArena {
   std::unique_ptr<LoadedModel::Owned> owner;  // frees the arena
@@ -56,9 +47,10 @@ class DeviceSet {
   virtual std::string io_backend_reason() const = 0;
 
   // Allocates an arena of `size` bytes on GPU `gpu` and fills it through the
-  // staging pipeline.
+  // staging pipeline: file ranges are read from `fd`, generated ranges (bytes
+  // that change on the way) are produced chunk by chunk into the ring.
   virtual absl::StatusOr<FilledArena> FillGpuArena(
-      int gpu, int fd, uint64_t size, const std::vector<ArenaRange>& ranges,
+      int gpu, int fd, uint64_t size, const std::vector<CopyRange>& ranges,
       const ProgressFn& progress) = 0;
   // A writable shared-memory segment other processes can map read-only by name.
   virtual absl::StatusOr<HostSegment> CreateHostSegment(uint64_t size) = 0;

@@ -114,17 +114,15 @@ std::string IdentityKey(const FileIdentity& id) {
   return absl::StrCat(id.device, ":", id.inode, ":", id.size, ":", id.mtime_ns);
 }
 
-// The bytes a storage holds once placed: swapped to little-endian and cast if
-// asked.
-// Splits [0, count) elements over a few threads for big storages (casts run at
-// a couple of GiB/s per core); `work(begin, end)` must touch only its own
-// elements.
+// Splits [0, count) elements over a few threads, `min_per_thread` or more
+// each (casts run at a couple of GiB/s per core); `work(begin, end)` must
+// touch only its own elements.
 absl::Status ForEachElementRange(
-    size_t count, const std::function<absl::Status(size_t, size_t)>& work) {
-  constexpr size_t kPerThread = 4u << 20;  // elements
+    size_t count, size_t min_per_thread,
+    const std::function<absl::Status(size_t, size_t)>& work) {
   const size_t threads =
       std::min<size_t>({std::max(1u, std::thread::hardware_concurrency()), 8,
-                        count / kPerThread + 1});
+                        count / std::max<size_t>(min_per_thread, 1) + 1});
   if (threads <= 1) return work(0, count);
   std::vector<absl::Status> results(threads);
   std::vector<std::thread> pool;
@@ -139,31 +137,64 @@ absl::Status ForEachElementRange(
   return absl::OkStatus();
 }
 
+// Writes elements [first, first + count) of `storage` as they are placed
+// (swapped to little-endian, cast to `placed_dtype`) to `out`.
+absl::Status PlaceElements(const StorageInfo& storage, const uint8_t* file_data,
+                           DType placed_dtype, size_t first, size_t count,
+                           size_t min_per_thread, uint8_t* out) {
+  const size_t in_size = DTypeSize(storage.dtype);
+  const size_t out_size = DTypeSize(placed_dtype);
+  const uint8_t* source =
+      (storage.inflated
+           ? reinterpret_cast<const uint8_t*>(storage.inflated->data())
+           : file_data + storage.file_offset) +
+      first * in_size;
+  if (placed_dtype != storage.dtype) {
+    return ForEachElementRange(
+        count, min_per_thread, [&](size_t begin, size_t end) {
+          return CastElements(source + begin * in_size, storage.dtype,
+                              storage.byte_order, end - begin,
+                              out + begin * out_size, placed_dtype);
+        });
+  }
+  return ForEachElementRange(
+      count, min_per_thread, [&](size_t begin, size_t end) {
+        size_t bytes = (end - begin) * in_size;
+        std::memcpy(out + begin * in_size, source + begin * in_size, bytes);
+        if (storage.byte_order == ByteOrder::kBig) {
+          SwapBytesInPlace(out + begin * in_size, bytes,
+                           SwapUnit(storage.dtype));
+        }
+        return absl::OkStatus();
+      });
+}
+
+// The whole storage as placed, into host memory.
 absl::Status MaterializeStorage(const StorageInfo& storage,
                                 const uint8_t* file_data, DType placed_dtype,
                                 uint8_t* out) {
-  const uint8_t* source =
-      storage.inflated
-          ? reinterpret_cast<const uint8_t*>(storage.inflated->data())
-          : file_data + storage.file_offset;
-  const size_t in_size = DTypeSize(storage.dtype);
+  constexpr size_t kPerThread = 4u << 20;  // elements
+  return PlaceElements(storage, file_data, placed_dtype, 0,
+                       storage.num_bytes / DTypeSize(storage.dtype), kPerThread,
+                       out);
+}
+
+// The storage as placed, produced chunk by chunk by the staging pipeline, so
+// host memory for a cast or byte-swapped GPU load stays the staging ring.
+CopyRange GeneratedStorageRange(const StorageInfo& storage,
+                                const uint8_t* file_data, DType placed_dtype,
+                                uint64_t placed_bytes, uint64_t arena_offset) {
   const size_t out_size = DTypeSize(placed_dtype);
-  const size_t count = storage.num_bytes / in_size;
-  if (placed_dtype != storage.dtype) {
-    return ForEachElementRange(count, [&](size_t begin, size_t end) {
-      return CastElements(source + begin * in_size, storage.dtype,
-                          storage.byte_order, end - begin,
-                          out + begin * out_size, placed_dtype);
-    });
-  }
-  return ForEachElementRange(count, [&](size_t begin, size_t end) {
-    size_t bytes = (end - begin) * in_size;
-    std::memcpy(out + begin * in_size, source + begin * in_size, bytes);
-    if (storage.byte_order == ByteOrder::kBig) {
-      SwapBytesInPlace(out + begin * in_size, bytes, SwapUnit(storage.dtype));
-    }
-    return absl::OkStatus();
-  });
+  return CopyRange::Generated(
+      placed_bytes, out_size,
+      [&storage, file_data, placed_dtype, out_size](
+          uint64_t pos, uint64_t length, uint8_t* out) {
+        // Chunks are a few MiB: split them finer than whole storages.
+        constexpr size_t kPerThread = 256u << 10;  // elements
+        return PlaceElements(storage, file_data, placed_dtype, pos / out_size,
+                             length / out_size, kPerThread, out);
+      },
+      arena_offset);
 }
 
 // Whether placing the storage as `placed_dtype` changes its bytes (so no
@@ -542,29 +573,19 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
     }
     for (const auto& [gpu, storages] : per_gpu) {
       uint64_t size = 0;
-      std::vector<ArenaRange> ranges;
-      std::vector<std::string>
-          changed_bytes;  // kept alive until the arena is filled
-      changed_bytes.reserve(storages.size());
+      std::vector<CopyRange> ranges;
       std::vector<uint64_t> offsets;
       for (size_t s : storages) {
         const StorageInfo& storage = checkpoint.storages[s];
-        uint64_t bytes = PlacedStorageBytes(storage, plan->storage_dtype[s]);
-        ArenaRange range;
-        range.length = bytes;
-        range.arena_offset = size;
-        bool changes = BytesChange(storage, plan->storage_dtype[s]);
-        if (changes) {
-          changed_bytes.emplace_back(bytes, '\0');
-          RETURN_IF_ERROR(MaterializeStorage(
-              storage, shared_file->data(), plan->storage_dtype[s],
-              reinterpret_cast<uint8_t*>(changed_bytes.back().data())));
-          range.host_source =
-              reinterpret_cast<const uint8_t*>(changed_bytes.back().data());
-        } else {
-          range.file_offset = storage.file_offset;
+        const DType placed = plan->storage_dtype[s];
+        uint64_t bytes = PlacedStorageBytes(storage, placed);
+        if (bytes > 0) {
+          ranges.push_back(
+              BytesChange(storage, placed)
+                  ? GeneratedStorageRange(storage, shared_file->data(), placed,
+                                          bytes, size)
+                  : CopyRange::FromFile(storage.file_offset, bytes, size));
         }
-        if (bytes > 0) ranges.push_back(range);
         offsets.push_back(size);
         size += AlignUp(bytes, kGpuAlignment);
       }
@@ -576,7 +597,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
                              if (progress)
                                progress(done_before + done, bytes_total);
                            }));
-      for (const ArenaRange& range : ranges) {
+      for (const CopyRange& range : ranges) {
         bytes_done += range.length;
         bytes_read_ += range.length;
       }

@@ -28,7 +28,11 @@ struct Chunk {
   const CopyRange* range = nullptr;
   uint64_t pos = 0;
   uint64_t length = 0;
-  bool from_file() const { return range->host_source == nullptr; }
+  bool from_file() const { return range->from_file(); }
+  bool generated() const { return static_cast<bool>(range->generate); }
+  absl::Status Generate(uint8_t* out) const {
+    return range->generate(pos, length, out);
+  }
   uint64_t file_offset() const { return range->file_offset + pos; }
   uint64_t arena_offset() const { return range->arena_offset + pos; }
   const uint8_t* memory() const {
@@ -48,7 +52,9 @@ class ChunkCursor {
     Chunk c;
     c.range = &ranges_[index_];
     c.pos = pos_;
-    c.length = std::min(chunk_bytes_, c.range->length - pos_);
+    uint64_t most = chunk_bytes_;
+    if (c.generated()) most = chunk_bytes_ / c.range->unit * c.range->unit;
+    c.length = std::min(most, c.range->length - pos_);
     pos_ += c.length;
     if (pos_ >= c.range->length) {
       ++index_;
@@ -165,7 +171,15 @@ absl::Status StagingPipeline::Run(DeviceArena* arena, const FileSource& file,
     const CopyRange& r = ranges[i];
     absl::Status s = CheckArenaRange(arena->size(), r.arena_offset, r.length);
     if (!s.ok()) return Annotate(s, absl::StrCat("range ", i));
-    if (r.host_source == nullptr && r.length > 0) {
+    if (r.generate) {
+      if (r.unit == 0 || r.length % r.unit != 0 ||
+          r.unit > options_.chunk_bytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("range ", i, ": generated length ", r.length,
+                         " in units of ", r.unit, " does not fit chunks of ",
+                         options_.chunk_bytes, " bytes"));
+      }
+    } else if (r.host_source == nullptr && r.length > 0) {
       any_file = true;
       if (r.file_offset > file.size || r.length > file.size - r.file_offset) {
         return absl::OutOfRangeError(absl::StrCat(
@@ -329,6 +343,16 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);
+      } else if (c.generated()) {
+        absl::Status s = c.Generate(slot.buffer->data());
+        if (!s.ok()) {
+          fail(Annotate(
+              s, absl::StrCat("producing ", c.length,
+                              " bytes for arena offset ", slot.arena_offset)));
+          release(i);
+          break;
+        }
+        start_copy(i);
       } else {
         std::memcpy(slot.buffer->data(), c.memory(), c.length);
         start_copy(i);
@@ -431,6 +455,17 @@ absl::Status StagingPipeline::RunDirect(DeviceArena* arena,
     while (status.ok() && !cursor.done() && in_flight.size() < depth) {
       if (cancel != nullptr && cancel->cancelled()) break;
       Chunk c = cursor.Next();
+      if (c.generated()) {
+        absl::Status s = c.Generate(base + c.arena_offset());
+        if (!s.ok()) {
+          fail(Annotate(
+              s, absl::StrCat("producing ", c.length,
+                              " bytes for arena offset ", c.arena_offset())));
+          break;
+        }
+        chunk_done(c.length);
+        continue;
+      }
       if (!c.from_file()) {
         std::memcpy(base + c.arena_offset(), c.memory(), c.length);
         chunk_done(c.length);

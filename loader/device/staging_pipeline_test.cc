@@ -33,15 +33,52 @@ using testing::WritePatternFile;
 constexpr uint32_t kSeed = 42;
 constexpr uint64_t kFileSize = (5 << 20) + 123;
 
+// Bytes of generated ranges: a function of the position alone, so any chunk
+// is checkable and the generator is stateless (shared by threads).
+uint8_t GeneratedByte(uint64_t pos) {
+  return static_cast<uint8_t>((pos * 131 + 17) ^ (pos >> 9));
+}
+
+// A generator that also checks the pipeline's contract: chunks on multiples of
+// the unit and never larger than one staging buffer.
+RangeGenerator CheckedGenerator(uint64_t unit, uint64_t chunk_bytes) {
+  return [unit, chunk_bytes](uint64_t pos, uint64_t length, uint8_t* out) {
+    if (pos % unit != 0 || length % unit != 0 || length == 0 ||
+        length > chunk_bytes) {
+      return absl::InternalError(absl::StrCat("bad generated chunk ", pos, " +",
+                                              length, " (unit ", unit,
+                                              ", chunk ", chunk_bytes, ")"));
+    }
+    for (uint64_t k = 0; k < length; ++k) out[k] = GeneratedByte(pos + k);
+    return absl::OkStatus();
+  };
+}
+
+// Whether the arena bytes at a range's offset are the range's bytes.
+bool RangeMatches(const uint8_t* arena, const CopyRange& r) {
+  const uint8_t* at = arena + r.arena_offset;
+  if (r.generate) {
+    for (uint64_t k = 0; k < r.length; ++k) {
+      if (at[k] != GeneratedByte(k)) return false;
+    }
+    return true;
+  }
+  if (r.host_source != nullptr) {
+    return std::memcmp(at, r.host_source, r.length) == 0;
+  }
+  return FirstPatternMismatch(at, r.length, r.file_offset, kSeed) == -1;
+}
+
 // A checkpoint-like layout: file ranges at odd offsets, one range from host
-// memory, a zero-length range, placed in the arena out of order with gaps.
+// memory, one generated range (12-byte units, several chunks), a zero-length
+// range, placed in the arena out of order with gaps.
 struct Layout {
   std::vector<CopyRange> ranges;
   uint64_t arena_size = 0;
   std::vector<uint8_t> memory;  // the host-memory source
 };
 
-Layout MakeLayout(uint64_t file_size) {
+Layout MakeLayout(uint64_t file_size, uint64_t chunk_bytes) {
   Layout l;
   l.memory.resize(100000);
   for (size_t i = 0; i < l.memory.size(); ++i) l.memory[i] = i * 13 + 1;
@@ -62,7 +99,11 @@ Layout MakeLayout(uint64_t file_size) {
   }
   l.ranges.push_back(
       CopyRange::FromMemory(l.memory.data(), l.memory.size(), at));
-  at += l.memory.size();
+  at = (at + l.memory.size() + 255) / 256 * 256;
+  constexpr uint64_t kUnit = 12;
+  l.ranges.push_back(CopyRange::Generated(
+      kUnit * 25000, kUnit, CheckedGenerator(kUnit, chunk_bytes), at));
+  at += kUnit * 25000;
   l.arena_size = at + 500;
   return l;
 }
@@ -71,13 +112,8 @@ Layout MakeLayout(uint64_t file_size) {
 void ExpectArena(const uint8_t* arena, const Layout& l) {
   std::vector<bool> covered(l.arena_size, false);
   for (const CopyRange& r : l.ranges) {
-    const uint8_t* at = arena + r.arena_offset;
-    if (r.host_source != nullptr) {
-      EXPECT_EQ(std::memcmp(at, r.host_source, r.length), 0);
-    } else {
-      EXPECT_EQ(FirstPatternMismatch(at, r.length, r.file_offset, kSeed), -1)
-          << "range at file offset " << r.file_offset;
-    }
+    EXPECT_TRUE(RangeMatches(arena, r))
+        << "range at arena offset " << r.arena_offset;
     std::fill(covered.begin() + r.arena_offset,
               covered.begin() + r.arena_offset + r.length, true);
   }
@@ -132,7 +168,7 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
       fake_ = d->get();
       device_ = std::move(*d);
     }
-    layout_ = MakeLayout(kFileSize);
+    layout_ = MakeLayout(kFileSize, GetParam().chunk);
   }
 
   std::unique_ptr<Reader> NewReader(int queue_depth = 8) {
@@ -215,13 +251,7 @@ TEST_P(StagingPipelineTest, ByteIdenticalAtEveryOffset) {
     auto m = OpenSharedHandle(h);
     if (!m.ok()) _exit(1);
     for (const CopyRange& r : l.ranges) {
-      if (r.host_source != nullptr) {
-        if (std::memcmp((*m)->data() + r.arena_offset, r.host_source, r.length))
-          _exit(2);
-      } else if (FirstPatternMismatch((*m)->data() + r.arena_offset, r.length,
-                                      r.file_offset, kSeed) != -1) {
-        _exit(3);
-      }
+      if (!RangeMatches((*m)->data(), r)) _exit(2);
     }
     _exit(0);
   }
@@ -377,6 +407,40 @@ TEST_P(StagingPipelineTest, CancelMidLoad) {
   ExpectNoLeaks();
 }
 
+TEST_P(StagingPipelineTest, GeneratorFailureMidRange) {
+  auto pipeline = NewPipeline(NewReader());
+  const uint64_t unit = 8;
+  const uint64_t chunk = GetParam().chunk / unit * unit;
+  int calls = 0;
+  std::vector<CopyRange> ranges = {
+      CopyRange::FromFile(0, 4096, 0),
+      CopyRange::Generated(
+          chunk * 3, unit,
+          [&](uint64_t pos, uint64_t length, uint8_t* out) {
+            if (++calls == 2) {
+              return absl::DataLossError("injected conversion failure");
+            }
+            std::memset(out, 1, length);
+            return absl::OkStatus();
+          },
+          4096)};
+  auto arena =
+      pipeline->Load(4096 + chunk * 3, source_, ranges, nullptr, nullptr);
+  EXPECT_TRUE(absl::IsDataLoss(arena.status())) << arena.status();
+  EXPECT_NE(arena.status().message().find("injected conversion failure"),
+            std::string::npos)
+      << arena.status();
+  EXPECT_NE(arena.status().message().find("producing"), std::string::npos);
+  EXPECT_EQ(calls, 2);  // stops at the first failure
+  ExpectNoLeaks();
+  EXPECT_EQ(pipeline->reader()->in_flight(), 0u);
+  // Still usable.
+  auto ok = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
+                           nullptr);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ExpectArena(ArenaBytes(**ok), layout_);
+}
+
 TEST_P(StagingPipelineTest, RejectsBadRanges) {
   auto pipeline = NewPipeline(NewReader());
   std::vector<CopyRange> past_file = {
@@ -390,6 +454,16 @@ TEST_P(StagingPipelineTest, RejectsBadRanges) {
   no_fd.fd = -1;
   a = pipeline->Load(100, no_fd, {CopyRange::FromFile(0, 10, 0)}, nullptr,
                      nullptr);
+  EXPECT_TRUE(absl::IsInvalidArgument(a.status())) << a.status();
+  // Generated lengths must be whole units, and a unit must fit a chunk.
+  auto fill = [](uint64_t, uint64_t, uint8_t*) { return absl::OkStatus(); };
+  a = pipeline->Load(100, source_, {CopyRange::Generated(10, 4, fill, 0)},
+                     nullptr, nullptr);
+  EXPECT_TRUE(absl::IsInvalidArgument(a.status())) << a.status();
+  const uint64_t huge_unit = GetParam().chunk + 1;
+  a = pipeline->Load(huge_unit, source_,
+                     {CopyRange::Generated(huge_unit, huge_unit, fill, 0)},
+                     nullptr, nullptr);
   EXPECT_TRUE(absl::IsInvalidArgument(a.status())) << a.status();
   // Nothing to copy.
   a = pipeline->Load(0, source_, {}, nullptr, nullptr);
@@ -421,13 +495,7 @@ TEST_P(StagingPipelineTest, ManyThreadsLoadingAtOnce) {
         }
         const uint8_t* bytes = ArenaBytes(**arena);
         for (const CopyRange& r : layout_.ranges) {
-          bool same =
-              r.host_source != nullptr
-                  ? std::memcmp(bytes + r.arena_offset, r.host_source,
-                                r.length) == 0
-                  : FirstPatternMismatch(bytes + r.arena_offset, r.length,
-                                         r.file_offset, kSeed) == -1;
-          if (!same) ++bad;
+          if (!RangeMatches(bytes, r)) ++bad;
         }
       }
     });

@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace weightd {
@@ -21,6 +23,52 @@ struct Row {
   std::string name;
   double seconds = 0;
   uint64_t bytes = 0;
+};
+
+// Anonymous memory (heap, private mappings) this process holds now, from
+// /proc/self/status; 0 where unreadable.
+inline uint64_t RssAnonBytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  uint64_t kib = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "RssAnon: %llu kB",
+                    reinterpret_cast<unsigned long long*>(&kib)) == 1) {
+      break;
+    }
+  }
+  std::fclose(f);
+  return kib << 10;
+}
+
+// Samples RssAnonBytes() every 200 us on a thread from construction until
+// PeakGrowth(): how much anonymous memory grew at most meanwhile.
+class PeakAnonSampler {
+ public:
+  PeakAnonSampler() : before_(RssAnonBytes()), peak_(before_) {
+    thread_ = std::thread([this] {
+      while (!done_.load()) {
+        uint64_t now = RssAnonBytes();
+        if (now > peak_.load()) peak_.store(now);
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    });
+  }
+  ~PeakAnonSampler() { PeakGrowth(); }
+  uint64_t PeakGrowth() {
+    if (thread_.joinable()) {
+      done_.store(true);
+      thread_.join();
+    }
+    return peak_.load() - before_;
+  }
+
+ private:
+  const uint64_t before_;
+  std::atomic<uint64_t> peak_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
 };
 
 inline double Now() {
