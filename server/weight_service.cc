@@ -221,6 +221,7 @@ class WeightServiceImpl::LeaseReactor
  public:
   LeaseReactor(WeightServiceImpl* service, std::string session_id)
       : service_(service), session_id_(std::move(session_id)) {
+    service_->manager_->OpenSession(session_id_);
     service_->lease_sessions_.fetch_add(1);
     service_->lease_opened_->Increment();
     v1::LeaseEvent opened;

@@ -102,6 +102,19 @@ void CheckpointCache::AddLeaseLocked(const EntryPtr& entry,
   ++counters_.active_leases;
 }
 
+absl::Status CheckpointCache::CheckSessionOpenLocked(
+    const std::string& session) const {
+  if (open_sessions_.contains(session)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "lease session \"", session,
+      "\" is not open (its Lease stream ended, or it never existed)"));
+}
+
+void CheckpointCache::OpenSession(const std::string& session) {
+  MutexLock lock(&mu_);
+  open_sessions_.insert(session);
+}
+
 void CheckpointCache::TouchLocked(const EntryPtr& entry) {
   if (entry->in_lru) lru_.erase(entry->lru_position);
   lru_.push_front(entry);
@@ -140,6 +153,10 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
   EntryPtr entry;
   {
     MutexLock lock(&mu_);
+    if (!lease_session.empty()) {
+      absl::Status open = CheckSessionOpenLocked(lease_session);
+      if (!open.ok()) return open;
+    }
     MarkStaleLocked(key);
     // Loops only when an entry it waited for was unloaded before this request
     // woke up.
@@ -155,7 +172,10 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
       if (!entry->in_index) continue;
       ++counters_.hits;
       TouchLocked(entry);
-      if (!lease_session.empty()) AddLeaseLocked(entry, lease_session);
+      // The session may have closed while this request waited.
+      if (!lease_session.empty() && open_sessions_.contains(lease_session)) {
+        AddLeaseLocked(entry, lease_session);
+      }
       return Result{entry->model_id, entry->value, true};
     }
     entry = std::make_shared<Entry>();
@@ -186,7 +206,11 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
   entry->state = Entry::State::kReady;
   loaded_.SignalAll();
   TouchLocked(entry);
-  if (!lease_session.empty()) AddLeaseLocked(entry, lease_session);
+  // A client that died mid-load closed its session: its load stays cached
+  // (evictable) but unleased.
+  if (!lease_session.empty() && open_sessions_.contains(lease_session)) {
+    AddLeaseLocked(entry, lease_session);
+  }
   return Result{entry->model_id, entry->value, false};
 }
 
@@ -231,6 +255,8 @@ CacheStats CheckpointCache::Stats() const {
 absl::Status CheckpointCache::Acquire(const std::string& model_id,
                                       const std::string& session) {
   MutexLock lock(&mu_);
+  absl::Status open = CheckSessionOpenLocked(session);
+  if (!open.ok()) return open;
   auto entry = FindReadyLocked(model_id);
   if (!entry.ok()) return entry.status();
   AddLeaseLocked(*entry, session);
@@ -259,6 +285,7 @@ absl::Status CheckpointCache::Release(const std::string& model_id,
 
 int CheckpointCache::ReleaseSession(const std::string& session) {
   MutexLock lock(&mu_);
+  open_sessions_.erase(session);
   int released = 0;
   std::vector<EntryPtr> stale_unleased;
   for (const auto& [id, entry] : by_id_) {

@@ -15,6 +15,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "loader/common/mutex.h"
 
@@ -111,12 +112,17 @@ class CheckpointCache {
   std::vector<CacheEntryInfo> List() const;
   CacheStats Stats() const;
 
+  // Leases belong to open sessions (a client's Lease stream). A load or an
+  // Acquire naming a session that is not open is FAILED_PRECONDITION; a load
+  // that finishes after its session closed (the client died mid-load) takes
+  // no lease, so nothing stays pinned for a client that is gone.
+  void OpenSession(const std::string& session);
   // Leases are counted per (session, model): acquiring twice needs two
   // releases.
   absl::Status Acquire(const std::string& model_id, const std::string& session);
   absl::Status Release(const std::string& model_id, const std::string& session);
-  // Drops every lease a session holds (the client closed its stream,
-  // disconnected or died).
+  // Drops every lease a session holds and closes it (the client closed its
+  // stream, disconnected or died).
   int ReleaseSession(const std::string& session);
 
   // Removes an entry. FAILED_PRECONDITION while leased unless `force` (then its
@@ -140,6 +146,8 @@ class CheckpointCache {
   void TouchLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddLeaseLocked(const EntryPtr& entry, const std::string& session)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckSessionOpenLocked(const std::string& session) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkStaleLocked(const CacheKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<EntryPtr> FindReadyLocked(const std::string& model_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -158,6 +166,7 @@ class CheckpointCache {
   TierBytes used_ ABSL_GUARDED_BY(mu_);
   CacheStats counters_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_set<std::string> open_sessions_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace weightd

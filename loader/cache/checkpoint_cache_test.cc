@@ -145,6 +145,7 @@ TEST(CheckpointCacheTest, EvictsLeastRecentlyUsedUnleasedWithinBudget) {
 
 TEST(CheckpointCacheTest, LeasedEntriesAreNeverEvicted) {
   CheckpointCache cache({{{"GPU-0", 100}}});
+  cache.OpenSession("session-1");
   auto a = cache.GetOrLoad(Key("/m/a"), {{"GPU-0", 60}},
                            Loader({{"GPU-0", 60}}), "session-1");
   ASSERT_TRUE(a.ok());
@@ -177,6 +178,8 @@ TEST(CheckpointCacheTest, UnloadRefusedWhileLeasedUnlessForced) {
   CheckpointCache cache({});
   auto a = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, Loader({{"host", 8}}));
   ASSERT_TRUE(a.ok());
+  cache.OpenSession("s1");
+  cache.OpenSession("s2");
   ASSERT_TRUE(cache.Acquire(a->model_id, "s1").ok());
   auto refused = cache.Unload(a->model_id, false);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
@@ -195,6 +198,7 @@ TEST(CheckpointCacheTest, UnloadRefusedWhileLeasedUnlessForced) {
 TEST(CheckpointCacheTest,
      ChangedFileIsANewEntryAndTheOldOneServesItsLeaseHolders) {
   CheckpointCache cache({});
+  cache.OpenSession("holder");
   auto old_entry = cache.GetOrLoad(Key("/m/a", "1:1:100:5"), TierBytes{},
                                    Loader({{"host", 4}}), "holder");
   ASSERT_TRUE(old_entry.ok());
@@ -211,6 +215,67 @@ TEST(CheckpointCacheTest,
   EXPECT_EQ(cache.Stats().used["host"], 4u);
 }
 
+TEST(CheckpointCacheTest, LeasesNeedAnOpenSession) {
+  CheckpointCache cache({});
+  auto refused = cache.GetOrLoad(Key("/m/a"), {{"host", 8}},
+                                 Loader({{"host", 8}}), "never-opened");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("never-opened"), std::string::npos);
+  EXPECT_EQ(cache.Stats().loads, 0u);  // refused before loading anything
+  cache.OpenSession("s");
+  auto a =
+      cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, Loader({{"host", 8}}), "s");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(cache.ReleaseSession("s"), 1);
+  // Closed: neither a new lease by Acquire nor by a load.
+  EXPECT_EQ(cache.Acquire(a->model_id, "s").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cache.GetOrLoad(Key("/m/a"), TierBytes{}, Loader({}), "s")
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cache.Stats().active_leases, 0);
+}
+
+TEST(CheckpointCacheTest, SessionClosedDuringItsLoadLeavesNoLease) {
+  // A client dies while its load runs: the Lease stream ends first, the load
+  // finishes later. The model stays cached but unleased (evictable).
+  CheckpointCache cache({});
+  cache.OpenSession("dying");
+  Mutex mu;
+  CondVar cv;
+  bool started = false, go = false;
+  CheckpointCache::LoadFn slow =
+      [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    MutexLock lock(&mu);
+    started = true;
+    cv.SignalAll();
+    while (!go) cv.Wait(&mu);
+    return std::make_shared<FakeValue>(TierBytes{{"host", 8}});
+  };
+  absl::StatusOr<CheckpointCache::Result> result;
+  std::thread loader([&] {
+    result = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, slow, "dying");
+  });
+  {
+    MutexLock lock(&mu);
+    while (!started) cv.Wait(&mu);
+  }
+  EXPECT_EQ(cache.ReleaseSession("dying"), 0);  // nothing leased yet
+  {
+    MutexLock lock(&mu);
+    go = true;
+    cv.SignalAll();
+  }
+  loader.join();
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto info = cache.Describe(result->model_id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->lease_count, 0);
+  EXPECT_EQ(cache.Stats().active_leases, 0);
+  EXPECT_TRUE(cache.Unload(result->model_id, /*force=*/false).ok());
+}
+
 TEST(CheckpointCacheTest, ManyThreadsLoadingLeasingReleasingAndEvicting) {
   std::atomic<int> live{0};
   CheckpointCache cache({{{"host", 64}}});
@@ -220,6 +285,7 @@ TEST(CheckpointCacheTest, ManyThreadsLoadingLeasingReleasingAndEvicting) {
     threads.emplace_back([&, t] {
       std::mt19937 random(t);
       std::string session = "s" + std::to_string(t);
+      cache.OpenSession(session);
       for (int i = 0; i < 300; ++i) {
         std::string path = "/m/" + std::to_string(random() % 12);
         auto result = cache.GetOrLoad(Key(path), {{"host", 8}},
@@ -233,6 +299,7 @@ TEST(CheckpointCacheTest, ManyThreadsLoadingLeasingReleasingAndEvicting) {
         switch (random() % 4) {
           case 0:
             cache.ReleaseSession(session);
+            cache.OpenSession(session);  // the client opens a new stream
             break;
           case 1:
             (void)cache.Unload(result->model_id, false);

@@ -667,6 +667,10 @@ std::vector<CacheEntryInfo> ModelManager::List() const {
 
 CacheStats ModelManager::Stats() const { return cache_->Stats(); }
 
+void ModelManager::OpenSession(const std::string& session) {
+  cache_->OpenSession(session);
+}
+
 absl::Status ModelManager::Acquire(const std::string& model_id,
                                    const std::string& session) {
   return cache_->Acquire(model_id, session);

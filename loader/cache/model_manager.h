@@ -94,6 +94,8 @@ class ModelManager {
   // The budget of every tier that has one ("host", each GPU's UUID).
   TierBytes Budgets() const;
 
+  // Lease sessions: see CheckpointCache::OpenSession.
+  void OpenSession(const std::string& session);
   absl::Status Acquire(const std::string& model_id, const std::string& session);
   absl::Status Release(const std::string& model_id, const std::string& session);
   int ReleaseSession(const std::string& session);

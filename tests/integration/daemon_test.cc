@@ -387,6 +387,28 @@ TEST_F(DaemonTest, KilledClientLosesItsLeaseWithinSeconds) {
   EXPECT_EQ(leases, 0);
 }
 
+TEST_F(DaemonTest, LoadNamingAnUnopenedLeaseSessionIsRefused) {
+  // Leases belong to Lease streams: a made-up (or ended) session must not pin
+  // a model forever.
+  auto client = Connect();
+  grpc::ClientContext context;
+  v1::LoadRequest request;
+  request.set_path(model_path_);
+  request.mutable_placement()->set_target("cpu");
+  request.set_lease_session("session-made-up");
+  auto reader = client->stub()->Load(&context, request);
+  v1::LoadEvent event;
+  while (reader->Read(&event)) {
+  }
+  grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << status.error_message();
+  EXPECT_NE(status.error_message().find("session-made-up"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(Stats().active_leases(), 0);
+  EXPECT_TRUE(client->Load({model_path_, "cpu"}).ok());
+}
+
 TEST_F(DaemonTest, ReadTensorsOverTcpEqualsTheFile) {
   ASSERT_EQ(daemon_->tcp_ports().size(), 1u);
   auto client = Connect(absl::StrCat("127.0.0.1:", daemon_->tcp_ports()[0]));
