@@ -34,6 +34,12 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16,
           torch.bool, torch.complex64, torch.complex128]
 
 
+# Dtypes torch >= 2.1 saves through _rebuild_tensor_v3 (absent from 1.13).
+NEW_DTYPES = [getattr(torch, n) for n in
+              ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+               "uint16", "uint32", "uint64"] if hasattr(torch, n)]
+
+
 def rand_tensor(rnd, dtype):
     ndim = rnd.randrange(0, 4)
     shape = [rnd.randrange(0, 5) if rnd.random() < 0.1 else rnd.randrange(1, 6)
@@ -108,7 +114,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int(time.time() * 1000) % 2**31
-    print(f"interop seed {seed} (rerun with --seed {seed})")
+    print(f"interop seed {seed} (rerun with --seed {seed}), torch {torch.__version__}")
     rnd = random.Random(seed)
     torch.manual_seed(seed)
     os.makedirs(args.workdir, exist_ok=True)
@@ -156,6 +162,15 @@ def main():
         gen.safetensors(f"st{round_}.safetensors", st)
         with open(os.path.join(args.workdir, f"st{round_}.safetensors.expected.json")) as f:
             check(f"st{round_}.safetensors", json.load(f))
+
+    # Newer dtypes (torch 2.x only), zip format.
+    if NEW_DTYPES:
+        modern = collections.OrderedDict(
+            (f"m{i}", rand_tensor(rnd, rnd.choice(NEW_DTYPES))) for i in range(20))
+        name = "modern_dtypes.pt"
+        torch.save(modern, os.path.join(args.workdir, name))
+        check(name, gen.describe(gen.flatten(torch.load(os.path.join(args.workdir, name)), "", []),
+                                 "torch-zip"))
 
     # TorchScript: a random MLP with buffers and extra files.
     layers = []
