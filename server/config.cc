@@ -76,6 +76,11 @@ const std::map<std::string, Setter>& Setters() {
        [](ServerConfig& c, const std::string& v) {
          return ParseIntFlag("fake_gpus", v, 0, 16, &c.fake_gpus);
        }},
+      {"fake_gpu_copy_delay_us",
+       [](ServerConfig& c, const std::string& v) {
+         return ParseIntFlag("fake_gpu_copy_delay_us", v, 0, 1000000,
+                             &c.fake_gpu_copy_delay_us);
+       }},
       {"staging_buffers",
        [](ServerConfig& c, const std::string& v) {
          return ParseIntFlag("staging_buffers", v, 2, 64, &c.staging_buffers);
@@ -138,6 +143,7 @@ std::string ServerUsage() {
   --staging_chunk=BYTES           pinned staging buffer size (default 8M)
   --staging_buffers=N             pinned staging buffers per load (default 4)
   --fake_gpus=N                   add N fake GPUs (host memory; for tests)
+  --fake_gpu_copy_delay_us=N      slow each chunk copied to a fake GPU (tests, demos)
   --max_message_bytes=BYTES       gRPC message size limit (default 64M)
   --unix_socket_mode=MODE         octal mode of Unix sockets (default 0660)
   --log_level=debug|info|warning|error

@@ -22,6 +22,7 @@ struct ServerConfig {
   uint64_t gpu_budget_bytes = 0;   // per GPU; 0: 90% of the GPU's memory
   int max_concurrent_loads = 4;
   int fake_gpus = 0;  // test GPUs with their own memory, after the real ones
+  int fake_gpu_copy_delay_us = 0;   // per staged chunk copied to a fake GPU
   std::string io_backend = "auto";  // auto | io_uring | pread
   uint64_t staging_chunk_bytes = 8ull << 20;
   int staging_buffers = 4;

@@ -35,6 +35,8 @@ class DaemonServices {
     options.host_budget_bytes = config.host_budget_bytes;
     options.gpu_budget_bytes = config.gpu_budget_bytes;
     options.fake_gpus = config.fake_gpus;
+    options.fake_gpu_copy_delay =
+        absl::Microseconds(config.fake_gpu_copy_delay_us);
     options.io_backend = config.io_backend;
     options.staging_chunk_bytes = config.staging_chunk_bytes;
     options.staging_buffers = config.staging_buffers;
@@ -70,6 +72,13 @@ class DaemonServices {
     metrics->AddGaugeCallback(
         "weightd_models", "Models in the cache.",
         stat([](const CacheStats& s) { return s.models; }));
+    metrics->AddGaugeCallback(
+        "weightd_loads_in_flight", "Checkpoint loads running now.",
+        stat([](const CacheStats& s) { return s.loads_in_flight; }));
+    metrics->AddGaugeCallback(
+        "weightd_load_waiters",
+        "Load requests waiting for an identical load in flight.",
+        stat([](const CacheStats& s) { return s.waiting_requests; }));
     metrics->AddGaugeCallback(
         "weightd_active_leases", "Leases held by clients.",
         stat([](const CacheStats& s) { return s.active_leases; }));

@@ -125,6 +125,7 @@ class WeightServiceImpl::LoadReactor
     MutexLock lock(&mu_);
     writing_ = false;
     if (!ok && !finished_) {
+      cancel_.Cancel();
       finished_ = true;
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
@@ -132,20 +133,25 @@ class WeightServiceImpl::LoadReactor
     MaybeWriteLocked();
   }
 
+  // The client cancelled or disconnected: a load nobody else waits for stops.
+  void OnCancel() override { cancel_.Cancel(); }
+
   void OnDone() override { Unref(); }
 
  private:
   void Run() {
     absl::Time start = absl::Now();
     LoadSpec spec = SpecFromRequest(request_);
-    auto result =
-        service_->manager_->Load(spec, [this](uint64_t done, uint64_t total) {
+    auto result = service_->manager_->Load(
+        spec,
+        [this](uint64_t done, uint64_t total) {
           MutexLock lock(&mu_);
           pending_progress_ = true;
           progress_done_ = done;
           progress_total_ = total;
           MaybeWriteLocked();
-        });
+        },
+        &cancel_);
     service_->load_seconds_->Observe(
         absl::ToDoubleSeconds(absl::Now() - start));
     {
@@ -201,6 +207,7 @@ class WeightServiceImpl::LoadReactor
   WeightServiceImpl* const service_;
   const v1::LoadRequest request_;
   std::atomic<int> refs_{2};  // the load thread and gRPC
+  CancellationToken cancel_;
   Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;

@@ -1,9 +1,11 @@
 #include "loader/cache/checkpoint_cache.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 
 namespace weightd {
 
@@ -22,6 +24,11 @@ struct CheckpointCache::Entry {
   bool in_index = true;
   std::list<EntryPtr>::iterator lru_position;
   bool in_lru = false;
+  // Who still wants a loading entry: the loading request's token and those of
+  // the requests waiting for it (null: a request that cannot be cancelled).
+  const CancellationToken* loader_cancel = nullptr;
+  std::vector<const CancellationToken*> waiters;
+  bool abandoned = false;
 };
 
 CheckpointCache::CheckpointCache(Options options)
@@ -110,6 +117,20 @@ absl::Status CheckpointCache::CheckSessionOpenLocked(
       "\" is not open (its Lease stream ended, or it never existed)"));
 }
 
+bool CheckpointCache::AbandonedLocked(Entry& entry) {
+  if (entry.abandoned) return true;
+  if (entry.state != Entry::State::kLoading) return false;
+  auto gone = [](const CancellationToken* token) {
+    return token != nullptr && token->cancelled();
+  };
+  if (!gone(entry.loader_cancel)) return false;
+  for (const CancellationToken* waiter : entry.waiters) {
+    if (!gone(waiter)) return false;
+  }
+  entry.abandoned = true;
+  return true;
+}
+
 void CheckpointCache::OpenSession(const std::string& session) {
   MutexLock lock(&mu_);
   open_sessions_.insert(session);
@@ -140,6 +161,7 @@ void CheckpointCache::MarkStaleLocked(const CacheKey& key) {
 absl::Status CheckpointCache::FailLocked(const EntryPtr& entry,
                                          absl::Status error) {
   ++counters_.load_failures;
+  --counters_.loads_in_flight;
   EraseLocked(entry);
   entry->state = Entry::State::kFailed;
   entry->error = error;
@@ -149,7 +171,7 @@ absl::Status CheckpointCache::FailLocked(const EntryPtr& entry,
 
 absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
     const CacheKey& key, const PlanFn& plan, const LoadFn& load,
-    const std::string& lease_session) {
+    const std::string& lease_session, const CancellationToken* cancel) {
   EntryPtr entry;
   {
     MutexLock lock(&mu_);
@@ -163,9 +185,32 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
     for (auto it = by_key_.find(key); it != by_key_.end();
          it = by_key_.find(key)) {
       entry = it->second;
-      // Join a load in flight, or take the ready entry.
-      while (entry->state == Entry::State::kLoading) loaded_.Wait(&mu_);
+      // Join a load in flight, or take the ready entry. A cancellable request
+      // wakes up now and then to see whether it was cancelled.
+      if (entry->state == Entry::State::kLoading) {
+        entry->waiters.push_back(cancel);
+        ++counters_.waiting_requests;
+        while (entry->state == Entry::State::kLoading) {
+          if (cancel == nullptr) {
+            loaded_.Wait(&mu_);
+            continue;
+          }
+          loaded_.WaitWithTimeout(&mu_, absl::Milliseconds(20));
+          if (cancel->cancelled()) break;
+        }
+        entry->waiters.erase(
+            std::find(entry->waiters.begin(), entry->waiters.end(), cancel));
+        --counters_.waiting_requests;
+        if (entry->state == Entry::State::kLoading) {
+          return absl::CancelledError(
+              absl::StrCat("request for ", key.path,
+                           " cancelled while waiting for its load"));
+        }
+      }
       if (entry->state == Entry::State::kFailed) {
+        // Abandoned by everyone else while this request still wants it.
+        if (entry->abandoned && !(cancel != nullptr && cancel->cancelled()))
+          continue;
         ++counters_.hits;
         return entry->error;
       }
@@ -179,11 +224,13 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
       return Result{entry->model_id, entry->value, true};
     }
     entry = std::make_shared<Entry>();
+    entry->loader_cancel = cancel;
     entry->key = key;
     entry->model_id = NewModelIdLocked(key);
     by_key_[key] = entry;
     by_id_[entry->model_id] = entry;
     ++counters_.loads;
+    ++counters_.loads_in_flight;
   }
 
   // Plan and load run without the lock; joiners wait on the entry's state.
@@ -195,7 +242,12 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
     if (!reserved.ok()) return FailLocked(entry, reserved);
     entry->reserved = *expected;
   }
-  absl::StatusOr<std::shared_ptr<const CacheValue>> loaded = load();
+  // Polled by the load between chunks: a short critical section.
+  CancellationToken abandoned([this, raw = entry.get()] {
+    MutexLock lock(&mu_);
+    return AbandonedLocked(*raw);
+  });
+  absl::StatusOr<std::shared_ptr<const CacheValue>> loaded = load(abandoned);
 
   MutexLock lock(&mu_);
   if (!loaded.ok()) return FailLocked(entry, loaded.status());
@@ -204,6 +256,7 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
   entry->resident = entry->value->ResidentBytes();
   for (const auto& [tier, bytes] : entry->resident) used_[tier] += bytes;
   entry->state = Entry::State::kReady;
+  --counters_.loads_in_flight;
   loaded_.SignalAll();
   TouchLocked(entry);
   // A client that died mid-load closed its session: its load stays cached

@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "loader/common/cancellation.h"
 #include "loader/common/mutex.h"
 
 namespace weightd {
@@ -56,7 +57,9 @@ struct CacheStats {
   uint64_t evictions = 0;
   int models = 0;
   int active_leases = 0;
-  TierBytes used;  // resident plus reserved for loads in flight
+  int loads_in_flight = 0;
+  int waiting_requests = 0;  // requests waiting for a load in flight
+  TierBytes used;            // resident plus reserved for loads in flight
 };
 
 struct CacheEntryInfo {
@@ -75,8 +78,12 @@ class CheckpointCache {
     // Per tier; a tier absent or 0 is unlimited.
     TierBytes budgets;
   };
+  // `abandoned` is cancelled once every request for this load has gone away
+  // (each one's own token cancelled): the load should stop and free what it
+  // made. It stays uncancelled while any request still waits for the result.
   using LoadFn =
-      std::function<absl::StatusOr<std::shared_ptr<const CacheValue>>()>;
+      std::function<absl::StatusOr<std::shared_ptr<const CacheValue>>(
+          const CancellationToken& abandoned)>;
   // Runs on a miss, before `load`: the bytes per tier the load will hold (it
   // may parse metadata to find out). Runs inside the single flight, so a hit
   // never pays for it.
@@ -96,16 +103,23 @@ class CheckpointCache {
   // reserved from the budgets before `load` runs, evicting least-recently-used
   // unleased entries; RESOURCE_EXHAUSTED when it cannot fit. With a non-empty
   // `lease_session` the entry is leased on it before return.
+  //
+  // `cancel` (may be null) is the request's own: once it is cancelled, a
+  // request waiting for another's load returns CANCELLED at once, and a load
+  // nobody waits for any more is abandoned (its LoadFn's token). A request that
+  // joined a load abandoned by others starts a fresh one.
   absl::StatusOr<Result> GetOrLoad(const CacheKey& key, const PlanFn& plan,
                                    const LoadFn& load,
-                                   const std::string& lease_session = "");
+                                   const std::string& lease_session = "",
+                                   const CancellationToken* cancel = nullptr);
   absl::StatusOr<Result> GetOrLoad(const CacheKey& key,
                                    const TierBytes& expected,
                                    const LoadFn& load,
-                                   const std::string& lease_session = "") {
+                                   const std::string& lease_session = "",
+                                   const CancellationToken* cancel = nullptr) {
     return GetOrLoad(
         key, [expected]() -> absl::StatusOr<TierBytes> { return expected; },
-        load, lease_session);
+        load, lease_session, cancel);
   }
 
   absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
@@ -148,6 +162,8 @@ class CheckpointCache {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckSessionOpenLocked(const std::string& session) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether every request for a loading entry has gone away (sticky).
+  bool AbandonedLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkStaleLocked(const CacheKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<EntryPtr> FindReadyLocked(const std::string& model_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,6 +1,7 @@
 #include "loader/cache/checkpoint_cache.h"
 
 #include <atomic>
+#include <functional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -36,8 +37,8 @@ CacheKey Key(const std::string& path, const std::string& identity = "1:1:100:5",
 CheckpointCache::LoadFn Loader(TierBytes bytes,
                                std::atomic<int>* calls = nullptr,
                                std::atomic<int>* live = nullptr) {
-  return [bytes, calls,
-          live]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+  return [bytes, calls, live](const CancellationToken&)
+             -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
     if (calls) ++*calls;
     return std::make_shared<FakeValue>(bytes, live);
   };
@@ -66,7 +67,8 @@ TEST(CheckpointCacheTest, ConcurrentIdenticalLoadsShareOneLoad) {
   CheckpointCache cache({});
   std::atomic<int> calls{0};
   Notification release_load;
-  auto slow_load = [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+  auto slow_load = [&](const CancellationToken&)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
     ++calls;
     release_load.WaitForNotification();
     return std::make_shared<FakeValue>(TierBytes{{"host", 1}});
@@ -92,7 +94,8 @@ TEST(CheckpointCacheTest, ConcurrentIdenticalLoadsShareOneLoad) {
 TEST(CheckpointCacheTest, FailedLoadReachesJoinersAndIsNotCached) {
   CheckpointCache cache({});
   Notification release_load;
-  auto failing = [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+  auto failing = [&](const CancellationToken&)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
     release_load.WaitForNotification();
     return absl::InvalidArgumentError("/m/bad.pt: not a checkpoint");
   };
@@ -245,8 +248,8 @@ TEST(CheckpointCacheTest, SessionClosedDuringItsLoadLeavesNoLease) {
   Mutex mu;
   CondVar cv;
   bool started = false, go = false;
-  CheckpointCache::LoadFn slow =
-      [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+  CheckpointCache::LoadFn slow = [&](const CancellationToken&)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
     MutexLock lock(&mu);
     started = true;
     cv.SignalAll();
@@ -274,6 +277,150 @@ TEST(CheckpointCacheTest, SessionClosedDuringItsLoadLeavesNoLease) {
   EXPECT_EQ(info->lease_count, 0);
   EXPECT_EQ(cache.Stats().active_leases, 0);
   EXPECT_TRUE(cache.Unload(result->model_id, /*force=*/false).ok());
+}
+
+// Waits (bounded) until `done()`; false if it never happened.
+bool Eventually(const std::function<bool()>& done) {
+  for (int i = 0; i < 10000; ++i) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return false;
+}
+
+TEST(CheckpointCacheTest, LoadAbandonedByItsOnlyRequestStopsAndLeavesNothing) {
+  CheckpointCache cache({{{"GPU-0", 100}}});
+  CancellationToken request;
+  Notification started;
+  std::atomic<bool> saw_abandoned{false};
+  CheckpointCache::LoadFn load = [&](const CancellationToken& abandoned)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    started.Notify();
+    if (!Eventually([&] { return abandoned.cancelled(); })) {
+      return std::make_shared<FakeValue>(TierBytes{{"GPU-0", 60}});
+    }
+    saw_abandoned = true;
+    return absl::CancelledError("load cancelled");
+  };
+  absl::StatusOr<CheckpointCache::Result> result;
+  std::thread loader([&] {
+    result = cache.GetOrLoad(Key("/m/a"), {{"GPU-0", 60}}, load, "", &request);
+  });
+  started.WaitForNotification();
+  EXPECT_EQ(cache.Stats().loads_in_flight, 1);
+  EXPECT_EQ(cache.Stats().used["GPU-0"], 60u);  // reserved while loading
+  request.Cancel();
+  loader.join();
+  EXPECT_TRUE(saw_abandoned.load());
+  EXPECT_TRUE(absl::IsCancelled(result.status())) << result.status();
+  CacheStats stats = cache.Stats();
+  EXPECT_EQ(stats.models, 0);
+  EXPECT_EQ(stats.loads_in_flight, 0);
+  EXPECT_EQ(stats.load_failures, 1u);
+  EXPECT_EQ(stats.used["GPU-0"], 0u);  // the reservation is returned
+}
+
+TEST(CheckpointCacheTest, LoadGoesOnWhileAnotherRequestStillWaits) {
+  CheckpointCache cache({});
+  CancellationToken first;
+  Notification started, finish;
+  std::atomic<bool> abandoned_seen{false};
+  CheckpointCache::LoadFn load = [&](const CancellationToken& abandoned)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    started.Notify();
+    finish.WaitForNotification();
+    abandoned_seen = abandoned.cancelled();
+    return std::make_shared<FakeValue>(TierBytes{{"host", 8}});
+  };
+  absl::StatusOr<CheckpointCache::Result> a, b;
+  std::thread first_request([&] {
+    a = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, load, "", &first);
+  });
+  started.WaitForNotification();
+  std::thread second_request([&] {
+    b = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, load);
+  });
+  ASSERT_TRUE(Eventually([&] { return cache.Stats().waiting_requests == 1; }));
+  first.Cancel();  // the first client goes away; the second still wants it
+  finish.Notify();
+  first_request.join();
+  second_request.join();
+  EXPECT_FALSE(abandoned_seen.load());
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->hit);
+  EXPECT_EQ(cache.Stats().models, 1);
+  EXPECT_EQ(cache.Stats().waiting_requests, 0);
+}
+
+TEST(CheckpointCacheTest, CancelledWaiterReturnsAtOnceAndTheLoadGoesOn) {
+  CheckpointCache cache({});
+  Notification started, finish;
+  CheckpointCache::LoadFn load = [&](const CancellationToken&)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    started.Notify();
+    finish.WaitForNotification();
+    return std::make_shared<FakeValue>(TierBytes{{"host", 8}});
+  };
+  absl::StatusOr<CheckpointCache::Result> a, b;
+  std::thread first_request([&] {
+    a = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, load);
+  });
+  started.WaitForNotification();
+  CancellationToken second;
+  std::thread second_request([&] {
+    b = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, load, "", &second);
+  });
+  ASSERT_TRUE(Eventually([&] { return cache.Stats().waiting_requests == 1; }));
+  second.Cancel();
+  second_request.join();  // returns while the load still runs
+  EXPECT_TRUE(absl::IsCancelled(b.status())) << b.status();
+  EXPECT_EQ(cache.Stats().waiting_requests, 0);
+  finish.Notify();
+  first_request.join();
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(cache.Stats().models, 1);
+}
+
+TEST(CheckpointCacheTest, RequestJoiningAnAbandonedLoadStartsAFreshOne) {
+  CheckpointCache cache({});
+  CancellationToken first;
+  Notification started, saw_abandoned, give_up;
+  std::atomic<int> calls{0};
+  CheckpointCache::LoadFn load = [&](const CancellationToken& abandoned)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+    if (++calls == 1) {
+      started.Notify();
+      if (!Eventually([&] { return abandoned.cancelled(); })) {
+        return absl::InternalError("never abandoned");
+      }
+      saw_abandoned.Notify();
+      give_up.WaitForNotification();
+      return absl::CancelledError("load cancelled");
+    }
+    return std::make_shared<FakeValue>(TierBytes{{"host", 8}});
+  };
+  absl::StatusOr<CheckpointCache::Result> a, b;
+  std::thread first_request([&] {
+    a = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, load, "", &first);
+  });
+  started.WaitForNotification();
+  first.Cancel();
+  saw_abandoned.WaitForNotification();
+  // Joins the abandoned load before it gives up: it must not inherit the
+  // other client's cancellation.
+  std::thread second_request([&] {
+    b = cache.GetOrLoad(Key("/m/a"), {{"host", 8}}, load);
+  });
+  ASSERT_TRUE(Eventually([&] { return cache.Stats().waiting_requests == 1; }));
+  give_up.Notify();
+  first_request.join();
+  second_request.join();
+  EXPECT_TRUE(absl::IsCancelled(a.status())) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE(b->hit);
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(cache.Stats().loads, 2u);
+  EXPECT_EQ(cache.Stats().models, 1);
 }
 
 TEST(CheckpointCacheTest, ManyThreadsLoadingLeasingReleasingAndEvicting) {

@@ -35,6 +35,7 @@ class RegistryDeviceSet : public DeviceSet {
     auto set = std::unique_ptr<RegistryDeviceSet>(new RegistryDeviceSet());
     DeviceRegistryOptions registry_options;
     registry_options.fake_gpus = options.fake_gpus;
+    registry_options.fake.copy_delay = options.fake_gpu_copy_delay;
     ASSIGN_OR_RETURN(set->registry_, DeviceRegistry::Create(registry_options));
     ASSIGN_OR_RETURN(IoBackend backend, ParseIoBackend(options.io_backend));
     set->reader_options_.backend = backend;
@@ -75,7 +76,8 @@ class RegistryDeviceSet : public DeviceSet {
   std::string io_backend_reason() const override { return io_reason_; }
 
   absl::StatusOr<FilledArena> FillGpuArena(
-      int gpu, int fd, uint64_t size, const std::vector<CopyRange>& ranges,
+      int gpu, int fd, const std::string& file_name, uint64_t size,
+      const std::vector<CopyRange>& ranges, const CancellationToken* cancel,
       const ProgressFn& progress) override {
     if (gpu < 0 || gpu >= static_cast<int>(pipelines_.size())) {
       return absl::InvalidArgumentError(absl::StrCat("no GPU ", gpu));
@@ -86,9 +88,9 @@ class RegistryDeviceSet : public DeviceSet {
     file.fd = fd;
     struct stat info;
     file.size = fstat(fd, &info) == 0 ? static_cast<uint64_t>(info.st_size) : 0;
-    file.name = absl::StrCat("/proc/self/fd/", fd);
+    file.name = file_name;
     ASSIGN_OR_RETURN(std::unique_ptr<DeviceArena> arena,
-                     pipeline->Load(size, file, ranges, nullptr, progress));
+                     pipeline->Load(size, file, ranges, cancel, progress));
     ASSIGN_OR_RETURN(IpcHandle handle, device->ExportHandle(*arena));
     FilledArena filled;
     filled.ipc_handle = handle.ToString();

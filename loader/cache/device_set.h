@@ -32,6 +32,7 @@ class DeviceSet {
  public:
   struct Options {
     int fake_gpus = 0;
+    absl::Duration fake_gpu_copy_delay = absl::ZeroDuration();
     std::string io_backend = "auto";
     uint64_t staging_chunk_bytes = 8ull << 20;
     int staging_buffers = 4;
@@ -50,7 +51,8 @@ class DeviceSet {
   // staging pipeline: file ranges are read from `fd`, generated ranges (bytes
   // that change on the way) are produced chunk by chunk into the ring.
   virtual absl::StatusOr<FilledArena> FillGpuArena(
-      int gpu, int fd, uint64_t size, const std::vector<CopyRange>& ranges,
+      int gpu, int fd, const std::string& file_name, uint64_t size,
+      const std::vector<CopyRange>& ranges, const CancellationToken* cancel,
       const ProgressFn& progress) = 0;
   // A writable shared-memory segment other processes can map read-only by name.
   virtual absl::StatusOr<HostSegment> CreateHostSegment(uint64_t size) = 0;

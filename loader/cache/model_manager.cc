@@ -260,6 +260,7 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
   }
   DeviceSet::Options device_options;
   device_options.fake_gpus = options.fake_gpus;
+  device_options.fake_gpu_copy_delay = options.fake_gpu_copy_delay;
   device_options.io_backend = options.io_backend;
   device_options.staging_chunk_bytes = options.staging_chunk_bytes;
   device_options.staging_buffers = options.staging_buffers;
@@ -364,7 +365,8 @@ absl::StatusOr<Target> ParseTarget(const std::string& name,
 }  // namespace
 
 absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
-    const LoadSpec& spec, const ProgressFn& progress) {
+    const LoadSpec& spec, const ProgressFn& progress,
+    const CancellationToken* cancel) {
   ASSIGN_OR_RETURN(std::string path, ResolvePath(spec.path));
   if (!spec.target.empty() && !spec.remap.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -477,12 +479,19 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
   // Parse and plan happen inside the cache's single flight so a hit costs
   // nothing; the expected bytes are reserved by the load function itself
   // through a second, cheap call.
-  auto load = [&]() -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
+  auto load = [&](const CancellationToken& abandoned)
+      -> absl::StatusOr<std::shared_ptr<const CacheValue>> {
     impl_->load_slots.Acquire();
     struct SlotRelease {
       LoadSlots* slots;
       ~SlotRelease() { slots->Release(); }
     } release{&impl_->load_slots};
+    auto check_abandoned = [&]() -> absl::Status {
+      if (!abandoned.cancelled()) return absl::OkStatus();
+      return absl::CancelledError(absl::StrCat(
+          "load of ", path, " cancelled: every request for it went away"));
+    };
+    RETURN_IF_ERROR(check_abandoned());
     const Checkpoint& checkpoint = *parsed_checkpoint;
     auto model = std::make_shared<LoadedModel>();
     model->path = path;
@@ -544,6 +553,7 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
       ASSIGN_OR_RETURN(HostSegment segment, devices_->CreateHostSegment(size));
       for (size_t i = 0; i < host_changed.size(); ++i) {
         size_t s = host_changed[i];
+        RETURN_IF_ERROR(check_abandoned());
         RETURN_IF_ERROR(MaterializeStorage(
             checkpoint.storages[s], shared_file->data(), plan->storage_dtype[s],
             segment.data + offsets[i]));
@@ -590,13 +600,14 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
         size += AlignUp(bytes, kGpuAlignment);
       }
       const uint64_t done_before = bytes_done;
-      ASSIGN_OR_RETURN(FilledArena arena,
-                       devices_->FillGpuArena(
-                           gpu, shared_file->fd(), std::max<uint64_t>(size, 1),
-                           ranges, [&](uint64_t done, uint64_t) {
-                             if (progress)
-                               progress(done_before + done, bytes_total);
-                           }));
+      ASSIGN_OR_RETURN(
+          FilledArena arena,
+          devices_->FillGpuArena(gpu, shared_file->fd(), path,
+                                 std::max<uint64_t>(size, 1), ranges,
+                                 &abandoned, [&](uint64_t done, uint64_t) {
+                                   if (progress)
+                                     progress(done_before + done, bytes_total);
+                                 }));
       for (const CopyRange& range : ranges) {
         bytes_done += range.length;
         bytes_read_ += range.length;
@@ -649,8 +660,9 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
     plan = std::move(made);
     return plan->expected;
   };
-  ASSIGN_OR_RETURN(CheckpointCache::Result result,
-                   cache_->GetOrLoad(key, plan_fn, load, spec.lease_session));
+  ASSIGN_OR_RETURN(
+      CheckpointCache::Result result,
+      cache_->GetOrLoad(key, plan_fn, load, spec.lease_session, cancel));
   return LoadResult{result.model_id,
                     std::static_pointer_cast<const LoadedModel>(result.value),
                     result.hit};

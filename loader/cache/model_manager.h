@@ -13,8 +13,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "loader/cache/checkpoint_cache.h"
 #include "loader/cache/loaded_model.h"
+#include "loader/common/cancellation.h"
 
 namespace weightd {
 
@@ -64,6 +66,7 @@ class ModelManager {
     uint64_t host_budget_bytes = 0;  // 0: unlimited
     uint64_t gpu_budget_bytes = 0;   // per GPU; 0: 90% of its memory
     int fake_gpus = 0;
+    absl::Duration fake_gpu_copy_delay = absl::ZeroDuration();
     std::string io_backend = "auto";
     uint64_t staging_chunk_bytes = 8ull << 20;
     int staging_buffers = 4;
@@ -82,9 +85,12 @@ class ModelManager {
 
   // NOT_FOUND (no such file), PERMISSION_DENIED (outside the model roots),
   // INVALID_ARGUMENT (bad checkpoint or spec), RESOURCE_EXHAUSTED (budget),
-  // each naming the file.
+  // each naming the file. `cancel` (may be null) is the request's: see
+  // CheckpointCache::GetOrLoad (a load nobody waits for any more stops and
+  // frees what it placed; CANCELLED).
   absl::StatusOr<LoadResult> Load(const LoadSpec& spec,
-                                  const ProgressFn& progress);
+                                  const ProgressFn& progress,
+                                  const CancellationToken* cancel = nullptr);
 
   absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
   std::vector<CacheEntryInfo> List() const;

@@ -31,20 +31,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "loader/common/cancellation.h"
 #include "loader/common/mutex.h"
 #include "loader/device/device.h"
 #include "loader/io/reader.h"
 
 namespace weightd {
-
-class CancellationToken {
- public:
-  void Cancel() { cancelled_.store(true, std::memory_order_release); }
-  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
-
- private:
-  std::atomic<bool> cancelled_{false};
-};
 
 // Called on the thread running the pipeline after each chunk lands.
 using StagingProgressFn =

@@ -449,6 +449,52 @@ TEST_F(DaemonTest, ErrorsNameTheFileAndTheDaemonKeepsServing) {
             2u);  // two parsed and failed; the rest never loaded
 }
 
+TEST_F(DaemonTest, ClientThatGoesAwayMidLoadStopsItAndLeavesNothing) {
+  // A slow fake GPU: 16 MiB in 64 KiB chunks at 2 ms each takes over half a
+  // second, so the load is still running when the client cancels.
+  daemon_.reset();
+  ServerConfig config;
+  config.listen = {address_};
+  config.model_roots = {root_.string()};
+  config.metrics_address = "";
+  config.fake_gpus = 1;
+  config.fake_gpu_copy_delay_us = 2000;
+  config.staging_chunk_bytes = 64 << 10;
+  auto daemon = Daemon::Create(config);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  daemon_ = *std::move(daemon);
+  const std::string path = (root_ / "slow.safetensors").string();
+  WriteBigSafetensors(path, 4u << 20);
+  auto client = Connect();
+  grpc::ClientContext context;
+  v1::LoadRequest request;
+  request.set_path(path);
+  request.mutable_placement()->set_target("cuda:0");
+  auto reader = client->stub()->Load(&context, request);
+  v1::LoadEvent event;
+  ASSERT_TRUE(reader->Read(&event));  // the load has started
+  context.TryCancel();
+  while (reader->Read(&event)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The daemon notices, stops between chunks and frees the arena.
+  v1::StatsResponse stats;
+  for (int i = 0; i < 500; ++i) {
+    stats = Stats();
+    if (stats.load_failures() == 1) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(stats.load_failures(), 1u);
+  EXPECT_EQ(stats.models(), 0);
+  for (const auto& tier : stats.tiers())
+    EXPECT_EQ(tier.used_bytes(), 0u) << tier.tier();
+  // And serves the next request for the same file in full.
+  auto model = client->Load({path, "cuda:0"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_FALSE((*model)->description().cache_hit());
+  EXPECT_EQ(Stats().models(), 1);
+}
+
 TEST_F(DaemonTest, OverBudgetIsResourceExhaustedAndLeavesNothingBehind) {
   daemon_.reset();
   ServerConfig config;
