@@ -1,5 +1,6 @@
 #include "client/weightd_client.h"
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -25,8 +26,9 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
                       status.error_message());
 }
 
-// The client's end of one Lease stream: opened once per client, kept for its
-// life.
+// The client's end of one Lease stream: opened on the client's first load and
+// kept while it lasts; when it ends (the daemon restarted), the next load opens
+// a new one.
 class LeaseSession {
  public:
   static absl::StatusOr<std::shared_ptr<LeaseSession>> Open(
@@ -45,6 +47,7 @@ class LeaseSession {
       v1::LeaseEvent event;
       while (raw->stream_->Read(&event)) {
       }
+      raw->ended_.store(true);
     });
     return session;
   }
@@ -59,6 +62,8 @@ class LeaseSession {
   }
 
   const std::string& id() const { return id_; }
+  // The stream ended: the daemon no longer knows the session.
+  bool ended() const { return ended_.load(); }
 
   void Release(const std::string& model_id) {
     v1::LeaseRequest request;
@@ -74,6 +79,7 @@ class LeaseSession {
       stream_;
   std::string id_;
   std::thread reader_;
+  std::atomic<bool> ended_{false};
   Mutex mu_;  // serializes writes
 };
 
@@ -280,7 +286,9 @@ absl::StatusOr<std::unique_ptr<WeightdClient>> WeightdClient::Connect(
 
 absl::StatusOr<std::shared_ptr<LeaseSession>> WeightdClient::Session() {
   MutexLock lock(&mu_);
-  if (session_ == nullptr) {
+  // Models loaded on an ended session keep it (and its stream) alive until
+  // they go.
+  if (session_ == nullptr || session_->ended()) {
     ASSIGN_OR_RETURN(session_, LeaseSession::Open(stub_.get()));
   }
   return session_;

@@ -239,6 +239,7 @@ int Daemon::metrics_port() const {
 void Daemon::Shutdown() {
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    if (services_ != nullptr) services_->weight_service->EndLeaseStreams();
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(5));
     grpc_server_->Wait();

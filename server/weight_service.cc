@@ -234,9 +234,31 @@ class WeightServiceImpl::LeaseReactor
     v1::LeaseEvent opened;
     opened.set_session_id(session_id_);
     opened.set_kind(v1::LeaseEvent::OPENED);
+    bool refused = false;
+    {
+      MutexLock lock(&service_->leases_mu_);
+      refused = service_->leases_ended_;
+      if (!refused) service_->lease_reactors_.insert(this);
+    }
     MutexLock lock(&mu_);
+    if (refused) {
+      finishing_ = true;
+      finish_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                    "weightd is shutting down");
+      MaybeFinishLocked();
+      return;
+    }
     EnqueueLocked(std::move(opened));
     StartRead(&request_);
+  }
+
+  // Shutdown: finish the stream once the write in progress (if any) is done.
+  void End() {
+    MutexLock lock(&mu_);
+    finishing_ = true;
+    finish_status_ =
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "weightd is shutting down");
+    MaybeFinishLocked();
   }
 
   void OnReadDone(bool ok) override {
@@ -268,6 +290,7 @@ class WeightServiceImpl::LeaseReactor
       event.set_error(std::string(status.message()));
     }
     MutexLock lock(&mu_);
+    if (finished_ || finishing_) return;
     EnqueueLocked(std::move(event));
     StartRead(&request_);
   }
@@ -290,6 +313,10 @@ class WeightServiceImpl::LeaseReactor
   void OnCancel() override { ReleaseAll(); }
 
   void OnDone() override {
+    {
+      MutexLock lock(&service_->leases_mu_);
+      service_->lease_reactors_.erase(this);
+    }
     ReleaseAll();
     service_->lease_sessions_.fetch_sub(1);
     delete this;
@@ -308,7 +335,7 @@ class WeightServiceImpl::LeaseReactor
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finishing_ && !writing_ && !finished_) {
       finished_ = true;
-      Finish(grpc::Status::OK);
+      Finish(finish_status_);
     }
   }
 
@@ -330,6 +357,7 @@ class WeightServiceImpl::LeaseReactor
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
 };
 
 // ReadTensors: each tensor's contiguous little-endian bytes in chunks, produced
@@ -550,6 +578,12 @@ grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
   auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+void WeightServiceImpl::EndLeaseStreams() {
+  MutexLock lock(&leases_mu_);
+  leases_ended_ = true;
+  for (LeaseReactor* reactor : lease_reactors_) reactor->End();
 }
 
 grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent>*

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "loader/cache/model_manager.h"
@@ -53,6 +54,10 @@ class WeightServiceImpl final
 
   // Blocks until every load thread has finished (shutdown).
   void WaitForLoads();
+  // Ends every Lease stream with UNAVAILABLE and refuses new ones (shutdown:
+  // they never end on their own, so the server's grace period would always
+  // run out). Clients reopen a session on their next load.
+  void EndLeaseStreams();
 
   int lease_sessions() const { return lease_sessions_.load(); }
 
@@ -65,6 +70,10 @@ class WeightServiceImpl final
   const std::string version_;
   std::atomic<int> lease_sessions_{0};
   std::atomic<uint64_t> next_session_{1};
+
+  Mutex leases_mu_;
+  std::set<LeaseReactor*> lease_reactors_ ABSL_GUARDED_BY(leases_mu_);
+  bool leases_ended_ ABSL_GUARDED_BY(leases_mu_) = false;
 
   Mutex threads_mu_;
   CondVar threads_done_;

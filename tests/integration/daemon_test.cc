@@ -409,6 +409,31 @@ TEST_F(DaemonTest, LoadNamingAnUnopenedLeaseSessionIsRefused) {
   EXPECT_TRUE(client->Load({model_path_, "cpu"}).ok());
 }
 
+TEST_F(DaemonTest, ClientKeepsWorkingAcrossADaemonRestart) {
+  // The client's lease session dies with the daemon; its next load must open
+  // a new one rather than name the dead session.
+  auto client = Connect();
+  ASSERT_TRUE(client->Load({model_path_, "cpu"}).ok());
+  daemon_.reset();
+  ServerConfig config;
+  config.listen = {address_};
+  config.model_roots = {root_.string()};
+  config.metrics_address = "";
+  auto daemon = Daemon::Create(config);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  daemon_ = *std::move(daemon);
+  absl::StatusOr<std::unique_ptr<ClientModel>> model =
+      absl::UnavailableError("not tried");
+  // The channel reconnects and the old stream's end is noticed: allow a moment.
+  for (int i = 0; i < 100; ++i) {
+    model = client->Load({model_path_, "cpu"});
+    if (model.ok()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(Stats().active_leases(), 1);
+}
+
 TEST_F(DaemonTest, ReadTensorsOverTcpEqualsTheFile) {
   ASSERT_EQ(daemon_->tcp_ports().size(), 1u);
   auto client = Connect(absl::StrCat("127.0.0.1:", daemon_->tcp_ports()[0]));
