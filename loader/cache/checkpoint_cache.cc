@@ -109,6 +109,13 @@ void CheckpointCache::AddLeaseLocked(const EntryPtr& entry,
   ++counters_.active_leases;
 }
 
+void CheckpointCache::LeaseIfOpenLocked(const EntryPtr& entry,
+                                        const std::string& session) {
+  if (!session.empty() && open_sessions_.contains(session)) {
+    AddLeaseLocked(entry, session);
+  }
+}
+
 absl::Status CheckpointCache::CheckSessionOpenLocked(
     const std::string& session) const {
   if (open_sessions_.contains(session)) return absl::OkStatus();
@@ -217,10 +224,7 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
       if (!entry->in_index) continue;
       ++counters_.hits;
       TouchLocked(entry);
-      // The session may have closed while this request waited.
-      if (!lease_session.empty() && open_sessions_.contains(lease_session)) {
-        AddLeaseLocked(entry, lease_session);
-      }
+      LeaseIfOpenLocked(entry, lease_session);
       return Result{entry->model_id, entry->value, true};
     }
     entry = std::make_shared<Entry>();
@@ -259,11 +263,7 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
   --counters_.loads_in_flight;
   loaded_.SignalAll();
   TouchLocked(entry);
-  // A client that died mid-load closed its session: its load stays cached
-  // (evictable) but unleased.
-  if (!lease_session.empty() && open_sessions_.contains(lease_session)) {
-    AddLeaseLocked(entry, lease_session);
-  }
+  LeaseIfOpenLocked(entry, lease_session);
   return Result{entry->model_id, entry->value, false};
 }
 

@@ -160,6 +160,11 @@ class CheckpointCache {
   void TouchLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddLeaseLocked(const EntryPtr& entry, const std::string& session)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Leases the entry on `session` unless it is empty or no longer open: a
+  // session can close while its request waits or loads (the client died), and
+  // then nothing must stay pinned for it.
+  void LeaseIfOpenLocked(const EntryPtr& entry, const std::string& session)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckSessionOpenLocked(const std::string& session) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether every request for a loading entry has gone away (sticky).

@@ -24,14 +24,23 @@ struct StagingPipeline::Slot {
 
 namespace {
 
+absl::Status Annotate(const absl::Status& s, const std::string& context) {
+  return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
+}
+
 struct Chunk {
   const CopyRange* range = nullptr;
   uint64_t pos = 0;
   uint64_t length = 0;
   bool from_file() const { return range->from_file(); }
   bool generated() const { return static_cast<bool>(range->generate); }
+  // The generator's error names where its bytes were going.
   absl::Status Generate(uint8_t* out) const {
-    return range->generate(pos, length, out);
+    absl::Status s = range->generate(pos, length, out);
+    if (s.ok()) return s;
+    return Annotate(
+        s, absl::StrCat("producing ", length, " bytes for arena offset ",
+                        arena_offset()));
   }
   uint64_t file_offset() const { return range->file_offset + pos; }
   uint64_t arena_offset() const { return range->arena_offset + pos; }
@@ -73,10 +82,6 @@ class ChunkCursor {
   size_t index_ = 0;
   uint64_t pos_ = 0;
 };
-
-absl::Status Annotate(const absl::Status& s, const std::string& context) {
-  return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
-}
 
 absl::Status ShortRead(const FileSource& file, uint64_t offset, uint64_t want,
                        uint64_t got) {
@@ -346,9 +351,7 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       } else if (c.generated()) {
         absl::Status s = c.Generate(slot.buffer->data());
         if (!s.ok()) {
-          fail(Annotate(
-              s, absl::StrCat("producing ", c.length,
-                              " bytes for arena offset ", slot.arena_offset)));
+          fail(s);
           release(i);
           break;
         }
@@ -458,9 +461,7 @@ absl::Status StagingPipeline::RunDirect(DeviceArena* arena,
       if (c.generated()) {
         absl::Status s = c.Generate(base + c.arena_offset());
         if (!s.ok()) {
-          fail(Annotate(
-              s, absl::StrCat("producing ", c.length,
-                              " bytes for arena offset ", c.arena_offset())));
+          fail(s);
           break;
         }
         chunk_done(c.length);
