@@ -9,10 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -24,6 +24,7 @@
 #include "loader/common/sha256.h"
 #include "loader/format/reader.h"
 #include "loader/format/tensor_bytes.h"
+#include "tests/bench/bench_util.h"
 
 extern char** environ;
 
@@ -104,19 +105,6 @@ void WriteBigSafetensors(const std::string& path, uint64_t count) {
   }
 }
 
-// Anonymous memory this process holds now (heap and private mappings: not
-// the mapped checkpoint, not shared-memory segments).
-uint64_t RssAnonBytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (absl::StartsWith(line, "RssAnon:")) {
-      return std::strtoull(line.c_str() + 8, nullptr, 10) << 10;
-    }
-  }
-  return 0;
-}
-
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kSanitized = true;
 #elif defined(__has_feature)
@@ -128,6 +116,20 @@ constexpr bool kSanitized = false;
 #else
 constexpr bool kSanitized = false;
 #endif
+
+// Every fixture file the offline reader accepts (canonical paths; the
+// bad-input fixtures and metadata files left out).
+std::vector<std::string> ReadableFixtures() {
+  std::vector<std::string> paths;
+  for (const auto& entry : fs::recursive_directory_iterator("tests/fixtures")) {
+    if (!entry.is_regular_file()) continue;
+    std::string path = fs::canonical(entry.path()).string();
+    ReadOptions options;
+    options.file_name = path;
+    if (ReadCheckpoint(ReadFile(path), options).ok()) paths.push_back(path);
+  }
+  return paths;
+}
 
 // The offline answer: every tensor's sha256 as `weightctl inspect --hash`
 // computes it.
@@ -193,6 +195,22 @@ class DaemonTest : public ::testing::Test {
     daemon_.reset();
     fs::remove_all(root_);
     fs::remove_all(socket_dir_);
+  }
+
+  // Replaces the daemon with one on the same socket and model root, without a
+  // metrics endpoint, configured further by `adjust`. Call through
+  // ASSERT_NO_FATAL_FAILURE.
+  void RestartDaemon(
+      const std::function<void(ServerConfig&)>& adjust = nullptr) {
+    daemon_.reset();
+    ServerConfig config;
+    config.listen = {address_};
+    config.model_roots = {root_.string()};
+    config.metrics_address = "";
+    if (adjust) adjust(config);
+    auto daemon = Daemon::Create(config);
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = *std::move(daemon);
   }
 
   std::unique_ptr<WeightdClient> Connect(const std::string& address = "") {
@@ -414,14 +432,7 @@ TEST_F(DaemonTest, ClientKeepsWorkingAcrossADaemonRestart) {
   // a new one rather than name the dead session.
   auto client = Connect();
   ASSERT_TRUE(client->Load({model_path_, "cpu"}).ok());
-  daemon_.reset();
-  ServerConfig config;
-  config.listen = {address_};
-  config.model_roots = {root_.string()};
-  config.metrics_address = "";
-  auto daemon = Daemon::Create(config);
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  daemon_ = *std::move(daemon);
+  ASSERT_NO_FATAL_FAILURE(RestartDaemon());
   absl::StatusOr<std::unique_ptr<ClientModel>> model =
       absl::UnavailableError("not tried");
   // The channel reconnects and the old stream's end is noticed: allow a moment.
@@ -477,17 +488,11 @@ TEST_F(DaemonTest, ErrorsNameTheFileAndTheDaemonKeepsServing) {
 TEST_F(DaemonTest, ClientThatGoesAwayMidLoadStopsItAndLeavesNothing) {
   // A slow fake GPU: 16 MiB in 64 KiB chunks at 2 ms each takes over half a
   // second, so the load is still running when the client cancels.
-  daemon_.reset();
-  ServerConfig config;
-  config.listen = {address_};
-  config.model_roots = {root_.string()};
-  config.metrics_address = "";
-  config.fake_gpus = 1;
-  config.fake_gpu_copy_delay_us = 2000;
-  config.staging_chunk_bytes = 64 << 10;
-  auto daemon = Daemon::Create(config);
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  daemon_ = *std::move(daemon);
+  ASSERT_NO_FATAL_FAILURE(RestartDaemon([](ServerConfig& config) {
+    config.fake_gpus = 1;
+    config.fake_gpu_copy_delay_us = 2000;
+    config.staging_chunk_bytes = 64 << 10;
+  }));
   const std::string path = (root_ / "slow.safetensors").string();
   WriteBigSafetensors(path, 4u << 20);
   auto client = Connect();
@@ -521,17 +526,11 @@ TEST_F(DaemonTest, ClientThatGoesAwayMidLoadStopsItAndLeavesNothing) {
 }
 
 TEST_F(DaemonTest, OverBudgetIsResourceExhaustedAndLeavesNothingBehind) {
-  daemon_.reset();
-  ServerConfig config;
-  config.listen = {address_};
-  config.model_roots = {root_.string()};
-  config.metrics_address = "";
-  config.fake_gpus = 1;
-  config.gpu_budget_bytes =
-      512;  // the model needs three 256-byte-aligned storages
-  auto daemon = Daemon::Create(config);
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  daemon_ = *std::move(daemon);
+  ASSERT_NO_FATAL_FAILURE(RestartDaemon([](ServerConfig& config) {
+    config.fake_gpus = 1;
+    config.gpu_budget_bytes =
+        512;  // the model needs three 256-byte-aligned storages
+  }));
   auto client = Connect();
   auto refused = client->Load({model_path_, "cuda:0"});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
@@ -569,14 +568,7 @@ TEST_F(DaemonTest, EveryFixtureLoadsThroughTheDaemonAsOffline) {
   if (!fs::exists("tests/fixtures")) GTEST_SKIP() << "no fixtures";
   auto client = Connect();
   int loaded = 0;
-  for (const auto& entry : fs::recursive_directory_iterator("tests/fixtures")) {
-    if (!entry.is_regular_file()) continue;
-    std::string path = fs::canonical(entry.path()).string();
-    std::string bytes = ReadFile(path);
-    ReadOptions options;
-    options.file_name = path;
-    if (!ReadCheckpoint(bytes, options).ok())
-      continue;  // bad-input fixtures, metadata files
+  for (const std::string& path : ReadableFixtures()) {
     for (const char* device : {"cpu", "cuda:0"}) {
       auto model = client->Load({path, device});
       ASSERT_TRUE(model.ok())
@@ -595,13 +587,7 @@ TEST_F(DaemonTest, CastAndByteSwapOntoTheGpuEqualTheHostPlacement) {
   if (!fs::exists("tests/fixtures")) GTEST_SKIP() << "no fixtures";
   auto client = Connect();
   int compared = 0;
-  for (const auto& entry : fs::recursive_directory_iterator("tests/fixtures")) {
-    if (!entry.is_regular_file()) continue;
-    std::string path = fs::canonical(entry.path()).string();
-    std::string bytes = ReadFile(path);
-    ReadOptions options;
-    options.file_name = path;
-    if (!ReadCheckpoint(bytes, options).ok()) continue;
+  for (const std::string& path : ReadableFixtures()) {
     for (const char* cast : {"", "bfloat16", "float16", "float32"}) {
       std::map<std::string, std::string> on[2];
       const char* devices[2] = {"cpu", "cuda:0"};
@@ -630,21 +616,11 @@ TEST_F(DaemonTest, GpuCastUsesTheStagingRingNotAHostCopy) {
   auto client = Connect();
   // Warm up: the first GPU load creates the ring and the gRPC machinery.
   ASSERT_TRUE(client->Load({model_path_, "cuda:0"}).ok());
-  const uint64_t before = RssAnonBytes();
-  std::atomic<bool> done{false};
-  std::atomic<uint64_t> peak{before};
-  std::thread sampler([&] {
-    while (!done.load()) {
-      uint64_t now = RssAnonBytes();
-      if (now > peak.load()) peak.store(now);
-      absl::SleepFor(absl::Microseconds(200));
-    }
-  });
+  bench::PeakAnonSampler sampler;
   ClientLoadOptions load{path, "cuda:0"};
   load.cast_dtype = "bfloat16";
   auto model = client->Load(load);
-  done.store(true);
-  sampler.join();
+  const uint64_t growth = sampler.PeakGrowth();
   ASSERT_TRUE(model.ok()) << model.status();
   const v1::Tensor& tensor = (*model)->description().tensors(0);
   EXPECT_EQ(tensor.dtype(), "bfloat16");
@@ -662,9 +638,8 @@ TEST_F(DaemonTest, GpuCastUsesTheStagingRingNotAHostCopy) {
   }
   // Reading the tensor back above is the client's copy; the load itself must
   // stay far below the 32 MiB a whole converted copy would take.
-  EXPECT_LT(peak.load() - before, 12u << 20)
-      << "anonymous memory grew by " << (peak.load() - before)
-      << " bytes during the load";
+  EXPECT_LT(growth, 12u << 20)
+      << "anonymous memory grew by " << growth << " bytes during the load";
 }
 
 TEST_F(DaemonTest, MetricsEndpointServesPrometheusText) {
