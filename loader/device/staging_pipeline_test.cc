@@ -193,6 +193,15 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
     return fake_ != nullptr ? FakeDevice::ArenaBytes(arena) : arena.host_data();
   }
 
+  // A full load of the layout succeeds with every byte in place (a pipeline
+  // is still usable after a failure).
+  void ExpectLoadsTheLayout(StagingPipeline* pipeline) {
+    auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
+                                nullptr, nullptr);
+    ASSERT_TRUE(arena.ok()) << arena.status();
+    ExpectArena(ArenaBytes(**arena), layout_);
+  }
+
   void ExpectNoLeaks() {
     if (fake_ != nullptr) {
       EXPECT_EQ(fake_->live_arenas(), 0);
@@ -283,10 +292,7 @@ TEST_P(StagingPipelineTest, ReadErrorMidLoad) {
   ExpectNoLeaks();
   EXPECT_EQ(pipeline->reader()->in_flight(), 0u);
   // The pipeline still works afterwards.
-  auto ok = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
-                           nullptr);
-  ASSERT_TRUE(ok.ok()) << ok.status();
-  ExpectArena(ArenaBytes(**ok), layout_);
+  ExpectLoadsTheLayout(pipeline.get());
 }
 
 TEST_P(StagingPipelineTest, ShortReadAndSubmitFailure) {
@@ -357,10 +363,7 @@ TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
   arena = pipeline->Load(1ull << 40, source_, layout_.ranges, nullptr, nullptr);
   EXPECT_TRUE(absl::IsResourceExhausted(arena.status())) << arena.status();
   ExpectNoLeaks();
-  auto ok = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
-                           nullptr);
-  ASSERT_TRUE(ok.ok()) << ok.status();
-  ExpectArena(ArenaBytes(**ok), layout_);
+  ExpectLoadsTheLayout(pipeline.get());
 }
 
 TEST_P(StagingPipelineTest, CancelMidLoad) {
@@ -435,10 +438,7 @@ TEST_P(StagingPipelineTest, GeneratorFailureMidRange) {
   ExpectNoLeaks();
   EXPECT_EQ(pipeline->reader()->in_flight(), 0u);
   // Still usable.
-  auto ok = pipeline->Load(layout_.arena_size, source_, layout_.ranges, nullptr,
-                           nullptr);
-  ASSERT_TRUE(ok.ok()) << ok.status();
-  ExpectArena(ArenaBytes(**ok), layout_);
+  ExpectLoadsTheLayout(pipeline.get());
 }
 
 TEST_P(StagingPipelineTest, RejectsBadRanges) {
