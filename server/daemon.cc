@@ -30,18 +30,22 @@ class DaemonServices {
   static absl::StatusOr<std::unique_ptr<DaemonServices>> Create(
       const ServerConfig& config, MetricsRegistry* metrics) {
     auto services = std::unique_ptr<DaemonServices>(new DaemonServices());
+    DeviceSet::Options device_options;
+    device_options.fake_gpus = config.fake_gpus;
+    device_options.fake_gpu_copy_delay =
+        absl::Microseconds(config.fake_gpu_copy_delay_us);
+    device_options.io_backend = config.io_backend;
+    device_options.staging_chunk_bytes = config.staging_chunk_bytes;
+    device_options.staging_buffers = config.staging_buffers;
+    ASSIGN_OR_RETURN(std::unique_ptr<DeviceSet> devices,
+                     DeviceSet::Create(device_options));
     ModelManager::Options options;
     options.model_roots = config.model_roots;
     options.host_budget_bytes = config.host_budget_bytes;
     options.gpu_budget_bytes = config.gpu_budget_bytes;
-    options.fake_gpus = config.fake_gpus;
-    options.fake_gpu_copy_delay =
-        absl::Microseconds(config.fake_gpu_copy_delay_us);
-    options.io_backend = config.io_backend;
-    options.staging_chunk_bytes = config.staging_chunk_bytes;
-    options.staging_buffers = config.staging_buffers;
     options.max_concurrent_loads = config.max_concurrent_loads;
-    ASSIGN_OR_RETURN(services->manager, ModelManager::Create(options));
+    ASSIGN_OR_RETURN(services->manager,
+                     ModelManager::Create(options, std::move(devices)));
     services->weight_service = std::make_unique<WeightServiceImpl>(
         services->manager.get(), metrics, kVersion);
     services->RegisterMetrics(metrics);
@@ -239,7 +243,11 @@ int Daemon::metrics_port() const {
 void Daemon::Shutdown() {
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-    if (services_ != nullptr) services_->weight_service->EndLeaseStreams();
+    if (services_ != nullptr) {
+      services_->weight_service->EndLeaseStreams();
+      // Queued loads are answered UNAVAILABLE now, not after the grace.
+      services_->manager->Shutdown();
+    }
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(5));
     grpc_server_->Wait();

@@ -1,9 +1,10 @@
 #include "server/weight_service.h"
 
+#include <algorithm>
 #include <deque>
-#include <thread>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "loader/common/logging.h"
@@ -106,31 +107,44 @@ void FillModelDescription(const std::string& model_id, const LoadedModel& model,
   if (info != nullptr) out->set_lease_count(info->lease_count);
 }
 
-// Load: a thread runs the (possibly long) load while the reactor streams
-// coalesced progress events, then the model description.
+// Load: the manager answers a hit at once and runs anything else on its load
+// pool; the reactor streams coalesced progress events, then the model
+// description. Writes and Finish are started outside the reactor's mutex.
 class WeightServiceImpl::LoadReactor
     : public grpc::ServerWriteReactor<v1::LoadEvent> {
  public:
   LoadReactor(WeightServiceImpl* service, const v1::LoadRequest& request)
-      : service_(service), request_(request) {
+      : service_(service), path_(request.path()), start_(absl::Now()) {
     service_->load_requests_->Increment();
     {
       MutexLock lock(&service_->threads_mu_);
       ++service_->running_loads_;
     }
-    std::thread([this] { Run(); }).detach();
+    service_->manager_->LoadAsync(
+        SpecFromRequest(request),
+        [this](uint64_t done, uint64_t total) { OnProgress(done, total); },
+        &cancel_,
+        [this](absl::StatusOr<ModelManager::LoadResult> result) {
+          OnLoaded(std::move(result));
+        });
   }
 
   void OnWriteDone(bool ok) override {
-    MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok && !finished_) {
+    bool client_gone = false;
+    {
+      MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok && !finished_) {
+        finished_ = true;
+        client_gone = true;
+      }
+    }
+    if (client_gone) {
       cancel_.Cancel();
-      finished_ = true;
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
-    MaybeWriteLocked();
+    MaybeWrite();
   }
 
   // The client cancelled or disconnected: a load nobody else waits for stops.
@@ -139,21 +153,19 @@ class WeightServiceImpl::LoadReactor
   void OnDone() override { Unref(); }
 
  private:
-  void Run() {
-    absl::Time start = absl::Now();
-    LoadSpec spec = SpecFromRequest(request_);
-    auto result = service_->manager_->Load(
-        spec,
-        [this](uint64_t done, uint64_t total) {
-          MutexLock lock(&mu_);
-          pending_progress_ = true;
-          progress_done_ = done;
-          progress_total_ = total;
-          MaybeWriteLocked();
-        },
-        &cancel_);
+  void OnProgress(uint64_t done, uint64_t total) {
+    {
+      MutexLock lock(&mu_);
+      pending_progress_ = true;
+      progress_done_ = done;
+      progress_total_ = total;
+    }
+    MaybeWrite();
+  }
+
+  void OnLoaded(absl::StatusOr<ModelManager::LoadResult> result) {
     service_->load_seconds_->Observe(
-        absl::ToDoubleSeconds(absl::Now() - start));
+        absl::ToDoubleSeconds(absl::Now() - start_));
     {
       MutexLock lock(&mu_);
       if (result.ok()) {
@@ -164,13 +176,12 @@ class WeightServiceImpl::LoadReactor
         model->set_cache_hit(result->cache_hit);
       } else {
         service_->load_errors_->Increment();
-        LogWarning("load %s failed: %s", request_.path(),
-                   result.status().ToString());
+        LogWarning("load %s failed: %s", path_, result.status().ToString());
         final_status_ = ToGrpcStatus(result.status());
       }
       done_loading_ = true;
-      MaybeWriteLocked();
     }
+    MaybeWrite();
     {
       MutexLock lock(&service_->threads_mu_);
       --service_->running_loads_;
@@ -179,24 +190,39 @@ class WeightServiceImpl::LoadReactor
     Unref();
   }
 
-  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || finished_) return;
-    if (done_loading_) {
-      finished_ = true;
-      if (final_status_.ok()) {
+  // Starts the next write (progress, or the final event) if none is running.
+  void MaybeWrite() {
+    enum class Next { kProgress, kModel, kError } next;
+    {
+      MutexLock lock(&mu_);
+      if (writing_ || finished_) return;
+      if (done_loading_) {
+        finished_ = true;
+        next = final_status_.ok() ? Next::kModel : Next::kError;
+      } else if (pending_progress_) {
+        pending_progress_ = false;
+        progress_event_.mutable_progress()->set_bytes_done(progress_done_);
+        progress_event_.mutable_progress()->set_bytes_total(progress_total_);
+        writing_ = true;
+        next = Next::kProgress;
+      } else {
+        return;
+      }
+    }
+    // The events are not touched while their write runs: progress_event_
+    // changes only while writing_ is false, the final ones never after
+    // finished_.
+    switch (next) {
+      case Next::kProgress:
+        StartWrite(&progress_event_);
+        break;
+      case Next::kModel:
         StartWriteAndFinish(&final_event_, grpc::WriteOptions(),
                             grpc::Status::OK);
-      } else {
+        break;
+      case Next::kError:
         Finish(final_status_);
-      }
-      return;
-    }
-    if (pending_progress_) {
-      pending_progress_ = false;
-      progress_event_.mutable_progress()->set_bytes_done(progress_done_);
-      progress_event_.mutable_progress()->set_bytes_total(progress_total_);
-      writing_ = true;
-      StartWrite(&progress_event_);
+        break;
     }
   }
 
@@ -205,8 +231,9 @@ class WeightServiceImpl::LoadReactor
   }
 
   WeightServiceImpl* const service_;
-  const v1::LoadRequest request_;
-  std::atomic<int> refs_{2};  // the load thread and gRPC
+  const std::string path_;
+  const absl::Time start_;
+  std::atomic<int> refs_{2};  // the load's answer and gRPC
   CancellationToken cancel_;
   Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -215,9 +242,9 @@ class WeightServiceImpl::LoadReactor
   bool done_loading_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t progress_done_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t progress_total_ ABSL_GUARDED_BY(mu_) = 0;
-  v1::LoadEvent progress_event_ ABSL_GUARDED_BY(mu_);
-  v1::LoadEvent final_event_ ABSL_GUARDED_BY(mu_);
-  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+  v1::LoadEvent progress_event_;
+  v1::LoadEvent final_event_;
+  grpc::Status final_status_;
 };
 
 // Lease: models acquired on the stream stay resident until released, the stream
@@ -360,8 +387,10 @@ class WeightServiceImpl::LeaseReactor
   grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
 };
 
-// ReadTensors: each tensor's contiguous little-endian bytes in chunks, produced
-// one write at a time so memory stays at one tensor.
+// ReadTensors: each tensor's contiguous little-endian bytes in chunks of
+// whole elements, each produced on the manager's worker pool (off gRPC's
+// threads) into the one chunk the stream holds: memory per stream is its
+// chunk size, whatever the tensor's.
 class WeightServiceImpl::ReadTensorsReactor
     : public grpc::ServerWriteReactor<v1::TensorChunk> {
  public:
@@ -380,21 +409,21 @@ class WeightServiceImpl::ReadTensorsReactor
     if (request.names().empty()) {
       for (size_t i = 0; i < model_->tensors.size(); ++i) order_.push_back(i);
     } else {
+      absl::flat_hash_map<absl::string_view, size_t> by_name;
+      for (size_t i = 0; i < model_->tensors.size(); ++i)
+        by_name.emplace(model_->tensors[i].info.name, i);
       for (const std::string& name : request.names()) {
-        size_t i = 0;
-        while (i < model_->tensors.size() &&
-               model_->tensors[i].info.name != name)
-          ++i;
-        if (i == model_->tensors.size()) {
+        auto it = by_name.find(name);
+        if (it == by_name.end()) {
           Finish(grpc::Status(
               grpc::StatusCode::NOT_FOUND,
               absl::StrCat(model_->path, ": no tensor \"", name, "\"")));
           return;
         }
-        order_.push_back(i);
+        order_.push_back(it->second);
       }
     }
-    WriteNext();
+    ScheduleNext();
   }
 
   void OnWriteDone(bool ok) override {
@@ -402,39 +431,51 @@ class WeightServiceImpl::ReadTensorsReactor
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
       return;
     }
-    WriteNext();
+    ScheduleNext();
   }
 
   void OnDone() override { delete this; }
 
  private:
+  void ScheduleNext() {
+    absl::Status scheduled =
+        service_->manager_->workers().Schedule([this] { WriteNext(); });
+    if (!scheduled.ok()) Finish(ToGrpcStatus(scheduled));
+  }
+
+  // Produces the next chunk and starts its write; one runs at a time (the
+  // next is scheduled only once the previous write is done).
   void WriteNext() {
-    if (next_tensor_ >= order_.size() && offset_ >= bytes_.size() &&
-        !started_) {
+    if (next_tensor_ >= order_.size() && !started_) {
       Finish(grpc::Status::OK);
       return;
     }
     chunk_.Clear();
     if (!started_) {
-      const size_t index = order_[next_tensor_++];
-      absl::Status read = model_->ReadTensorBytes(index, &bytes_);
-      if (!read.ok()) {
-        Finish(ToGrpcStatus(read));
-        return;
-      }
+      tensor_ = order_[next_tensor_++];
       offset_ = 0;
       started_ = true;
-      FillTensor(model_->tensors[index], chunk_.mutable_tensor());
+      FillTensor(model_->tensors[tensor_], chunk_.mutable_tensor());
     }
-    size_t length = std::min<size_t>(chunk_bytes_, bytes_.size() - offset_);
+    const PlacedTensor& tensor = model_->tensors[tensor_];
+    const uint64_t element =
+        std::max<uint64_t>(DTypeSize(tensor.info.dtype), 1);
+    const uint64_t per_chunk =
+        std::max<uint64_t>(chunk_bytes_ / element, 1) * element;
+    const uint64_t length = std::min(per_chunk, tensor.byte_size - offset_);
+    std::string* data = chunk_.mutable_data();
+    data->resize(length);
+    absl::Status read = model_->ReadTensorRange(
+        tensor_, offset_, length, reinterpret_cast<uint8_t*>(data->data()));
+    if (!read.ok()) {
+      Finish(ToGrpcStatus(read));
+      return;
+    }
     chunk_.set_offset(offset_);
-    chunk_.set_data(bytes_.data() + offset_, length);
     offset_ += length;
-    if (offset_ >= bytes_.size()) {
+    if (offset_ >= tensor.byte_size) {
       chunk_.set_last(true);
       started_ = false;
-      bytes_.clear();
-      offset_ = 0;
     }
     service_->read_tensor_bytes_->Increment(length);
     StartWrite(&chunk_);
@@ -445,9 +486,9 @@ class WeightServiceImpl::ReadTensorsReactor
   std::vector<size_t> order_;
   size_t next_tensor_ = 0;
   uint32_t chunk_bytes_ = kDefaultChunkBytes;
-  std::string bytes_;
-  size_t offset_ = 0;
-  bool started_ = false;
+  size_t tensor_ = 0;     // the tensor being sent
+  uint64_t offset_ = 0;   // its next byte
+  bool started_ = false;  // its first chunk was sent
   v1::TensorChunk chunk_;
 };
 

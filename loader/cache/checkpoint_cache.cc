@@ -85,6 +85,31 @@ void CheckpointCache::UnreserveLocked(const TierBytes& bytes) {
   for (const auto& [tier, count] : bytes) used_[tier] -= count;
 }
 
+absl::Status CheckpointCache::ReserveEntryLocked(const std::string& for_path) {
+  if (options_.max_entries == 0 || by_key_.size() < options_.max_entries)
+    return absl::OkStatus();
+  for (auto it = lru_.end(); it != lru_.begin();) {
+    --it;
+    EntryPtr candidate = *it;
+    if (candidate->lease_count > 0) continue;
+    EraseLocked(candidate);
+    ++counters_.evictions;
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "%s: the cache holds %d models, its bound, and every one is leased or "
+      "loading; release or unload some (or raise --max_models)",
+      for_path, by_key_.size()));
+}
+
+CheckpointCache::Result CheckpointCache::HitLocked(
+    const EntryPtr& entry, const std::string& lease_session) {
+  ++counters_.hits;
+  TouchLocked(entry);
+  LeaseIfOpenLocked(entry, lease_session);
+  return Result{entry->model_id, entry->value, true};
+}
+
 void CheckpointCache::EraseLocked(const EntryPtr& entry) {
   if (!entry->in_index) return;
   entry->in_index = false;
@@ -222,11 +247,10 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
         return entry->error;
       }
       if (!entry->in_index) continue;
-      ++counters_.hits;
-      TouchLocked(entry);
-      LeaseIfOpenLocked(entry, lease_session);
-      return Result{entry->model_id, entry->value, true};
+      return HitLocked(entry, lease_session);
     }
+    absl::Status room = ReserveEntryLocked(key.path);
+    if (!room.ok()) return room;
     entry = std::make_shared<Entry>();
     entry->loader_cancel = cancel;
     entry->key = key;
@@ -265,6 +289,20 @@ absl::StatusOr<CheckpointCache::Result> CheckpointCache::GetOrLoad(
   TouchLocked(entry);
   LeaseIfOpenLocked(entry, lease_session);
   return Result{entry->model_id, entry->value, false};
+}
+
+absl::StatusOr<std::optional<CheckpointCache::Result>> CheckpointCache::Lookup(
+    const CacheKey& key, const std::string& lease_session) {
+  MutexLock lock(&mu_);
+  if (!lease_session.empty()) {
+    absl::Status open = CheckSessionOpenLocked(lease_session);
+    if (!open.ok()) return open;
+  }
+  MarkStaleLocked(key);
+  auto it = by_key_.find(key);
+  if (it == by_key_.end() || it->second->state != Entry::State::kReady)
+    return std::nullopt;
+  return HitLocked(it->second, lease_session);
 }
 
 absl::StatusOr<CheckpointCache::EntryPtr> CheckpointCache::FindReadyLocked(

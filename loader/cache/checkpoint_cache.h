@@ -10,6 +10,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,10 @@ class CheckpointCache {
   struct Options {
     // Per tier; a tier absent or 0 is unlimited.
     TierBytes budgets;
+    // Entries (ready and loading) at most; a new one evicts the least
+    // recently used unleased entry, or is RESOURCE_EXHAUSTED when all are
+    // leased or loading. 0: unbounded.
+    size_t max_entries = 0;
   };
   // `abandoned` is cancelled once every request for this load has gone away
   // (each one's own token cancelled): the load should stop and free what it
@@ -122,6 +127,12 @@ class CheckpointCache {
         load, lease_session, cancel);
   }
 
+  // The ready entry for `key`, leased on `lease_session` (if not empty) as
+  // GetOrLoad would; nullopt when there is none (absent, or still loading).
+  // Never waits and never loads.
+  absl::StatusOr<std::optional<Result>> Lookup(
+      const CacheKey& key, const std::string& lease_session = "");
+
   absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
   std::vector<CacheEntryInfo> List() const;
   CacheStats Stats() const;
@@ -151,6 +162,12 @@ class CheckpointCache {
   absl::Status ReserveLocked(const TierBytes& need, const std::string& for_path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnreserveLocked(const TierBytes& bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes room for one more entry under max_entries.
+  absl::Status ReserveEntryLocked(const std::string& for_path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A request answered by a ready entry.
+  Result HitLocked(const EntryPtr& entry, const std::string& lease_session)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a load that failed: the entry leaves the index and its waiters get
   // `error`.

@@ -193,4 +193,38 @@ absl::Status CastElements(const uint8_t* src, DType from, ByteOrder order,
   return absl::OkStatus();
 }
 
+uint64_t PlacedStorageBytes(const StorageInfo& storage, DType placed) {
+  if (placed == storage.dtype) return storage.num_bytes;
+  return storage.num_bytes / DTypeSize(storage.dtype) * DTypeSize(placed);
+}
+
+bool PlacementChangesBytes(const StorageInfo& storage, DType placed) {
+  return placed != storage.dtype || storage.byte_order == ByteOrder::kBig ||
+         storage.inflated != nullptr;
+}
+
+const uint8_t* StorageSourceBytes(const StorageInfo& storage,
+                                  const uint8_t* file_data) {
+  if (storage.inflated) {
+    return reinterpret_cast<const uint8_t*>(storage.inflated->data());
+  }
+  return file_data + storage.file_offset;
+}
+
+absl::Status ConvertStorageElements(const StorageInfo& storage,
+                                    const uint8_t* source, DType placed,
+                                    size_t first, size_t count, uint8_t* out) {
+  const size_t in_size = DTypeSize(storage.dtype);
+  const uint8_t* in = source + first * in_size;
+  if (placed != storage.dtype) {
+    return CastElements(in, storage.dtype, storage.byte_order, count, out,
+                        placed);
+  }
+  std::memcpy(out, in, count * in_size);
+  if (storage.byte_order == ByteOrder::kBig) {
+    SwapBytesInPlace(out, count * in_size, SwapUnit(storage.dtype));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace weightd

@@ -6,16 +6,23 @@
 #define WEIGHTD_LOADER_CACHE_DEVICE_SET_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "loader/cache/gpu_description.h"
 #include "loader/cache/loaded_model.h"
-#include "loader/cache/model_manager.h"
+#include "loader/common/cancellation.h"
 #include "loader/device/staging_pipeline.h"
 
 namespace weightd {
+
+// Placed bytes so far, of the load's total.
+using ProgressFn =
+    std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
 
 struct FilledArena {
   std::unique_ptr<LoadedModel::Owned> owner;  // frees the arena

@@ -65,21 +65,25 @@ class LoadedModel : public CacheValue {
   std::map<std::string, std::string> extra_files;
   std::string metadata_json;
   TierBytes resident;
-  uint64_t bytes_read = 0;
+  uint64_t bytes_read = 0;  // checkpoint bytes this load read from the file
   std::vector<std::unique_ptr<Owned>> owned;
 
-  // The checkpoint's original storages and the mapped file bytes (kept for
-  // ReadTensors).
+  // The checkpoint's original storages and its mapping (kept for
+  // ReadTensors, shared with every other model of the same file).
   std::vector<StorageInfo> source_storages;
-  const uint8_t* file_data = nullptr;
-  uint64_t file_size = 0;
+  std::shared_ptr<const MappedFile> file;
 
   TierBytes ResidentBytes() const override { return resident; }
 
-  // The tensor's elements, row-major, little-endian, in its placed dtype: from
-  // the host buffer it lives in, or (GPU and meta placements) recomputed from
-  // the mapped checkpoint.
-  absl::Status ReadTensorBytes(size_t tensor_index, std::string* out) const;
+  // Bytes [offset, offset + length) of the tensor's elements, row-major,
+  // little-endian, in its placed dtype (tensors[i].byte_size in all), into
+  // `out`: from the host segment it lives in, or (file views, GPU and meta
+  // placements) converted from the mapped checkpoint. `offset` and `length`
+  // are whole elements (INVALID_ARGUMENT otherwise), so a reader can stream a
+  // tensor of any size through one chunk-sized buffer. DATA_LOSS when the
+  // file was truncated under the mapping.
+  absl::Status ReadTensorRange(size_t tensor_index, uint64_t offset,
+                               uint64_t length, uint8_t* out) const;
 };
 
 }  // namespace weightd

@@ -1,52 +1,27 @@
-// The loader's front door: path policy (model roots), the cache, format
-// readers, placement onto host and GPU devices. The gRPC service is a thin
-// layer over this.
+// The loader's front door: path policy (model roots), the cache, and for one
+// load: resolve the path, key it (file identity + canonical placement), then
+// get it from the cache or plan (load_plan.h) and place (placement.h) it.
+// The gRPC service is a thin layer over this.
 #ifndef WEIGHTD_LOADER_CACHE_MODEL_MANAGER_H_
 #define WEIGHTD_LOADER_CACHE_MODEL_MANAGER_H_
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "loader/cache/checkpoint_cache.h"
+#include "loader/cache/device_set.h"
+#include "loader/cache/gpu_description.h"
+#include "loader/cache/load_plan.h"
 #include "loader/cache/loaded_model.h"
 #include "loader/common/cancellation.h"
+#include "loader/common/thread_pool.h"
 
 namespace weightd {
-
-class DeviceSet;
-
-struct LoadSpec {
-  std::string path;
-  std::string format_hint;  // "" or a CheckpointFormatName
-  // map_location: one target for all ("cpu", "meta", "cuda:N",
-  // "cuda:GPU-<uuid>"), or empty to keep saved locations; `remap` maps saved
-  // tags to targets, unmapped tags kept.
-  std::string target;
-  std::map<std::string, std::string> remap;
-  std::string cast_dtype;  // "", "bfloat16", "float16", "float32"
-  std::vector<std::string>
-      filter;  // tensor names or dotted prefixes; empty = all
-  std::string lease_session;
-};
-
-using ProgressFn =
-    std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
-
-struct GpuDescription {
-  int index = 0;
-  std::string uuid;
-  std::string name;
-  uint64_t total_bytes = 0;
-  uint64_t free_bytes = 0;
-  bool fake = false;
-};
 
 struct ManagerInfo {
   std::vector<GpuDescription> gpus;
@@ -65,12 +40,16 @@ class ModelManager {
     std::vector<std::string> model_roots;
     uint64_t host_budget_bytes = 0;  // 0: unlimited
     uint64_t gpu_budget_bytes = 0;   // per GPU; 0: 90% of its memory
-    int fake_gpus = 0;
-    absl::Duration fake_gpu_copy_delay = absl::ZeroDuration();
-    std::string io_backend = "auto";
-    uint64_t staging_chunk_bytes = 8ull << 20;
-    int staging_buffers = 4;
+    // Loads that read files at once (threads of the load pool), and requests
+    // that may wait for one of them before new ones are refused.
     int max_concurrent_loads = 4;
+    size_t max_queued_loads = 256;
+    // Models the cache holds at most (each costs a tensor table; zero-copy
+    // ones no tier bytes, so budgets alone do not bound them).
+    size_t max_models = 1024;
+    // Threads for casts, byte swaps and ReadTensors byte production; 0: the
+    // machine's cores, at most 8.
+    int worker_threads = 0;
   };
 
   struct LoadResult {
@@ -78,19 +57,37 @@ class ModelManager {
     std::shared_ptr<const LoadedModel> model;
     bool cache_hit = false;
   };
+  using LoadDone = std::function<void(absl::StatusOr<LoadResult>)>;
 
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(
-      const Options& options);
+      const Options& options, std::unique_ptr<DeviceSet> devices);
+  // Shutdown(), then waits for running loads.
   ~ModelManager();
 
   // NOT_FOUND (no such file), PERMISSION_DENIED (outside the model roots),
   // INVALID_ARGUMENT (bad checkpoint or spec), RESOURCE_EXHAUSTED (budget),
-  // each naming the file. `cancel` (may be null) is the request's: see
-  // CheckpointCache::GetOrLoad (a load nobody waits for any more stops and
-  // frees what it placed; CANCELLED).
+  // DATA_LOSS (the file changed under its mapping), each naming the file.
+  // `cancel` (may be null) is the request's: see CheckpointCache::GetOrLoad
+  // (a load nobody waits for any more stops and frees what it placed;
+  // CANCELLED). Runs on the calling thread.
   absl::StatusOr<LoadResult> Load(const LoadSpec& spec,
                                   const ProgressFn& progress,
                                   const CancellationToken* cancel = nullptr);
+
+  // Load without blocking the caller: a cache hit is answered at once on the
+  // calling thread, anything else runs on the load pool (bounded threads, a
+  // bounded FIFO queue) and `done` is called there. `done` is called exactly
+  // once: RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE once shut
+  // down (queued loads included). `cancel` must outlive the call of `done`.
+  void LoadAsync(LoadSpec spec, ProgressFn progress,
+                 const CancellationToken* cancel, LoadDone done);
+
+  // Refuses new loads and answers queued ones UNAVAILABLE; running loads
+  // finish (their requests' tokens stop them). Idempotent.
+  void Shutdown();
+
+  // The pool for byte production off the RPC threads (ReadTensors).
+  ThreadPool& workers() { return *workers_; }
 
   absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
   std::vector<CacheEntryInfo> List() const;
@@ -99,6 +96,7 @@ class ModelManager {
   ManagerInfo Info() const;
   // The budget of every tier that has one ("host", each GPU's UUID).
   TierBytes Budgets() const;
+  int queued_loads() const;
 
   // Lease sessions: see CheckpointCache::OpenSession.
   void OpenSession(const std::string& session);
@@ -112,14 +110,30 @@ class ModelManager {
   absl::StatusOr<std::string> ResolvePath(const std::string& path) const;
 
  private:
+  class LoadJob;
+  class MappedFiles;
+  struct Request {
+    std::string path;  // resolved
+    Placement placement;
+    CacheKey key;
+  };
+
   ModelManager() = default;
-  struct Impl;
+  // Resolve and key: everything a cache lookup needs, without opening the
+  // file.
+  absl::StatusOr<Request> PrepareRequest(const LoadSpec& spec) const;
+  absl::StatusOr<LoadResult> CheckHint(const LoadSpec& spec,
+                                       absl::StatusOr<LoadResult> result);
 
   Options options_;
-  std::unique_ptr<Impl> impl_;
   std::vector<std::string> canonical_roots_;
+  std::vector<GpuDescription> gpus_;  // fixed for the daemon's life
   std::unique_ptr<DeviceSet> devices_;
   std::unique_ptr<CheckpointCache> cache_;
+  std::unique_ptr<MappedFiles> mapped_files_;
+  std::unique_ptr<ThreadPool> workers_;
+  std::unique_ptr<ThreadPool> load_pool_;  // destroyed first: its loads use
+                                           // everything above
   std::atomic<uint64_t> bytes_read_{0};
 };
 

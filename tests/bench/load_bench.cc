@@ -141,10 +141,17 @@ int Run(const Flags& flags) {
     std::fprintf(stderr, "cannot write %s\n", path.c_str());
     return 1;
   }
+  DeviceSet::Options device_options;
+  device_options.fake_gpus = flags.fake_gpus;
+  auto devices = DeviceSet::Create(device_options);
+  if (!devices.ok()) {
+    std::fprintf(stderr, "%s\n",
+                 std::string(devices.status().message()).c_str());
+    return 1;
+  }
   ModelManager::Options options;
   options.model_roots = {dir};
-  options.fake_gpus = flags.fake_gpus;
-  auto manager = ModelManager::Create(options);
+  auto manager = ModelManager::Create(options, *std::move(devices));
   if (!manager.ok()) {
     std::fprintf(stderr, "%s\n",
                  std::string(manager.status().message()).c_str());
@@ -206,8 +213,8 @@ int Run(const Flags& flags) {
   std::printf("%-52s %10.4f %10.2f %8.2f\n",
               "host load cast to bfloat16 (shared memory copy)", cast,
               gib / cast, raw / cast);
-  const uint64_t ring = options.staging_chunk_bytes *
-                        static_cast<uint64_t>(options.staging_buffers);
+  const uint64_t ring = device_options.staging_chunk_bytes *
+                        static_cast<uint64_t>(device_options.staging_buffers);
   for (const GpuDescription& gpu : (*manager)->Info().gpus) {
     for (const char* cast_dtype : {"", "bfloat16"}) {
       // One unmeasured load first: it creates the pinned staging ring.

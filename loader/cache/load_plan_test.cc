@@ -1,0 +1,221 @@
+#include "loader/cache/load_plan.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace weightd {
+namespace {
+
+std::vector<GpuDescription> TwoGpus() {
+  std::vector<GpuDescription> gpus(2);
+  gpus[0].index = 0;
+  gpus[0].uuid = "GPU-aaaa";
+  gpus[1].index = 1;
+  gpus[1].uuid = "GPU-bbbb";
+  return gpus;
+}
+
+std::string KeyOf(const LoadSpec& spec) {
+  auto placement = CanonicalPlacement(spec, TwoGpus());
+  EXPECT_TRUE(placement.ok()) << placement.status();
+  return placement.ok() ? placement->Key() : "";
+}
+
+LoadSpec Target(const std::string& target) {
+  LoadSpec spec;
+  spec.path = "/models/a.pt";
+  spec.target = target;
+  return spec;
+}
+
+TEST(CanonicalPlacementTest, OneGpuHasOneName) {
+  const std::string key = KeyOf(Target("cuda:1"));
+  EXPECT_EQ(key, "cuda:1");
+  EXPECT_EQ(KeyOf(Target("cuda:01")), key);
+  EXPECT_EQ(KeyOf(Target("cuda:GPU-bbbb")), key);
+  EXPECT_EQ(KeyOf(Target(" cuda:1 ")), key);
+  EXPECT_EQ(KeyOf(Target("cuda")), "cuda:0");
+  EXPECT_EQ(KeyOf(Target("cuda:GPU-aaaa")), "cuda:0");
+  EXPECT_EQ(KeyOf(Target("")), "saved");
+  EXPECT_EQ(KeyOf(Target("meta")), "meta");
+}
+
+TEST(CanonicalPlacementTest, DtypesFiltersAndRemapsAreCanonical) {
+  LoadSpec a = Target("cpu"), b = Target("cpu");
+  a.cast_dtype = "torch.bfloat16";
+  b.cast_dtype = "bfloat16";
+  a.filter = {"model.b", "model.a", "model.b"};
+  b.filter = {"model.a", "model.b"};
+  EXPECT_EQ(KeyOf(a), KeyOf(b));
+  EXPECT_EQ(KeyOf(a), "cpu as bfloat16 only{model.a,model.b}");
+
+  LoadSpec r1, r2;
+  r1.path = r2.path = "/models/a.pt";
+  r1.remap = {{"cuda:1", "cuda:GPU-aaaa"}, {"cuda", "cpu"}};
+  r2.remap = {{"cuda:0", "cpu"}, {"cuda:01", "cuda"}};
+  EXPECT_EQ(KeyOf(r1), "saved map{cuda:0->cpu,cuda:1->cuda:0}");
+  EXPECT_EQ(KeyOf(r1), KeyOf(r2));
+}
+
+TEST(CanonicalPlacementTest, BadRequestsNameTheFileAndTheReason) {
+  struct Case {
+    LoadSpec spec;
+    std::string expected;
+  };
+  LoadSpec both = Target("cpu");
+  both.remap = {{"cuda:0", "cpu"}};
+  LoadSpec bad_cast = Target("cpu");
+  bad_cast.cast_dtype = "int8";
+  LoadSpec f64 = Target("cpu");
+  f64.cast_dtype = "float64";
+  LoadSpec twice;
+  twice.path = "/models/a.pt";
+  twice.remap = {{"cuda", "cpu"}, {"cuda:0", "meta"}};
+  LoadSpec bad_remap;
+  bad_remap.path = "/models/a.pt";
+  bad_remap.remap = {{"cuda:0", "tpu"}};
+  std::vector<Case> cases = {
+      {Target("cuda:2"), "the daemon has 2 GPU(s)"},
+      {Target("cuda:GPU-cccc"), "no GPU with UUID GPU-cccc"},
+      {Target("tpu:0"), "unknown device"},
+      {Target("cuda:-1"), "unknown device"},
+      {both, "not both"},
+      {bad_cast, "cannot cast on load to \"int8\""},
+      {f64, "cannot cast on load"},
+      {twice, "maps \"cuda:0\" twice"},
+      {bad_remap, "unknown device"},
+  };
+  for (const Case& c : cases) {
+    auto placement = CanonicalPlacement(c.spec, TwoGpus());
+    ASSERT_FALSE(placement.ok()) << c.expected;
+    EXPECT_EQ(placement.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(placement.status().message().find("/models/a.pt"),
+              std::string::npos)
+        << placement.status();
+    EXPECT_NE(placement.status().message().find(c.expected), std::string::npos)
+        << placement.status();
+  }
+}
+
+// Three storages: float32 saved on cuda:1 (two tensors), int64 on cpu, a
+// big-endian float32 on cpu; tensor "head.w" views a float32 storage as int32
+// bits and is never cast.
+Checkpoint Sample() {
+  Checkpoint c;
+  auto storage = [&](std::string location, DType dtype, uint64_t bytes,
+                     ByteOrder order = ByteOrder::kLittle) {
+    StorageInfo s;
+    s.key = std::to_string(c.storages.size());
+    s.location = std::move(location);
+    s.dtype = dtype;
+    s.num_bytes = bytes;
+    s.byte_order = order;
+    c.storages.push_back(s);
+  };
+  storage("cuda:1", DType::kFloat32, 400);
+  storage("cpu", DType::kInt64, 80);
+  storage("cpu", DType::kFloat32, 40, ByteOrder::kBig);
+  storage("cpu", DType::kFloat32, 16);
+  auto tensor = [&](std::string name, size_t s, DType dtype) {
+    TensorInfo t;
+    t.name = std::move(name);
+    t.storage_index = s;
+    t.dtype = dtype;
+    c.tensors.push_back(t);
+  };
+  tensor("layer.0.weight", 0, DType::kFloat32);
+  tensor("layer.0.bias", 0, DType::kFloat32);
+  tensor("steps", 1, DType::kInt64);
+  tensor("layer.1.weight", 2, DType::kFloat32);
+  tensor("head.w", 3, DType::kInt32);
+  return c;
+}
+
+absl::StatusOr<LoadPlan> Plan(const LoadSpec& spec) {
+  auto gpus = TwoGpus();
+  auto placement = CanonicalPlacement(spec, gpus);
+  if (!placement.ok()) return placement.status();
+  return PlanLoad(*placement, Sample(), gpus, spec.path);
+}
+
+TEST(PlanLoadTest, SavedLocationsAndZeroCopyHostStorages) {
+  auto plan = Plan(Target(""));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->tensors, (std::vector<size_t>{0, 1, 2, 3, 4}));
+  ASSERT_EQ(plan->storages.size(), 4u);
+  EXPECT_EQ(plan->ForStorage(0)->target.Name(), "cuda:1");
+  EXPECT_EQ(plan->ForStorage(1)->target.Name(), "cpu");
+  EXPECT_FALSE(plan->ForStorage(1)->changes_bytes);
+  EXPECT_TRUE(plan->ForStorage(2)->changes_bytes);  // big-endian: swapped
+  // Host holds only the swapped copy; the GPU its aligned storage.
+  EXPECT_EQ(plan->expected, (TierBytes{{"host", 64}, {"GPU-bbbb", 512}}));
+  EXPECT_EQ(plan->bytes_total, 400u + 80 + 40 + 16);
+}
+
+TEST(PlanLoadTest, CastsOnlyFloatStoragesViewedAsTheirOwnDtype) {
+  LoadSpec spec = Target("cpu");
+  spec.cast_dtype = "bfloat16";
+  auto plan = Plan(spec);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->ForStorage(0)->placed_dtype, DType::kBFloat16);
+  EXPECT_EQ(plan->ForStorage(0)->placed_bytes, 200u);
+  EXPECT_EQ(plan->ForStorage(1)->placed_dtype, DType::kInt64);
+  EXPECT_EQ(plan->ForStorage(2)->placed_dtype, DType::kBFloat16);
+  EXPECT_EQ(plan->ForStorage(3)->placed_dtype, DType::kFloat32);  // int32 view
+  EXPECT_FALSE(plan->ForStorage(3)->changes_bytes);
+  EXPECT_EQ(plan->expected, (TierBytes{{"host", 256 + 64}}));
+}
+
+TEST(PlanLoadTest, FiltersRemapsAndMeta) {
+  LoadSpec spec;
+  spec.path = "/models/a.pt";
+  spec.filter = {"layer.0"};
+  spec.remap = {{"cuda:1", "cuda:0"}};
+  auto plan = Plan(spec);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->tensors, (std::vector<size_t>{0, 1}));
+  ASSERT_EQ(plan->storages.size(), 1u);
+  EXPECT_EQ(plan->storages[0].target.Name(), "cuda:0");
+  EXPECT_EQ(plan->ForStorage(1), nullptr);
+  EXPECT_EQ(plan->expected, (TierBytes{{"GPU-aaaa", 512}}));
+
+  auto meta = Plan(Target("meta"));
+  ASSERT_TRUE(meta.ok());
+  EXPECT_TRUE(meta->expected.empty());
+  EXPECT_EQ(meta->bytes_total, 0u);
+
+  spec.filter = {"lay"};  // a prefix matches whole path components only
+  spec.remap.clear();
+  auto none = Plan(spec);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(PlanLoadTest, SavedLocationsThatCannotBePlaced) {
+  auto gpus = TwoGpus();
+  Checkpoint c = Sample();
+  c.storages[0].location = "cuda:5";
+  auto placement = CanonicalPlacement(Target(""), gpus);
+  ASSERT_TRUE(placement.ok());
+  auto plan = PlanLoad(*placement, c, gpus, "/models/a.pt");
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("saved on \"cuda:5\""),
+            std::string::npos)
+      << plan.status();
+  c.storages[0].location = "mps";
+  plan = PlanLoad(*placement, c, gpus, "/models/a.pt");
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("mps"), std::string::npos);
+  // A map_location for the tag places it.
+  LoadSpec remap;
+  remap.path = "/models/a.pt";
+  remap.remap = {{"mps", "cpu"}};
+  placement = CanonicalPlacement(remap, gpus);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  plan = PlanLoad(*placement, c, gpus, "/models/a.pt");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->ForStorage(0)->target.Name(), "cpu");
+}
+
+}  // namespace
+}  // namespace weightd

@@ -1,0 +1,128 @@
+#include "loader/cache/loaded_model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "loader/cache/convert.h"
+#include "loader/cache/mapped_read.h"
+#include "loader/common/status_macros.h"
+
+namespace weightd {
+namespace {
+
+// Copies `count` placed elements starting at element `first` of the storage
+// a tensor views, wherever its placed bytes can be read on the host.
+class PlacedElementSource {
+ public:
+  PlacedElementSource(const LoadedModel& model, const PlacedTensor& tensor)
+      : model_(model),
+        tensor_(tensor),
+        storage_(model.source_storages[tensor.info.storage_index]),
+        element_size_(DTypeSize(tensor.info.dtype)) {
+    const bool in_segment =
+        tensor.buffer_index >= 0 &&
+        model.buffers[tensor.buffer_index].kind ==
+            PlacedBuffer::Kind::kSharedMemory &&
+        model.buffers[tensor.buffer_index].host_data != nullptr;
+    if (in_segment) {
+      segment_ = model.buffers[tensor.buffer_index].host_data +
+                 tensor.storage_byte_offset;
+    }
+    storage_elements_ = storage_.num_bytes / DTypeSize(storage_.dtype);
+  }
+
+  absl::Status Copy(uint64_t first, uint64_t count, uint8_t* out) const {
+    if (first > storage_elements_ || count > storage_elements_ - first) {
+      return absl::OutOfRangeError(absl::StrCat(
+          model_.path, ": tensor ", tensor_.info.name, " reads elements ",
+          first, "+", count, " of a storage of ", storage_elements_));
+    }
+    if (segment_ != nullptr) {
+      std::memcpy(out, segment_ + first * element_size_, count * element_size_);
+      return absl::OkStatus();
+    }
+    return ConvertStorageElements(
+        storage_, StorageSourceBytes(storage_, model_.file->data()),
+        tensor_.info.dtype, first, count, out);
+  }
+
+ private:
+  const LoadedModel& model_;
+  const PlacedTensor& tensor_;
+  const StorageInfo& storage_;
+  const size_t element_size_;
+  const uint8_t* segment_ = nullptr;
+  uint64_t storage_elements_ = 0;
+};
+
+// Walks the view's elements [first, first + count) in row-major order, in
+// runs that are contiguous in the storage.
+absl::Status GatherElements(const TensorInfo& info, uint64_t first,
+                            uint64_t count, size_t element_size,
+                            const PlacedElementSource& source, uint8_t* out) {
+  const size_t dims = info.shape.size();
+  if (dims == 0) {
+    return count == 0 ? absl::OkStatus()
+                      : source.Copy(info.storage_offset, 1, out);
+  }
+  std::vector<int64_t> index(dims);
+  uint64_t rest = first;
+  for (size_t d = dims; d-- > 0;) {
+    index[d] = static_cast<int64_t>(rest % info.shape[d]);
+    rest /= info.shape[d];
+  }
+  const size_t inner = dims - 1;
+  const bool inner_contiguous = info.stride[inner] == 1;
+  uint64_t done = 0;
+  while (done < count) {
+    int64_t position = info.storage_offset;
+    for (size_t d = 0; d < dims; ++d) position += index[d] * info.stride[d];
+    const uint64_t run =
+        inner_contiguous
+            ? std::min<uint64_t>(info.shape[inner] - index[inner], count - done)
+            : 1;
+    RETURN_IF_ERROR(source.Copy(static_cast<uint64_t>(position), run,
+                                out + done * element_size));
+    done += run;
+    index[inner] += static_cast<int64_t>(run);
+    for (size_t d = inner; d > 0 && index[d] >= info.shape[d]; --d) {
+      index[d] = 0;
+      ++index[d - 1];
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
+                                          uint64_t length, uint8_t* out) const {
+  if (tensor_index >= tensors.size()) {
+    return absl::OutOfRangeError(
+        absl::StrCat(path, ": no tensor ", tensor_index));
+  }
+  const PlacedTensor& tensor = tensors[tensor_index];
+  const size_t element_size = DTypeSize(tensor.info.dtype);
+  if (element_size == 0 || offset % element_size != 0 ||
+      length % element_size != 0 || offset > tensor.byte_size ||
+      length > tensor.byte_size - offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": bytes ", offset, "+", length, " of tensor ", tensor.info.name,
+        " (", tensor.byte_size, " bytes of ", element_size,
+        "-byte elements) are not a range of whole elements"));
+  }
+  if (length == 0) return absl::OkStatus();
+  if (tensor.info.shape.size() != tensor.info.stride.size()) {
+    return absl::InternalError(absl::StrCat(path, ": tensor ", tensor.info.name,
+                                            " has mismatched shape/stride"));
+  }
+  PlacedElementSource source(*this, tensor);
+  return ReadMapped(*file, [&] {
+    return GatherElements(tensor.info, offset / element_size,
+                          length / element_size, element_size, source, out);
+  });
+}
+
+}  // namespace weightd
