@@ -1,0 +1,298 @@
+"""The hardening suite: each fault an operator or a hostile file can cause, against the real
+daemon, asserting the clear error and that the daemon keeps serving everyone else.
+
+Usage: hardening_test.py WEIGHTD_BINARY PYTHON_PACKAGE_DIR [unittest args]
+"""
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+
+import harness
+from harness import Daemon, float_bytes, wait_until, write_safetensors
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+def code_of(call):
+    """The gRPC status code `call()` fails with (None when it succeeds)."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code(), error.details()
+    return None, ""
+
+
+class HardeningTest(unittest.TestCase):
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix="weightd-hard-root-")
+        self.daemons = []
+
+    def tearDown(self):
+        for daemon in self.daemons:
+            daemon.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def start(self, *extra, wrap=None):
+        daemon = Daemon(self.root, extra=extra, wrap=wrap)
+        self.daemons.append(daemon)
+        return daemon
+
+    def checkpoint(self, name, floats=1 << 20, tensors=1, seed=1):
+        path = os.path.join(self.root, name)
+        write_safetensors(path, {f"t{i}": ("F32", [floats], float_bytes(floats, seed + i))
+                                 for i in range(tensors)})
+        return path
+
+    def assert_still_serving(self, daemon):
+        self.assertTrue(daemon.alive(), "".join(daemon.log[-20:]))
+        self.assertTrue(daemon.serving())
+        small = self.checkpoint(f"alive-{time.monotonic_ns()}.safetensors", floats=64)
+        model = daemon.load(small, "cpu")
+        self.assertEqual(len(daemon.read_tensors(model.model_id)["t0"]), 256)
+
+    # --- files that change or are not files ----------------------------------------------
+
+    def test_file_truncated_under_a_mapped_model_is_data_loss(self):
+        daemon = self.start()
+        path = self.checkpoint("latest.safetensors", floats=4 << 20)
+        model = daemon.load(path, "meta")  # mapped and parsed; bytes come from the file
+        os.truncate(path, 4096)  # a trainer re-saving latest.safetensors
+        code, details = code_of(lambda: daemon.read_tensors(model.model_id))
+        self.assertEqual(code, grpc.StatusCode.DATA_LOSS, details)
+        self.assertIn(path, details)
+        self.assertIn("offset", details)
+        self.assert_still_serving(daemon)
+
+    def test_file_truncated_during_a_gpu_cast_load_is_data_loss(self):
+        daemon = self.start("--fake_gpu_copy_delay_us=20000", "--staging_chunk=64K")
+        path = self.checkpoint("train.safetensors", floats=4 << 20)
+        started = threading.Event()
+        result = {}
+
+        def load():
+            result["code"] = code_of(lambda: daemon.load(
+                path, "cuda:0", cast="bfloat16",
+                on_progress=lambda p: p.bytes_done > 0 and started.set()))
+        thread = threading.Thread(target=load)
+        thread.start()
+        self.assertTrue(started.wait(30))
+        os.truncate(path, 4096)
+        thread.join(60)
+        code, details = result["code"]
+        self.assertEqual(code, grpc.StatusCode.DATA_LOSS, details)
+        self.assertIn(path, details)
+        stats = daemon.stats()
+        self.assertEqual(stats.models, 0)
+        self.assertTrue(all(t.used_bytes == 0 for t in stats.tiers), stats)
+        self.assert_still_serving(daemon)
+
+    def test_rewrite_in_place_with_the_same_size_and_mtime_is_never_a_hit(self):
+        daemon = self.start()
+        path = self.checkpoint("ckpt.safetensors", floats=1024, seed=1)
+        before = os.stat(path)
+        first = daemon.load(path, "cpu")
+        old = daemon.read_tensors(first.model_id)["t0"]
+        # cp -p / rsync --inplace -t: new bytes, same size, mtime restored.
+        self.checkpoint("ckpt.safetensors", floats=1024, seed=7)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        self.assertEqual(os.stat(path).st_mtime_ns, before.st_mtime_ns)
+        again = daemon.load(path, "cpu")
+        self.assertFalse(again.cache_hit)
+        new = daemon.read_tensors(again.model_id)["t0"]
+        self.assertNotEqual(bytes(old), bytes(new))
+        self.assertEqual(bytes(new), float_bytes(1024, 7))
+        # Cast copies agree with zero-copy views of the same model.
+        cast = daemon.load(path, "cpu", cast="float32")
+        self.assertEqual(bytes(daemon.read_tensors(cast.model_id)["t0"]), bytes(new))
+
+    def test_fifo_and_special_files_are_refused_at_once(self):
+        daemon = self.start()
+        fifo = os.path.join(self.root, "pipe.pt")
+        os.mkfifo(fifo)
+        start = time.monotonic()
+        code, details = code_of(lambda: daemon.load(fifo, "cpu", timeout=20))
+        self.assertLess(time.monotonic() - start, 10)
+        self.assertIn(code, (grpc.StatusCode.INVALID_ARGUMENT,
+                             grpc.StatusCode.FAILED_PRECONDITION), details)
+        self.assertIn("FIFO", details)
+        os.mkdir(os.path.join(self.root, "dir.pt"))
+        code, details = code_of(lambda: daemon.load(os.path.join(self.root, "dir.pt")))
+        self.assertIsNotNone(code)
+        self.assert_still_serving(daemon)
+        self.assertLess(daemon.stop(), 10)
+
+    # --- shared memory ------------------------------------------------------------------
+
+    def test_full_dev_shm_is_resource_exhausted(self):
+        if not harness.can_unshare_mount():
+            self.skipTest("needs root and unshare -m to mount a small /dev/shm")
+        daemon = self.start(wrap=["unshare", "-m", "sh", "-c",
+                                  'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$@"',
+                                  "sh"])
+        big = self.checkpoint("big.safetensors", floats=16 << 20)  # 64 MiB
+        for target, cast in (("cpu", "bfloat16"), ("cuda:0", "")):
+            code, details = code_of(lambda: daemon.load(big, target, cast=cast))
+            self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED, (target, details))
+            self.assertIn("free", details)
+        small = self.checkpoint("small.safetensors", floats=1 << 16)
+        model = daemon.load(small, "cpu", cast="bfloat16")  # what fits still loads
+        self.assertEqual(len(daemon.read_tensors(model.model_id)["t0"]), 2 << 16)
+        self.assert_still_serving(daemon)
+
+    def test_segments_of_a_killed_daemon_are_reclaimed(self):
+        first = self.start()
+        path = self.checkpoint("cast.safetensors", floats=1 << 16)
+        model = first.load(path, "cpu", cast="bfloat16")
+        segments = {b.shared_memory.name.lstrip("/") for b in model.buffers
+                    if b.HasField("shared_memory")}
+        self.assertTrue(segments)
+        self.assertTrue(segments <= harness.shm_names())
+        first.kill()  # SIGKILL: nothing unlinks them
+        self.assertTrue(segments <= harness.shm_names())
+        second = self.start()
+        self.assertFalse(segments & harness.shm_names())
+        self.assert_still_serving(second)
+
+    # --- bounds -------------------------------------------------------------------------
+
+    def test_many_placements_of_one_file_hold_one_descriptor(self):
+        daemon = self.start()
+        path = self.checkpoint("many.safetensors", floats=16, tensors=300)
+        daemon.load(path, "cpu")
+        before = daemon.fds()
+        for i in range(300):
+            daemon.load(path, "cpu", filters=[f"t{i}"])
+        self.assertLessEqual(daemon.fds(), before + 4)
+        self.assert_still_serving(daemon)
+
+    def test_read_tensors_holds_one_chunk_per_stream(self):
+        daemon = self.start()
+        path = self.checkpoint("huge.safetensors", floats=32 << 20)  # one 128 MiB tensor
+        model = daemon.load(path, "meta")  # bytes produced from the file
+        baseline = daemon.rss_anon_kib()
+        peak = [baseline]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], daemon.rss_anon_kib())
+                time.sleep(0.002)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        errors = []
+
+        def read():
+            try:
+                got = daemon.read_tensors(model.model_id, chunk_bytes=1 << 20)
+                if len(got["t0"]) != 128 << 20:
+                    errors.append(len(got["t0"]))
+            except grpc.RpcError as error:
+                errors.append(error)
+        readers = [threading.Thread(target=read) for _ in range(3)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        done.set()
+        sampler.join()
+        self.assertEqual(errors, [])
+        # Three whole tensors would be 384 MiB; three streams of 1 MiB chunks hold a few.
+        self.assertLess(peak[0] - baseline, 64 << 10, (baseline, peak[0]))
+
+    def test_queued_loads_are_bounded_and_shutdown_answers_them(self):
+        daemon = self.start("--max_concurrent_loads=1", "--max_queued_loads=2",
+                            "--fake_gpu_copy_delay_us=20000", "--staging_chunk=64K")
+        paths = [self.checkpoint(f"q{i}.safetensors", floats=1 << 18, seed=i)
+                 for i in range(8)]
+        codes, lock = [], threading.Lock()
+
+        def load(path):
+            code, details = code_of(lambda: daemon.load(path, "cuda:0", timeout=120))
+            with lock:
+                codes.append((code, details))
+        threads = [threading.Thread(target=load, args=(p,)) for p in paths]
+        for thread in threads:
+            thread.start()
+        self.assertTrue(wait_until(
+            lambda: sum(1 for c, _ in codes if c == grpc.StatusCode.RESOURCE_EXHAUSTED) >= 5,
+            30), codes)
+        threads_before_stop = daemon.threads()
+        stopped_in = daemon.stop()
+        for thread in threads:
+            thread.join(30)
+        self.assertLess(stopped_in, 15)
+        exhausted = [d for c, d in codes if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        self.assertGreaterEqual(len(exhausted), 5, codes)
+        self.assertIn("load queue is full", exhausted[0])
+        self.assertEqual(len(codes), 8)
+        self.assertLess(threads_before_stop, 64)
+
+    def test_one_gpu_has_one_copy_whatever_its_name(self):
+        daemon = self.start()
+        path = self.checkpoint("gpu.safetensors", floats=1 << 16)
+        info = daemon.stub.ServerInfo(harness.pb.ServerInfoRequest())
+        uuid = info.gpus[0].uuid
+        ids = {daemon.load(path, name).model_id
+               for name in ("cuda:0", "cuda", "cuda:00", "cuda:" + uuid)}
+        self.assertEqual(len(ids), 1, ids)
+        casts = {daemon.load(path, "cpu", cast=c).model_id
+                 for c in ("bfloat16", "torch.bfloat16")}
+        self.assertEqual(len(casts), 1)
+
+    def test_format_hint_is_checked_on_a_hit(self):
+        daemon = self.start()
+        path = self.checkpoint("hint.safetensors", floats=64)
+        daemon.load(path, "cpu")
+        code, details = code_of(lambda: daemon.load(path, "cpu", hint="torch-zip"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, details)
+        self.assertIn("safetensors", details)
+
+    # --- hostile checkpoints ------------------------------------------------------------
+
+    @unittest.skipIf(torch is None, "needs torch")
+    def test_huge_stride_zero_view_costs_what_the_file_holds(self):
+        daemon = self.start()
+        path = os.path.join(self.root, "expand.pt")
+        torch.save({"x": torch.ones(1).expand(2 ** 40)}, path)
+        self.assertLess(os.path.getsize(path), 4096)
+        model = daemon.load(path, "cpu")  # metadata and a view: fine
+        start = time.monotonic()
+        code, details = code_of(lambda: daemon.read_tensors(model.model_id, timeout=60))
+        self.assertLess(time.monotonic() - start, 30)
+        self.assertIsNotNone(code, "4 TiB of ones were streamed")
+        self.assertIn("x", details)
+        self.assert_still_serving(daemon)
+
+
+def main():
+    harness.configure(sys.argv[1], sys.argv[2])
+    # The Python client suite's runner: one JUnit case per test for the results count.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "python"))
+    import run_tests
+    loader = unittest.TestLoader()
+    suite = (loader.loadTestsFromNames(sys.argv[3:], sys.modules[__name__]) if sys.argv[3:]
+             else loader.loadTestsFromTestCase(HardeningTest))
+    runner = unittest.TextTestRunner(verbosity=2, resultclass=run_tests.RecordingResult)
+    started = time.monotonic()
+    result = runner.run(suite)
+    if os.environ.get("XML_OUTPUT_FILE"):
+        run_tests.write_xml(os.environ["XML_OUTPUT_FILE"], result.cases,
+                            time.monotonic() - started)
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
