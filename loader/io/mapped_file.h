@@ -116,8 +116,8 @@ class MappedFile {
   // Thread-safe; each thread that reads the mapping calls this for its own
   // reads (threads that `read` itself starts are not guarded). Nestable, also
   // across different files. `read` must not unwind (no exceptions, no
-  // longjmp) and must not be a long-blocking wait: the guard only covers this
-  // thread. Costs one fstat after `read`.
+  // longjmp). Costs one fstat after `read`. Reads through fd() (pread,
+  // io_uring) need no guard: past the end of file they come back short.
   absl::Status GuardedRead(absl::FunctionRef<void()> read) const;
 
   // Copies file bytes [offset, offset + length) to `out` under GuardedRead.
