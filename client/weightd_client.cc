@@ -100,8 +100,8 @@ absl::StatusOr<OpenedBuffer> OpenFile(const v1::FileRegion& file) {
   ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped,
                    MappedFile::Open(file.path()));
   const v1::FileIdentity& id = file.identity();
-  const FileIdentity expected{id.device(), id.inode(), id.size(),
-                              id.mtime_ns()};
+  const FileIdentity expected{id.device(), id.inode(), id.size(), id.mtime_ns(),
+                              id.ctime_ns()};
   if (mapped->identity() != expected) {
     return absl::FailedPreconditionError(absl::StrCat(
         file.path(),

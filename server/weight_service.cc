@@ -41,6 +41,7 @@ void FillIdentity(const FileIdentity& id, v1::FileIdentity* out) {
   out->set_inode(id.inode);
   out->set_size(id.size);
   out->set_mtime_ns(id.mtime_ns);
+  out->set_ctime_ns(id.ctime_ns);
 }
 
 LoadSpec SpecFromRequest(const v1::LoadRequest& request) {

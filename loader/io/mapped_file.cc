@@ -43,14 +43,73 @@ FileIdentity IdentityOf(const struct stat& st) {
   id.size = static_cast<uint64_t>(st.st_size);
   id.mtime_ns =
       static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  id.ctime_ns =
+      static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
   return id;
+}
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "not a regular file";
+}
+
+// INVALID_ARGUMENT for anything but a regular file: reading a FIFO or a device
+// blocks or has side effects, and none of them is a checkpoint.
+absl::Status RequireRegularFile(const std::string& path, mode_t mode) {
+  if (S_ISREG(mode)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": is ", FileTypeName(mode),
+                   ", not a regular file; refusing to open it"));
+}
+
+// open(2) that never blocks: O_NONBLOCK returns at once even for a FIFO with
+// no writer, O_NOCTTY keeps a terminal from becoming ours. O_NONBLOCK is
+// cleared again once the descriptor is known to be a regular file: io_uring
+// would otherwise fail reads that miss the page cache with EAGAIN.
+absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path, int flags,
+                                         const char* what,
+                                         struct stat* st_out) {
+  // Refuse special files before opening them at all: opening some devices has
+  // effects (a watchdog starts counting, a tape rewinds).
+  struct stat before;
+  if (::stat(path.c_str(), &before) != 0) {
+    return ErrnoStatus(errno, absl::StrCat(what, "(", path, ")"));
+  }
+  if (absl::Status s = RequireRegularFile(path, before.st_mode); !s.ok()) {
+    return s;
+  }
+  int raw;
+  do {
+    raw = ::open(path.c_str(),
+                 O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | flags);
+  } while (raw < 0 && errno == EINTR);
+  if (raw < 0) return ErrnoStatus(errno, absl::StrCat(what, "(", path, ")"));
+  ScopedFd fd(raw);
+  if (::fstat(fd.get(), st_out) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("fstat(", path, ")"));
+  }
+  // The path may have been swapped between the stat and the open.
+  if (absl::Status s = RequireRegularFile(path, st_out->st_mode); !s.ok()) {
+    return s;
+  }
+  int status_flags = ::fcntl(fd.get(), F_GETFL);
+  if (status_flags < 0 ||
+      ::fcntl(fd.get(), F_SETFL, status_flags & ~O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("fcntl(", path, ", F_SETFL)"));
+  }
+  return fd;
 }
 
 }  // namespace
 
 std::string FileIdentity::DebugString() const {
-  return absl::StrFormat("dev=%u ino=%u size=%u mtime_ns=%d", device, inode,
-                         size, mtime_ns);
+  return absl::StrFormat("dev=%u ino=%u size=%u mtime_ns=%d ctime_ns=%d",
+                         device, inode, size, mtime_ns, ctime_ns);
 }
 
 void ScopedFd::Reset() {
@@ -65,25 +124,16 @@ absl::StatusOr<FileIdentity> StatFileIdentity(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0) {
     return ErrnoStatus(errno, absl::StrCat("stat(", path, ")"));
   }
+  if (absl::Status s = RequireRegularFile(path, st.st_mode); !s.ok()) return s;
   return IdentityOf(st);
 }
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const std::string& path) {
-  int raw;
-  do {
-    raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  } while (raw < 0 && errno == EINTR);
-  if (raw < 0) return ErrnoStatus(errno, absl::StrCat("open(", path, ")"));
-  ScopedFd fd(raw);
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("fstat(", path, ")"));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a regular file"));
-  }
+  absl::StatusOr<ScopedFd> opened = OpenRegularFile(path, 0, "open", &st);
+  if (!opened.ok()) return opened.status();
+  ScopedFd fd = std::move(*opened);
   std::unique_ptr<MappedFile> file(new MappedFile());
   file->path_ = path;
   file->identity_ = IdentityOf(st);
@@ -108,23 +158,63 @@ MappedFile::~MappedFile() {
 }
 
 absl::StatusOr<ScopedFd> MappedFile::OpenDirect() const {
-  int raw;
-  do {
-    raw = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-  } while (raw < 0 && errno == EINTR);
-  if (raw < 0) {
-    return ErrnoStatus(errno, absl::StrCat("open(", path_, ", O_DIRECT)"));
-  }
-  ScopedFd fd(raw);
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("fstat(", path_, ")"));
-  }
+  absl::StatusOr<ScopedFd> opened =
+      OpenRegularFile(path_, O_DIRECT, "open O_DIRECT", &st);
+  if (!opened.ok()) return opened.status();
+  ScopedFd fd = std::move(*opened);
   if (IdentityOf(st) != identity_) {
     return absl::FailedPreconditionError(
         absl::StrCat(path_, ": changed on disk since it was opened"));
   }
   return fd;
+}
+
+void MappedFile::CheckNotShrunk() const {
+  struct stat st;
+  if (::fstat(fd_.get(), &st) != 0) return;  // only on a bad descriptor
+  uint64_t now = st.st_size < 0 ? 0 : static_cast<uint64_t>(st.st_size);
+  if (now < identity_.size) damage_.Record(now);
+}
+
+absl::Status MappedFile::DamageStatus() const {
+  // A new end of file comes before any page past it that faulted: name it.
+  CheckNotShrunk();
+  return absl::DataLossError(
+      absl::StrCat(path_, ": file truncated or unreadable at offset ",
+                   damage_.first_offset(),
+                   " while mapped (changed under the daemon?); it had ",
+                   identity_.size, " bytes when opened"));
+}
+
+absl::Status MappedFile::GuardedRead(absl::FunctionRef<void()> read) const {
+  if (damage_.damaged()) return DamageStatus();
+  {
+    MappingFaultScope scope(data_, identity_.size, &damage_);
+    if (!scope.installed()) {
+      absl::Status why = InstallMappingFaultHandler();
+      return absl::InternalError(absl::StrCat(
+          path_, ": cannot guard reads of the mapping: ", why.message()));
+    }
+    read();
+  }
+  // Bytes past a new end of file inside its last page read as zeros without
+  // faulting: only the size says so.
+  CheckNotShrunk();
+  if (damage_.damaged()) return DamageStatus();
+  return absl::OkStatus();
+}
+
+absl::Status MappedFile::CopyTo(uint64_t offset, uint64_t length,
+                                uint8_t* out) const {
+  if (offset > identity_.size || length > identity_.size - offset) {
+    return absl::OutOfRangeError(
+        absl::StrCat(path_, ": bytes [", offset, ", +", length,
+                     ") are outside the file (", identity_.size, " bytes)"));
+  }
+  if (length == 0) return GuardedRead([] {});
+  return GuardedRead(
+      [&] { std::memcpy(out, data_ + offset, static_cast<size_t>(length)); });
 }
 
 absl::StatusOr<bool> MappedFile::Unchanged() const {
