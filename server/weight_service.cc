@@ -407,6 +407,14 @@ class WeightServiceImpl::ReadTensorsReactor
       return;
     }
     model_ = AsLoadedModel(info->value);
+    if (info->stale) {
+      // Its bytes may no longer be what its tensor table describes.
+      Finish(grpc::Status(
+          grpc::StatusCode::FAILED_PRECONDITION,
+          absl::StrCat(model_->path, " changed on disk since model ",
+                       request.model_id(), " was loaded; load it again")));
+      return;
+    }
     if (request.names().empty()) {
       for (size_t i = 0; i < model_->tensors.size(); ++i) order_.push_back(i);
     } else {

@@ -175,19 +175,40 @@ void CheckpointCache::TouchLocked(const EntryPtr& entry) {
   entry->in_lru = true;
 }
 
+void CheckpointCache::RetireLocked(const EntryPtr& entry) {
+  entry->stale = true;
+  if (entry->lease_count == 0) {
+    EraseLocked(entry);
+    ++counters_.evictions;
+    return;
+  }
+  auto it = by_key_.find(entry->key);
+  if (it != by_key_.end() && it->second == entry) by_key_.erase(it);
+}
+
 void CheckpointCache::MarkStaleLocked(const CacheKey& key) {
-  std::vector<EntryPtr> to_drop;
+  std::vector<EntryPtr> changed;
   for (const auto& [other_key, entry] : by_key_) {
     if (other_key.path == key.path && other_key.identity != key.identity &&
         entry->state == Entry::State::kReady) {
-      entry->stale = true;
-      if (entry->lease_count == 0) to_drop.push_back(entry);
+      changed.push_back(entry);
     }
   }
-  for (const EntryPtr& entry : to_drop) {
-    EraseLocked(entry);
-    ++counters_.evictions;
+  for (const EntryPtr& entry : changed) RetireLocked(entry);
+}
+
+int CheckpointCache::MarkStale(const std::string& path,
+                               const std::string& identity) {
+  MutexLock lock(&mu_);
+  std::vector<EntryPtr> changed;
+  for (const auto& [key, entry] : by_key_) {
+    if (key.path == path && key.identity == identity &&
+        entry->state == Entry::State::kReady) {
+      changed.push_back(entry);
+    }
   }
+  for (const EntryPtr& entry : changed) RetireLocked(entry);
+  return static_cast<int>(changed.size());
 }
 
 absl::Status CheckpointCache::FailLocked(const EntryPtr& entry,

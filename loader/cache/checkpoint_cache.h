@@ -133,6 +133,11 @@ class CheckpointCache {
   absl::StatusOr<std::optional<Result>> Lookup(
       const CacheKey& key, const std::string& lease_session = "");
 
+  // The file at `path` with identity `identity` changed on disk: its entries
+  // are never handed to a new request again (kept, marked stale, only while
+  // leased). Returns how many entries were marked.
+  int MarkStale(const std::string& path, const std::string& identity);
+
   absl::StatusOr<CacheEntryInfo> Describe(const std::string& model_id) const;
   std::vector<CacheEntryInfo> List() const;
   CacheStats Stats() const;
@@ -186,7 +191,11 @@ class CheckpointCache {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether every request for a loading entry has gone away (sticky).
   bool AbandonedLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Entries of `key.path` with another identity than `key`'s: the file
+  // changed since they were loaded.
   void MarkStaleLocked(const CacheKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stale: out of the key index (no request gets it), dropped unless leased.
+  void RetireLocked(const EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<EntryPtr> FindReadyLocked(const std::string& model_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   CacheEntryInfo InfoLocked(const Entry& entry) const

@@ -20,6 +20,7 @@
 #include "loader/common/mutex.h"
 #include "loader/common/status_macros.h"
 #include "loader/format/reader.h"
+#include "loader/io/file_watcher.h"
 #include "loader/io/mapped_file.h"
 
 namespace weightd {
@@ -31,7 +32,8 @@ bool IsUnder(const std::string& path, const std::string& root) {
 }
 
 std::string IdentityKey(const FileIdentity& id) {
-  return absl::StrCat(id.device, ":", id.inode, ":", id.size, ":", id.mtime_ns);
+  return absl::StrCat(id.device, ":", id.inode, ":", id.size, ":", id.mtime_ns,
+                      ":", id.ctime_ns);
 }
 
 // A format reader's "unsupported" is the request's problem, like any other
@@ -47,6 +49,10 @@ absl::Status AsLoadError(const absl::Status& status) {
 // loads of one file with many placements or filters cost one descriptor).
 class ModelManager::MappedFiles {
  public:
+  // `watcher` (outlives every mapping) is told of each new mapping; a change
+  // fires with the cookie "PATH\nIDENTITYKEY".
+  explicit MappedFiles(FileWatcher* watcher) : watcher_(watcher) {}
+
   // The live mapping of `path` with identity `expected`, or a new one.
   // ABORTED when the file on disk no longer has that identity.
   absl::StatusOr<std::shared_ptr<const MappedFile>> Open(
@@ -66,7 +72,7 @@ class ModelManager::MappedFiles {
       return absl::AbortedError(absl::StrCat(
           path, " changed while it was being loaded; load it again"));
     }
-    std::shared_ptr<const MappedFile> file = std::move(opened);
+    std::shared_ptr<const MappedFile> file = Watched(std::move(opened), key);
     MutexLock lock(&mu_);
     auto [it, inserted] = open_.try_emplace(key, file);
     if (!inserted) {
@@ -85,6 +91,27 @@ class ModelManager::MappedFiles {
   }
 
  private:
+  // The mapping, watched for changes on disk for as long as a model holds it.
+  std::shared_ptr<const MappedFile> Watched(std::unique_ptr<MappedFile> file,
+                                            const std::string& key) {
+    absl::StatusOr<FileWatcher::WatchId> watch =
+        watcher_->Watch(file->path(), file->identity(), key);
+    if (!watch.ok()) {
+      // Not a reason to refuse the load: the identity check at each lookup
+      // still sees most changes.
+      LogWarning("not watching %s for changes: %s", file->path(),
+                 watch.status().ToString());
+      return std::shared_ptr<const MappedFile>(std::move(file));
+    }
+    FileWatcher* watcher = watcher_;
+    return std::shared_ptr<const MappedFile>(
+        file.release(), [watcher, id = *watch](const MappedFile* mapped) {
+          watcher->Unwatch(id);
+          delete mapped;
+        });
+  }
+
+  FileWatcher* const watcher_;
   Mutex mu_;
   absl::flat_hash_map<std::string, std::weak_ptr<const MappedFile>> open_
       ABSL_GUARDED_BY(mu_);
@@ -155,7 +182,8 @@ class ModelManager::LoadJob {
 };
 
 absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
-    const Options& options, std::unique_ptr<DeviceSet> devices) {
+    const Options& options, std::unique_ptr<DeviceSet> devices,
+    const WatcherFactory& make_watcher) {
   if (devices == nullptr)
     return absl::InvalidArgumentError("ModelManager needs a DeviceSet");
   auto manager = std::unique_ptr<ModelManager>(new ModelManager());
@@ -174,7 +202,15 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
   cache_options.budgets = manager->Budgets();
   cache_options.max_entries = options.max_models;
   manager->cache_ = std::make_unique<CheckpointCache>(cache_options);
-  manager->mapped_files_ = std::make_unique<MappedFiles>();
+  ModelManager* raw = manager.get();
+  FileWatcher::ChangeCallback on_change = [raw](const FileWatcher::Change& c) {
+    raw->OnFileChanged(c);
+  };
+  manager->watcher_ = make_watcher
+                          ? make_watcher(std::move(on_change))
+                          : CreateFileWatcher(FileWatcherOptions{},
+                                              std::move(on_change));
+  manager->mapped_files_ = std::make_unique<MappedFiles>(manager->watcher_.get());
   int workers = options.worker_threads;
   if (workers <= 0) {
     workers = std::min(
@@ -192,6 +228,19 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
 ModelManager::~ModelManager() {
   Shutdown();
   load_pool_.reset();  // joins running loads before the rest goes
+  MutexLock lock(&changes_mu_);
+  accepting_changes_ = false;
+}
+
+void ModelManager::OnFileChanged(const FileWatcher::Change& change) {
+  const size_t split = change.cookie.find('\n');
+  if (split == std::string::npos) return;
+  MutexLock lock(&changes_mu_);
+  if (!accepting_changes_) return;  // the cache is going away
+  const int marked = cache_->MarkStale(change.cookie.substr(0, split),
+                                       change.cookie.substr(split + 1));
+  LogInfo("%s changed on disk (%s: %s): %d model(s) no longer handed out",
+          change.path, FileChangeKindName(change.kind), change.detail, marked);
 }
 
 void ModelManager::Shutdown() {

@@ -19,7 +19,9 @@
 #include "loader/cache/load_plan.h"
 #include "loader/cache/loaded_model.h"
 #include "loader/common/cancellation.h"
+#include "loader/common/mutex.h"
 #include "loader/common/thread_pool.h"
+#include "loader/io/file_watcher.h"
 
 namespace weightd {
 
@@ -59,8 +61,14 @@ class ModelManager {
   };
   using LoadDone = std::function<void(absl::StatusOr<LoadResult>)>;
 
+  // Makes the watcher told of each mapped file (the inotify one by default):
+  // a file that changes on disk makes its models stale at once.
+  using WatcherFactory = std::function<std::unique_ptr<FileWatcher>(
+      FileWatcher::ChangeCallback)>;
+
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(
-      const Options& options, std::unique_ptr<DeviceSet> devices);
+      const Options& options, std::unique_ptr<DeviceSet> devices,
+      const WatcherFactory& make_watcher = nullptr);
   // Shutdown(), then waits for running loads.
   ~ModelManager();
 
@@ -124,11 +132,16 @@ class ModelManager {
   absl::StatusOr<Request> PrepareRequest(const LoadSpec& spec) const;
   absl::StatusOr<LoadResult> CheckHint(const LoadSpec& spec,
                                        absl::StatusOr<LoadResult> result);
+  void OnFileChanged(const FileWatcher::Change& change);
 
   Options options_;
   std::vector<std::string> canonical_roots_;
   std::vector<GpuDescription> gpus_;  // fixed for the daemon's life
   std::unique_ptr<DeviceSet> devices_;
+  std::unique_ptr<FileWatcher> watcher_;  // outlives the cache's mappings
+  // Changes are applied to the cache only while it exists.
+  Mutex changes_mu_;
+  bool accepting_changes_ ABSL_GUARDED_BY(changes_mu_) = true;
   std::unique_ptr<CheckpointCache> cache_;
   std::unique_ptr<MappedFiles> mapped_files_;
   std::unique_ptr<ThreadPool> workers_;

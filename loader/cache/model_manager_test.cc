@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "loader/cache/device_set.h"
 #include "loader/common/mutex.h"
+#include "loader/io/fake_file_watcher.h"
 
 namespace weightd {
 namespace {
@@ -54,7 +55,13 @@ class ModelManagerTest : public ::testing::Test {
     auto devices = DeviceSet::Create(device_options);
     ASSERT_TRUE(devices.ok()) << devices.status();
     options.model_roots = {root_.string()};
-    auto manager = ModelManager::Create(options, *std::move(devices));
+    auto manager = ModelManager::Create(
+        options, *std::move(devices),
+        [this](FileWatcher::ChangeCallback on_change) {
+          auto fake = std::make_unique<FakeFileWatcher>(std::move(on_change));
+          watcher_ = fake.get();
+          return fake;
+        });
     ASSERT_TRUE(manager.ok()) << manager.status();
     manager_ = *std::move(manager);
   }
@@ -71,8 +78,70 @@ class ModelManagerTest : public ::testing::Test {
   }
 
   fs::path root_;
+  FakeFileWatcher* watcher_ = nullptr;  // owned by manager_
   std::unique_ptr<ModelManager> manager_;
 };
+
+TEST_F(ModelManagerTest, AFileThatChangesOnDiskIsNeverHandedOutAgain) {
+  Start({});
+  manager_->OpenSession("holder");
+  LoadSpec spec = Spec("training.pt", "cpu");
+  spec.lease_session = "holder";
+  auto first = Load(spec);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(watcher_->watches().size(), 1u);  // one per mapped file
+  ASSERT_TRUE(Load(Spec("training.pt", "meta")).ok());
+  EXPECT_EQ(watcher_->watches().size(), 1u);
+  // Rewritten with the same identity as far as stat can tell (a coarse
+  // clock): only the watcher knows.
+  EXPECT_EQ(watcher_->FireChange(spec.path, FileChangeKind::kModified), 1);
+  auto described = manager_->Describe(first->model_id);
+  ASSERT_TRUE(described.ok());  // kept for its lease holder...
+  EXPECT_TRUE(described->stale);
+  auto again = Load(Spec("training.pt", "cpu"));  // ...but not handed out
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->cache_hit);
+  EXPECT_NE(again->model_id, first->model_id);
+  EXPECT_EQ(manager_->Stats().models, 2);  // the stale leased one, the new
+  manager_->ReleaseSession("holder");
+  EXPECT_FALSE(manager_->Describe(first->model_id).ok());
+}
+
+TEST_F(ModelManagerTest, WatchesEndWithTheLastModelOfAFile) {
+  Start({});
+  auto model = Load(Spec("many.pt", "cpu"));
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(watcher_->active_watches(), 1u);
+  ASSERT_TRUE(manager_->Unload(model->model_id, false).ok());
+  model->model.reset();
+  EXPECT_EQ(watcher_->active_watches(), 0u);
+  watcher_->SetWatchError(absl::ResourceExhaustedError("too many watches"));
+  EXPECT_TRUE(Load(Spec("many.pt", "cpu")).ok());  // loads without a watch
+}
+
+TEST_F(ModelManagerTest, FileTruncatedUnderItsMappingIsDataLoss) {
+  Start({});
+  const std::string path = (root_ / "many.pt").string();
+  auto model = Load(Spec("many.pt", "meta"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  const PlacedTensor& tensor = model->model->tensors.back();
+  std::string out(tensor.byte_size, '\0');
+  ASSERT_TRUE(model->model
+                  ->ReadTensorRange(model->model->tensors.size() - 1, 0,
+                                    tensor.byte_size,
+                                    reinterpret_cast<uint8_t*>(out.data()))
+                  .ok());
+  ASSERT_EQ(truncate(path.c_str(), 4096), 0);
+  absl::Status read = model->model->ReadTensorRange(
+      model->model->tensors.size() - 1, 0, tensor.byte_size,
+      reinterpret_cast<uint8_t*>(out.data()));
+  EXPECT_EQ(read.code(), absl::StatusCode::kDataLoss) << read;
+  EXPECT_NE(read.message().find(path), std::string::npos) << read;
+  // A new load sees the new (bad) file, not the damaged mapping.
+  auto reload = Load(Spec("many.pt", "meta"));
+  EXPECT_EQ(reload.status().code(), absl::StatusCode::kInvalidArgument)
+      << reload.status();
+}
 
 TEST_F(ModelManagerTest, EveryNameOfOneGpuIsOneCopy) {
   Start({});
