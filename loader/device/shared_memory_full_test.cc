@@ -154,6 +154,8 @@ TEST_F(SmallDevShmTest, FakeGpuArena) {
   FakeDevice& gpu = **device;
   auto arena = gpu.Allocate(16 << 20);
   ExpectNamesTheSizes(arena.status(), 16 << 20, kShmBytes);
+  EXPECT_TRUE(absl::StartsWith(arena.status().message(), "fake GPU 0: "))
+      << arena.status();
   EXPECT_TRUE(absl::StrContains(arena.status().message(), "/weightd-fake0-"))
       << arena.status();
   EXPECT_EQ(gpu.allocated_bytes(), 0u);
