@@ -33,6 +33,7 @@ class RegistryDeviceSet : public DeviceSet {
   static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
       const Options& options) {
     auto set = std::unique_ptr<RegistryDeviceSet>(new RegistryDeviceSet());
+    set->ReclaimDeadSharedMemory();
     DeviceRegistryOptions registry_options;
     registry_options.fake_gpus = options.fake_gpus;
     registry_options.fake.copy_delay = options.fake_gpu_copy_delay;
@@ -110,6 +111,31 @@ class RegistryDeviceSet : public DeviceSet {
   }
 
  private:
+  // Takes this daemon's shared-memory instance (one id for its whole life)
+  // and removes the segments a killed weightd left in /dev/shm. Neither
+  // failure stops the daemon: only host and fake-GPU placements need it.
+  void ReclaimDeadSharedMemory() {
+    absl::StatusOr<std::shared_ptr<SharedMemoryInstance>> instance =
+        SharedMemoryInstance::Default();
+    if (!instance.ok()) {
+      LogWarning("shared memory unavailable: %s", instance.status().ToString());
+      return;
+    }
+    shm_instance_ = *instance;
+    absl::StatusOr<SharedMemoryInstance::ReclaimStats> reclaimed =
+        shm_instance_->ReclaimDeadInstances();
+    if (!reclaimed.ok()) {
+      LogWarning("reclaiming dead weightd shared memory: %s",
+                 reclaimed.status().ToString());
+      return;
+    }
+    LogInfo(
+        "shared memory: instance %s; reclaimed %d segment(s), %d bytes, of %d "
+        "dead weightd instance(s) in %s",
+        shm_instance_->id(), reclaimed->segments, reclaimed->bytes,
+        reclaimed->instances, shm_instance_->directory());
+  }
+
   // Pipelines (with their pinned staging ring) are made on a GPU's first load.
   struct PipelineSlot {
     Mutex mu;
@@ -129,6 +155,7 @@ class RegistryDeviceSet : public DeviceSet {
   }
 
   RegistryDeviceSet() = default;
+  std::shared_ptr<SharedMemoryInstance> shm_instance_;
   std::unique_ptr<DeviceRegistry> registry_;
   ReaderOptions reader_options_;
   StagingOptions staging_;

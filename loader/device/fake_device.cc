@@ -268,7 +268,10 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> FakeDevice::Allocate(
     MutexLock lock(&state_->mu);
     state_->allocated_bytes -= bytes;
     --state_->live_arenas;
-    return segment.status();
+    // Its memory is /dev/shm's: a full one fails here, not at the first copy.
+    return absl::Status(
+        segment.status().code(),
+        absl::StrCat("fake GPU ", index_, ": ", segment.status().message()));
   }
   return std::unique_ptr<DeviceArena>(
       new FakeArena(state_, std::move(*segment)));

@@ -1,20 +1,37 @@
 #include "loader/device/shared_memory.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
 #include <cstring>
+#include <map>
+#include <optional>
+#include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "loader/common/mutex.h"
+#include "loader/io/mapped_file.h"
 
 namespace weightd {
 namespace {
 
 constexpr size_t kMaxNameLength = 47;
+constexpr size_t kInstanceIdLength = 12;
 constexpr char kHostMagic[4] = {'W', 'D', 'S', 'H'};
 constexpr char kFakeMagic[4] = {'W', 'D', 'F', 'G'};
 constexpr uint8_t kVersion = 1;
@@ -41,58 +58,409 @@ absl::Status ErrnoError(int err, const std::string& what) {
   }
 }
 
+// The file names of the naming scheme in shared_memory.h.
+std::string LockFileName(absl::string_view id) {
+  return absl::StrCat("weightd-", id, ".lock");
+}
+
+bool IsInstanceId(absl::string_view s) {
+  if (s.size() != kInstanceIdLength) return false;
+  for (char c : s) {
+    if (!absl::ascii_isdigit(c) && !(c >= 'a' && c <= 'f')) return false;
+  }
+  return true;
+}
+
+bool IsDecimal(absl::string_view s) {
+  return !s.empty() && s.size() <= 20 &&
+         std::all_of(s.begin(), s.end(),
+                     [](char c) { return absl::ascii_isdigit(c); });
+}
+
+// "weightd" or "weightd-" followed by [a-z0-9-], not ending in '-'.
+bool IsSegmentPrefix(absl::string_view prefix) {
+  if (prefix == "weightd") return true;
+  if (!absl::ConsumePrefix(&prefix, "weightd-") || prefix.empty() ||
+      prefix.back() == '-') {
+    return false;
+  }
+  return std::all_of(prefix.begin(), prefix.end(), [](char c) {
+    return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'z') || c == '-';
+  });
+}
+
+// A file of the naming scheme: `owner` is the instance id (segments, lock
+// files) or the pid of an older weightd (legacy segments).
+struct ShmFileName {
+  enum Kind { kLock, kSegment, kLegacySegment } kind;
+  std::string owner;
+};
+
+std::optional<ShmFileName> ParseShmFileName(absl::string_view name) {
+  if (!absl::StartsWith(name, "weightd-")) return std::nullopt;
+  absl::string_view lock = name;
+  if (absl::ConsumePrefix(&lock, "weightd-") &&
+      absl::ConsumeSuffix(&lock, ".lock")) {
+    if (!IsInstanceId(lock)) return std::nullopt;
+    return ShmFileName{ShmFileName::kLock, std::string(lock)};
+  }
+  // <prefix>-<owner>-<counter>, read from the right.
+  size_t last = name.rfind('-');
+  if (last == absl::string_view::npos || !IsDecimal(name.substr(last + 1))) {
+    return std::nullopt;
+  }
+  size_t middle = name.rfind('-', last - 1);
+  if (middle == absl::string_view::npos) return std::nullopt;
+  absl::string_view owner = name.substr(middle + 1, last - middle - 1);
+  absl::string_view prefix = name.substr(0, middle);
+  if (IsInstanceId(owner) && IsSegmentPrefix(prefix)) {
+    return ShmFileName{ShmFileName::kSegment, std::string(owner)};
+  }
+  // What weightd named segments before instance ids: "weightd-<pid>-<n>" and
+  // "weightd-fake<N>-<pid>-<n>" (a pid has at most 7 digits, an id 12).
+  absl::string_view fake = prefix;
+  bool legacy_prefix =
+      prefix == "weightd" ||
+      (absl::ConsumePrefix(&fake, "weightd-fake") && IsDecimal(fake));
+  if (legacy_prefix && IsDecimal(owner) && owner.size() <= 7 &&
+      owner[0] != '0') {
+    return ShmFileName{ShmFileName::kLegacySegment, std::string(owner)};
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::string> RandomInstanceId() {
+  uint8_t bytes[kInstanceIdLength / 2];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, "getrandom for a shared-memory instance id");
+    }
+    got += static_cast<size_t>(n);
+  }
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+}
+
+// Allocates [0, size) of the file, growing it to `size`. In steps, because a
+// signal aborts a tmpfs fallocate (EINTR) and a retry of one huge call could
+// starve under a steady signal rate. Where the filesystem has no fallocate
+// (EOPNOTSUPP), glibc's posix_fallocate writes a byte into every block, which
+// reserves the same space. Returns 0 or an errno value.
+int ReserveSpace(int fd, uint64_t size) {
+  constexpr uint64_t kStep = 64ull << 20;
+  bool emulate = false;
+  uint64_t done = 0;
+  while (done < size) {
+    uint64_t length = std::min(kStep, size - done);
+    int err = 0;
+    if (!emulate) {
+      err = fallocate(fd, 0, static_cast<off_t>(done),
+                      static_cast<off_t>(length)) == 0
+                ? 0
+                : errno;
+      if (err == EOPNOTSUPP || err == ENOSYS) {
+        emulate = true;
+        continue;
+      }
+    } else {
+      err = posix_fallocate(fd, static_cast<off_t>(done),
+                            static_cast<off_t>(length));
+    }
+    if (err == EINTR) continue;
+    if (err != 0) return err;
+    done += length;
+  }
+  return 0;
+}
+
+std::string Bytes(uint64_t n) {
+  return absl::StrFormat("%d bytes (%.1f MiB)", n, n / 1048576.0);
+}
+
+// The error for a segment that could not get its space. `fd` is the
+// segment's, already unlinked and truncated to 0 (so the figure is what is
+// free without it).
+absl::Status ReserveError(int err, int fd, const std::string& path,
+                          const std::string& directory, uint64_t size) {
+  std::string message = absl::StrCat("cannot reserve ", Bytes(size),
+                                     " for shared-memory segment ", path, ": ",
+                                     std::strerror(err));
+  struct statvfs fs;
+  if (fstatvfs(fd, &fs) == 0) {
+    uint64_t unit = fs.f_frsize != 0 ? fs.f_frsize : fs.f_bsize;
+    absl::StrAppend(&message, "; ", directory, " has ",
+                    Bytes(uint64_t{fs.f_bavail} * unit), " free of ",
+                    Bytes(uint64_t{fs.f_blocks} * unit));
+  }
+  if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
+    absl::StrAppend(&message, " (give ", directory,
+                    " more room, e.g. docker run --shm-size, or lower the "
+                    "memory budget)");
+    return absl::ResourceExhaustedError(message);
+  }
+  return ErrnoError(err, message);
+}
+
+bool SameFile(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+struct DefaultInstance {
+  Mutex mu;
+  std::weak_ptr<SharedMemoryInstance> instance ABSL_GUARDED_BY(mu);
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SharedMemorySegment>>
 SharedMemorySegment::Create(uint64_t size, absl::string_view prefix,
                             bool populate) {
-  static std::atomic<uint64_t> counter{0};
-  if (size > static_cast<uint64_t>(INT64_MAX)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shared-memory segment too large: ", size));
-  }
-  std::string name;
-  int fd = -1;
-  for (int attempt = 0; attempt < 16; ++attempt) {
-    name = absl::StrCat("/", prefix, "-", getpid(), "-", counter.fetch_add(1));
-    if (name.size() > kMaxNameLength) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("shared-memory name too long: ", name));
-    }
-    // Owner and group, like the daemon's Unix socket (0660): clients in the
-    // daemon's group map the segment read-only; nobody else can read the
-    // weights.
-    fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-    if (fd >= 0 || errno != EEXIST) break;
-  }
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("shm_open(", name, ")"));
-  std::unique_ptr<SharedMemorySegment> segment(new SharedMemorySegment());
-  segment->name_ = name;   // unlinked by the destructor from here on
-  (void)fchmod(fd, 0640);  // exact mode whatever the umask
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    int err = errno;
-    close(fd);
-    return ErrnoError(err, absl::StrCat("ftruncate(", name, ", ", size, ")"));
-  }
-  if (size > 0) {
-    int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
-    void* p = mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE,
-                   flags, fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      close(fd);
-      return ErrnoError(err, absl::StrCat("mmap(", name, ", ", size, ")"));
-    }
-    segment->data_ = static_cast<uint8_t*>(p);
-    segment->size_ = size;
-  }
-  close(fd);
-  return segment;
+  absl::StatusOr<std::shared_ptr<SharedMemoryInstance>> instance =
+      SharedMemoryInstance::Default();
+  if (!instance.ok()) return instance.status();
+  return (*instance)->CreateSegment(size, prefix, populate);
 }
 
 SharedMemorySegment::~SharedMemorySegment() {
   if (data_ != nullptr) munmap(data_, static_cast<size_t>(size_));
-  if (!name_.empty()) shm_unlink(name_.c_str());
+  if (!name_.empty()) unlinkat(instance_->directory_fd_, name_.c_str() + 1, 0);
+}
+
+SharedMemoryInstance::SharedMemoryInstance(std::string directory,
+                                           int directory_fd, int lock_fd,
+                                           std::string id)
+    : directory_(std::move(directory)),
+      directory_fd_(directory_fd),
+      lock_fd_(lock_fd),
+      id_(std::move(id)) {}
+
+SharedMemoryInstance::~SharedMemoryInstance() {
+  // Unlinked while still locked: a reclaimer never sees our lock file free.
+  unlinkat(directory_fd_, LockFileName(id_).c_str(), 0);
+  close(lock_fd_);
+  close(directory_fd_);
+}
+
+absl::StatusOr<std::shared_ptr<SharedMemoryInstance>>
+SharedMemoryInstance::Create(const Options& options) {
+  ScopedFd directory(
+      open(options.directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!directory.valid()) {
+    int err = errno;
+    return ErrnoError(err, absl::StrCat("opening shared-memory directory ",
+                                        options.directory));
+  }
+  constexpr int kAttempts = 8;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    absl::StatusOr<std::string> id = RandomInstanceId();
+    if (!id.ok()) return id.status();
+    const std::string lock_name = LockFileName(*id);
+    const std::string lock_path =
+        absl::StrCat(options.directory, "/", lock_name);
+    ScopedFd lock(openat(directory.get(), lock_name.c_str(),
+                         O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                         0600));
+    if (!lock.valid()) {
+      int err = errno;
+      if (err == EEXIST) continue;
+      return ErrnoError(err, absl::StrCat("creating lock file ", lock_path));
+    }
+    if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+      // A reclaimer starting now took the fresh file for a dead instance's;
+      // it unlinks it. Pick another id.
+      if (errno == EWOULDBLOCK || errno == EINTR) continue;
+      int err = errno;
+      unlinkat(directory.get(), lock_name.c_str(), 0);
+      return ErrnoError(err, absl::StrCat("flock(", lock_path, ")"));
+    }
+    // Such a reclaimer may also have unlinked it before our flock: then we
+    // hold a lock nobody can find. Keep it only if the name is still ours.
+    struct stat held, named;
+    if (fstat(lock.get(), &held) != 0) {
+      int err = errno;
+      return ErrnoError(err, absl::StrCat("fstat(", lock_path, ")"));
+    }
+    if (fstatat(directory.get(), lock_name.c_str(), &named,
+                AT_SYMLINK_NOFOLLOW) != 0 ||
+        !SameFile(held, named)) {
+      continue;
+    }
+    (void)fchmod(lock.get(), 0600);  // exact mode whatever the umask
+    return std::shared_ptr<SharedMemoryInstance>(new SharedMemoryInstance(
+        options.directory, directory.Release(), lock.Release(), *id));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("could not take a weightd lock file in ", options.directory,
+                   " in ", kAttempts, " attempts"));
+}
+
+absl::StatusOr<std::shared_ptr<SharedMemoryInstance>>
+SharedMemoryInstance::Default() {
+  static DefaultInstance* const current = new DefaultInstance();
+  MutexLock lock(&current->mu);
+  std::shared_ptr<SharedMemoryInstance> live = current->instance.lock();
+  if (live != nullptr) return live;
+  absl::StatusOr<std::shared_ptr<SharedMemoryInstance>> fresh =
+      Create(Options());
+  if (fresh.ok()) current->instance = *fresh;
+  return fresh;
+}
+
+absl::StatusOr<std::unique_ptr<SharedMemorySegment>>
+SharedMemoryInstance::CreateSegment(uint64_t size, absl::string_view prefix,
+                                    bool populate) {
+  if (!IsSegmentPrefix(prefix)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad shared-memory segment prefix '", prefix, "'"));
+  }
+  if (size > static_cast<uint64_t>(INT64_MAX)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shared-memory segment too large: ", size));
+  }
+  std::string file_name;
+  int open_error = 0;
+  ScopedFd fd;
+  for (int attempt = 0; attempt < 16 && !fd.valid(); ++attempt) {
+    file_name = absl::StrCat(prefix, "-", id_, "-", next_segment_.fetch_add(1));
+    if (file_name.size() + 1 > kMaxNameLength) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shared-memory name too long: /", file_name));
+    }
+    // Owner and group, like the daemon's Unix socket (0660): clients in the
+    // daemon's group map the segment read-only; nobody else can read the
+    // weights.
+    fd = ScopedFd(openat(directory_fd_, file_name.c_str(),
+                         O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                         0640));
+    open_error = fd.valid() ? 0 : errno;
+    if (open_error != EEXIST) break;
+  }
+  const std::string path = absl::StrCat(directory_, "/", file_name);
+  if (!fd.valid()) {
+    return ErrnoError(open_error,
+                      absl::StrCat("creating shared-memory segment ", path));
+  }
+  // From here on the segment owns the name: any failure unlinks it.
+  std::unique_ptr<SharedMemorySegment> segment(new SharedMemorySegment());
+  segment->instance_ = shared_from_this();
+  segment->name_ = absl::StrCat("/", file_name);
+  (void)fchmod(fd.get(), 0640);  // exact mode whatever the umask
+  if (int err = ReserveSpace(fd.get(), size); err != 0) {
+    segment.reset();  // unlinks the name
+    (void)ftruncate(fd.get(), 0);
+    return ReserveError(err, fd.get(), path, directory_, size);
+  }
+  if (size > 0) {
+    int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
+    void* p = mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE,
+                   flags, fd.get(), 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      return ErrnoError(err, absl::StrCat("mmap(", path, ", ", size, ")"));
+    }
+    segment->data_ = static_cast<uint8_t*>(p);
+    segment->size_ = size;
+  }
+  return segment;
+}
+
+absl::StatusOr<SharedMemoryInstance::ReclaimStats>
+SharedMemoryInstance::ReclaimDeadInstances() const {
+  // Listed first, decided after: a live instance's lock file exists from
+  // before its first segment, so a segment seen in the listing whose lock
+  // file is missing afterwards is a dead instance's.
+  std::map<std::string, std::vector<std::string>> segments_by_instance;
+  std::map<pid_t, std::vector<std::string>> legacy_by_pid;
+  {
+    int listing_fd =
+        openat(directory_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR* dir = listing_fd >= 0 ? fdopendir(listing_fd) : nullptr;
+    if (dir == nullptr) {
+      int err = errno;
+      if (listing_fd >= 0) close(listing_fd);
+      return ErrnoError(err, absl::StrCat("listing ", directory_));
+    }
+    while (struct dirent* entry = readdir(dir)) {
+      std::optional<ShmFileName> parsed = ParseShmFileName(entry->d_name);
+      if (!parsed.has_value()) continue;
+      switch (parsed->kind) {
+        case ShmFileName::kLock:
+          segments_by_instance[parsed->owner];  // a dead one may have none
+          break;
+        case ShmFileName::kSegment:
+          segments_by_instance[parsed->owner].push_back(entry->d_name);
+          break;
+        case ShmFileName::kLegacySegment: {
+          int pid = 0;
+          if (absl::SimpleAtoi(parsed->owner, &pid) && pid > 0) {
+            legacy_by_pid[pid].push_back(entry->d_name);
+          }
+          break;
+        }
+      }
+    }
+    closedir(dir);
+  }
+
+  const uid_t euid = geteuid();
+  ReclaimStats stats;
+  // Unlinks the regular files among `names` that we own.
+  auto remove_segments = [&](const std::vector<std::string>& names) {
+    for (const std::string& name : names) {
+      struct stat st;
+      if (fstatat(directory_fd_, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+          !S_ISREG(st.st_mode) || st.st_uid != euid) {
+        continue;
+      }
+      if (unlinkat(directory_fd_, name.c_str(), 0) == 0) {
+        ++stats.segments;
+        stats.bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+      }
+    }
+  };
+
+  for (const auto& [id, segments] : segments_by_instance) {
+    if (id == id_) continue;
+    const std::string lock_name = LockFileName(id);
+    ScopedFd lock(openat(directory_fd_, lock_name.c_str(),
+                         O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (!lock.valid()) {
+      if (errno != ENOENT) continue;  // not ours to judge (EACCES, ELOOP)
+      int before = stats.segments;
+      remove_segments(segments);
+      if (stats.segments > before) ++stats.instances;
+      continue;
+    }
+    struct stat held;
+    if (fstat(lock.get(), &held) != 0 || !S_ISREG(held.st_mode) ||
+        held.st_uid != euid) {
+      continue;
+    }
+    // Taken: nobody holds it, its owner is gone. Held (EWOULDBLOCK): alive,
+    // or another reclaimer is at it.
+    if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;
+    remove_segments(segments);
+    struct stat named;
+    if (fstatat(directory_fd_, lock_name.c_str(), &named,
+                AT_SYMLINK_NOFOLLOW) == 0 &&
+        SameFile(held, named)) {
+      unlinkat(directory_fd_, lock_name.c_str(), 0);
+    }
+    ++stats.instances;
+  }
+
+  for (const auto& [pid, segments] : legacy_by_pid) {
+    if (pid == getpid()) continue;
+    // EPERM: alive, another user's.
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+    int before = stats.segments;
+    remove_segments(segments);
+    if (stats.segments > before) ++stats.instances;
+  }
+  return stats;
 }
 
 SharedMapping::~SharedMapping() {
@@ -109,7 +477,10 @@ absl::StatusOr<std::unique_ptr<SharedMapping>> OpenSharedSegment(
         absl::StrCat("bad shared-memory name '", name, "'"));
   }
   int fd = shm_open(name.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) return ErrnoError(errno, absl::StrCat("shm_open(", name, ")"));
+  if (fd < 0) {
+    int err = errno;
+    return ErrnoError(err, absl::StrCat("shm_open(", name, ")"));
+  }
   struct stat st;
   if (fstat(fd, &st) != 0) {
     int err = errno;

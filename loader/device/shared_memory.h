@@ -1,12 +1,22 @@
 // POSIX shared-memory segments: the host arenas (and the fake GPU's memory),
-// their 64-byte handles, and the client-side read-only mapping.
+// their 64-byte handles, the client-side read-only mapping, and the
+// bookkeeping that lets a restarted daemon reclaim what a killed one left.
 //
 // Handle layout (little-endian): bytes 0-3 magic ("WDSH" host, "WDFG" fake
 // GPU), 4 version (1), 5 device index, 6-7 zero, 8-15 size, 16-63 the segment
 // name (starts with '/', NUL-padded, at most 47 characters).
+//
+// Naming: every process that creates segments is a SharedMemoryInstance with
+// a random 12-hex-digit id. It holds the lock file "weightd-<id>.lock" in the
+// shm directory flock'ed (LOCK_EX) from before its first segment until after
+// its last one is unlinked, and names its segments "<prefix>-<id>-<counter>"
+// (prefix "weightd" for host segments, "weightd-fake<N>" for fake GPU N). A
+// lock file nobody holds, or a segment whose lock file is gone, belongs to a
+// weightd that is no longer running; ReclaimDeadInstances() removes those.
 #ifndef WEIGHTD_LOADER_DEVICE_SHARED_MEMORY_H_
 #define WEIGHTD_LOADER_DEVICE_SHARED_MEMORY_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -20,10 +30,11 @@ namespace weightd {
 // A segment this process created, mapped read-write. Destruction unmaps it
 // and unlinks its name; mappings other processes hold stay valid until they
 // unmap.
+class SharedMemoryInstance;
+
 class SharedMemorySegment {
  public:
-  // Creates "/<prefix>-<pid>-<counter>" of `size` bytes (size 0: no mapping,
-  // data() null). `populate` faults every page in up front (MAP_POPULATE).
+  // SharedMemoryInstance::CreateSegment() in this process's default instance.
   static absl::StatusOr<std::unique_ptr<SharedMemorySegment>> Create(
       uint64_t size, absl::string_view prefix = "weightd",
       bool populate = false);
@@ -36,10 +47,71 @@ class SharedMemorySegment {
   uint64_t size() const { return size_; }
 
  private:
+  friend class SharedMemoryInstance;
   SharedMemorySegment() = default;
-  std::string name_;
+  // Keeps the instance's lock file held while this name exists.
+  std::shared_ptr<const SharedMemoryInstance> instance_;
+  std::string name_;  // "/" + the file's name in the instance's directory
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+};
+
+class SharedMemoryInstance
+    : public std::enable_shared_from_this<SharedMemoryInstance> {
+ public:
+  struct Options {
+    // Where segments live. Clients shm_open() names, so a daemon's segments
+    // must be in /dev/shm; another directory is for tests of creation and
+    // reclaim.
+    std::string directory = "/dev/shm";
+  };
+  // Picks a fresh id and takes its lock file. Each segment holds a reference;
+  // the lock file is unlinked when the last reference goes.
+  static absl::StatusOr<std::shared_ptr<SharedMemoryInstance>> Create(
+      const Options& options);
+  // The instance in /dev/shm this process uses now, made when none is alive
+  // (a daemon keeps one reference from startup, so it has a single id).
+  static absl::StatusOr<std::shared_ptr<SharedMemoryInstance>> Default();
+  ~SharedMemoryInstance();
+  SharedMemoryInstance(const SharedMemoryInstance&) = delete;
+  SharedMemoryInstance& operator=(const SharedMemoryInstance&) = delete;
+
+  const std::string& id() const { return id_; }
+  const std::string& directory() const { return directory_; }
+
+  // Creates "/<prefix>-<id>-<counter>" of `size` bytes with all its space
+  // reserved (tmpfs reserves nothing at ftruncate: a full /dev/shm would
+  // otherwise surface as SIGBUS on the first write). RESOURCE_EXHAUSTED
+  // naming the size and the filesystem's free space when it does not fit,
+  // with nothing left behind. `prefix` is "weightd" or "weightd-" and
+  // [a-z0-9-]. Size 0: no mapping, data() null. `populate` faults every page
+  // in up front (MAP_POPULATE).
+  absl::StatusOr<std::unique_ptr<SharedMemorySegment>> CreateSegment(
+      uint64_t size, absl::string_view prefix = "weightd",
+      bool populate = false);
+
+  struct ReclaimStats {
+    int instances = 0;   // dead owners whose files were removed
+    int segments = 0;    // segments unlinked
+    uint64_t bytes = 0;  // memory those segments held (allocated blocks)
+  };
+  // Removes, from this instance's directory, the segments and lock files of
+  // weightd instances that are gone: a lock file nobody holds, segments whose
+  // lock file is missing, and the older "weightd[-fake<N>]-<pid>-<counter>"
+  // names (no lock file) whose pid is not alive in this PID namespace. Leaves
+  // alone this instance, every live one (any process, any PID namespace
+  // sharing the directory), and every file not owned by our effective uid.
+  absl::StatusOr<ReclaimStats> ReclaimDeadInstances() const;
+
+ private:
+  friend class SharedMemorySegment;  // unlinks its name in directory_fd_
+  SharedMemoryInstance(std::string directory, int directory_fd, int lock_fd,
+                       std::string id);
+  const std::string directory_;
+  const int directory_fd_;
+  const int lock_fd_;  // holds flock(LOCK_EX) for the instance's life
+  const std::string id_;
+  std::atomic<uint64_t> next_segment_{0};
 };
 
 // Another process's segment, mapped read-only.
