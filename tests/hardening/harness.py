@@ -38,8 +38,9 @@ class Daemon:
                      "--metrics_address=", "--fake_gpus=1", *extra]
         self.log = []
         argv = self.args if wrap is None else [*wrap, *self.args]
+        # errors="replace": the log quotes bytes of the bad files it refuses.
         self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
-                                        start_new_session=True)
+                                        errors="replace", start_new_session=True)
         for line in self.process.stderr:
             self.log.append(line)
             if "weightd ready" in line:
