@@ -169,6 +169,11 @@ def shm_names():
         return set()
 
 
+# Set by the asan/tsan configs' test_env: sanitizers keep freed memory (quarantine,
+# shadow), so memory bounds are not measurable there.
+UNDER_SANITIZER = bool(os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS"))
+
+
 def can_unshare_mount():
     if os.geteuid() != 0:
         return False

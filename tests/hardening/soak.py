@@ -257,7 +257,8 @@ def check(result):
         problems.append("descriptors grew %d -> %d" % (before["fds"], after["fds"]))
     if after["segments"] > before["segments"]:
         problems.append("segments grew %d -> %d" % (before["segments"], after["segments"]))
-    if after["rss_anon_mib"] > before["rss_anon_mib"] + 128:
+    if (not harness.UNDER_SANITIZER and
+            after["rss_anon_mib"] > before["rss_anon_mib"] + 128):
         problems.append("anonymous memory grew %.0f -> %.0f MiB" %
                         (before["rss_anon_mib"], after["rss_anon_mib"]))
     if result["bad_unexpected"]:
