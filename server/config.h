@@ -50,10 +50,10 @@ struct ServerConfig {
   // daemon's own uid and root.
   std::vector<uint32_t> admin_uids;
 
-  // The daemon pings every connection after this long without traffic and
-  // drops it (ending its Lease streams, releasing their leases) when no answer
-  // comes within the timeout: a frozen or vanished client's leases go after at
-  // most keepalive_time + keepalive_timeout.
+  // The daemon pings a connection with calls open (Lease streams) after this
+  // long without traffic and drops it (ending its Lease streams, releasing
+  // their leases) when no answer comes within the timeout: a frozen or vanished
+  // client's leases go after at most keepalive_time + keepalive_timeout.
   int64_t keepalive_time_ms = 20000;
   int64_t keepalive_timeout_ms = 10000;
   // How long SIGTERM waits for RPCs still running before cancelling them.

@@ -181,17 +181,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
   return credentials;
 }
 
-// Keepalive: the daemon pings each connection when it is silent and drops it
-// when the ping goes unanswered, so a frozen or vanished client's Lease stream
-// ends (releasing its leases) within keepalive_time + keepalive_timeout. The
-// ping policy lets clients ping as often as every kMinClientPingIntervalMs,
-// with or without calls; our clients ping less often than that.
+// Keepalive: the daemon pings each connection with a call open (a Lease
+// stream) when it is silent and drops it when the ping goes unanswered, so a
+// frozen or vanished client's Lease stream ends (releasing its leases) within
+// keepalive_time + keepalive_timeout. Connections without calls are not
+// pinged: an idle client channel is not polled, would not answer, and its next
+// call would fail instead of reconnecting. The ping policy lets clients ping
+// every kMinClientPingIntervalMs while they have calls; our clients ping less
+// often than that, and never without calls.
 void SetKeepalive(const ServerConfig& config, grpc::ServerBuilder* builder) {
   const int time_ms = static_cast<int>(config.keepalive_time_ms);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, time_ms);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
                               static_cast<int>(config.keepalive_timeout_ms));
-  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   // Keep pinging a connection that sends nothing else (an idle Lease stream).
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder->AddChannelArgument(
@@ -304,8 +307,20 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
 }
 
 std::string Daemon::ReadyLine() const {
-  std::string line = absl::StrCat("weightd ready: grpc on ",
-                                  absl::StrJoin(config_.listen, ", "));
+  // TCP addresses with the ports bound (HOST:0 picks one).
+  std::vector<std::string> addresses;
+  size_t tcp_index = 0;
+  for (const std::string& address : config_.listen) {
+    if (!IsTcpListenAddress(address) || tcp_index >= tcp_ports_.size()) {
+      addresses.push_back(address);
+      continue;
+    }
+    addresses.push_back(absl::StrCat(
+        address.substr(0, address.rfind(':')), ":", tcp_ports_[tcp_index++],
+        config_.insecure_tcp ? " (insecure)" : " (TLS)"));
+  }
+  std::string line =
+      absl::StrCat("weightd ready: grpc on ", absl::StrJoin(addresses, ", "));
   if (http_ != nullptr) {
     size_t colon = config_.metrics_address.rfind(':');
     absl::StrAppend(&line, "; metrics on http://",
