@@ -245,8 +245,11 @@ class WeightServiceImpl::LeaseReactor
     : public grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent> {
  public:
   LeaseReactor(WeightServiceImpl* service, std::string session_id,
-               std::string connection)
-      : service_(service), session_id_(std::move(session_id)) {
+               const Caller& caller)
+      : service_(service),
+        session_id_(std::move(session_id)),
+        peer_(caller.Describe()) {
+    LogDebug("lease session %s opened by %s", session_id_, peer_);
     service_->manager_->OpenSession(session_id_);
     service_->lease_sessions_.fetch_add(1);
     service_->lease_opened_->Increment();
@@ -259,7 +262,7 @@ class WeightServiceImpl::LeaseReactor
       refused = service_->leases_ended_;
       if (!refused) {
         service_->lease_reactors_.insert(this);
-        service_->session_connections_[session_id_] = std::move(connection);
+        service_->session_connections_[session_id_] = caller.connection;
       }
     }
     MutexLock lock(&mu_);
@@ -372,13 +375,14 @@ class WeightServiceImpl::LeaseReactor
     if (!released_.exchange(true)) {
       int released = service_->manager_->ReleaseSession(session_id_);
       if (released > 0)
-        LogInfo("lease session %s ended: %d lease(s) released", session_id_,
-                released);
+        LogInfo("lease session %s of %s ended: %d lease(s) released",
+                session_id_, peer_, released);
     }
   }
 
   WeightServiceImpl* const service_;
   const std::string session_id_;
+  const std::string peer_;  // the opener's uid/gid/pid or TCP address
   v1::LeaseRequest request_;
   std::atomic<bool> released_{false};
   Mutex mu_;
@@ -685,8 +689,7 @@ WeightServiceImpl::Lease(grpc::CallbackServerContext* context) {
   if (!session.ok()) {
     return new RefusedLeaseReactor(ToGrpcStatus(session.status()));
   }
-  return new LeaseReactor(this, *std::move(session),
-                          std::move(caller->connection));
+  return new LeaseReactor(this, *std::move(session), *caller);
 }
 
 grpc::ServerWriteReactor<v1::TensorChunk>* WeightServiceImpl::ReadTensors(
