@@ -119,8 +119,12 @@ absl::StatusOr<std::unique_ptr<WeightdClient>> ConnectOrExplain(
 int Health(const std::string& address, const std::vector<std::string>& args,
            std::ostream& out, std::ostream& err) {
   auto channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  auto stub = grpc::health::v1::Health::NewStub(channel);
+      CreateWeightdChannel(address, ConnectionOptions::FromEnvironment());
+  if (!channel.ok()) {
+    err << "weightctl: " << channel.status().message() << "\n";
+    return 1;
+  }
+  auto stub = grpc::health::v1::Health::NewStub(*channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::seconds(5));

@@ -16,7 +16,16 @@
 namespace {
 
 void PrintUsage(std::ostream& out) {
-  out << "usage: weightctl [--address=unix:PATH|HOST:PORT] COMMAND [args]\n"
+  out << "usage: weightctl [--address=unix:PATH|HOST:PORT] [TCP options] "
+         "COMMAND [args]\n"
+         "TCP options (the daemon's TCP listeners need TLS plus a token or a "
+         "client certificate):\n"
+         "  --tls_ca_file=PEM    CA that signed the daemon's certificate "
+         "($WEIGHTD_TLS_CA_FILE)\n"
+         "  --tls_cert_file=PEM  client certificate for mTLS "
+         "($WEIGHTD_TLS_CERT_FILE)\n"
+         "  --tls_key_file=PEM   its key ($WEIGHTD_TLS_KEY_FILE)\n"
+         "  --token_file=FILE    bearer token ($WEIGHTD_TOKEN_FILE)\n"
          "commands:\n"
          "  health                       gRPC health of the daemon (SERVING "
          "exits 0)\n"
@@ -45,12 +54,32 @@ int main(int argc, char** argv) {
   const char* env_address = std::getenv("WEIGHTD_ADDRESS");
   std::string address =
       env_address != nullptr ? env_address : "unix:run/weightd.sock";
+  // Connection flags override the environment the commands connect with.
+  static const std::map<std::string, const char*> kConnectionFlags = {
+      {"--tls_ca_file", "WEIGHTD_TLS_CA_FILE"},
+      {"--tls_cert_file", "WEIGHTD_TLS_CERT_FILE"},
+      {"--tls_key_file", "WEIGHTD_TLS_KEY_FILE"},
+      {"--token_file", "WEIGHTD_TOKEN_FILE"},
+  };
   size_t i = 0;
   for (; i < args.size() && absl::StartsWith(args[i], "--"); ++i) {
+    const std::string flag = args[i].substr(0, args[i].find('='));
+    auto connection_flag = kConnectionFlags.find(flag);
     if (absl::StartsWith(args[i], "--address=")) {
       address = args[i].substr(strlen("--address="));
     } else if (args[i] == "--address" && i + 1 < args.size()) {
       address = args[++i];
+    } else if (connection_flag != kConnectionFlags.end()) {
+      std::string value;
+      if (flag.size() < args[i].size()) {
+        value = args[i].substr(flag.size() + 1);
+      } else if (i + 1 < args.size()) {
+        value = args[++i];
+      } else {
+        std::cerr << "weightctl: " << flag << " needs a value\n";
+        return 2;
+      }
+      setenv(connection_flag->second, value.c_str(), 1);
     } else if (args[i] == "--help") {
       PrintUsage(std::cout);
       return 0;

@@ -1,10 +1,15 @@
 #include "client/weightd_client.h"
 
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "loader/common/status_macros.h"
 #include "loader/device/cuda_device.h"
@@ -267,18 +272,127 @@ absl::StatusOr<std::string> ClientModel::ReadTensorBytes(
 
 WeightdClient::~WeightdClient() = default;
 
-absl::StatusOr<std::unique_ptr<WeightdClient>> WeightdClient::Connect(
-    const std::string& address) {
-  auto client = std::unique_ptr<WeightdClient>(new WeightdClient());
-  client->address_ = address;
+namespace {
+
+absl::StatusOr<std::string> ReadClientFile(const char* what,
+                                           const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot read ", what, " ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+std::string EnvOrEmpty(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? value : "";
+}
+
+// Sends the token on every call.
+class BearerToken : public grpc::MetadataCredentialsPlugin {
+ public:
+  explicit BearerToken(std::string token) : token_(std::move(token)) {}
+  grpc::Status GetMetadata(
+      grpc::string_ref service_url, grpc::string_ref method_name,
+      const grpc::AuthContext& channel_auth_context,
+      std::multimap<grpc::string, grpc::string>* metadata) override {
+    metadata->insert(std::make_pair("authorization", "Bearer " + token_));
+    return grpc::Status::OK;
+  }
+  bool IsBlocking() const override { return false; }
+
+ private:
+  const std::string token_;
+};
+
+}  // namespace
+
+ConnectionOptions ConnectionOptions::FromEnvironment() {
+  ConnectionOptions options;
+  options.tls_ca_file = EnvOrEmpty("WEIGHTD_TLS_CA_FILE");
+  options.tls_cert_file = EnvOrEmpty("WEIGHTD_TLS_CERT_FILE");
+  options.tls_key_file = EnvOrEmpty("WEIGHTD_TLS_KEY_FILE");
+  options.token_file = EnvOrEmpty("WEIGHTD_TOKEN_FILE");
+  return options;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateWeightdChannel(
+    const std::string& address, const ConnectionOptions& options) {
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(-1);
-  client->channel_ = grpc::CreateCustomChannel(
-      address, grpc::InsecureChannelCredentials(), arguments);
+  // Notice a vanished daemon while a call (the Lease stream) is open; slower
+  // than the daemon's ping policy allows (one per 10 s while calls are open,
+  // none without), so it never answers GOAWAY too_many_pings.
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  arguments.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  const bool unix_socket = address.rfind("unix:", 0) == 0;
+  const bool tls = !options.tls_ca_file.empty() ||
+                   !options.tls_cert_file.empty() ||
+                   !options.tls_key_file.empty();
+  if (!unix_socket && tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_ca_file.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                       ReadClientFile("TLS CA file", options.tls_ca_file));
+    }
+    if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "a TLS client certificate and its key go together (--tls_cert_file "
+          "and --tls_key_file)");
+    }
+    if (!options.tls_cert_file.empty()) {
+      ASSIGN_OR_RETURN(
+          ssl.pem_cert_chain,
+          ReadClientFile("TLS certificate", options.tls_cert_file));
+      ASSIGN_OR_RETURN(ssl.pem_private_key,
+                       ReadClientFile("TLS key", options.tls_key_file));
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  if (!unix_socket && !options.token_file.empty()) {
+    if (!tls) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("refusing to send the token to ", address,
+                       " in plaintext: give the daemon's CA (--tls_ca_file or "
+                       "$WEIGHTD_TLS_CA_FILE)"));
+    }
+    ASSIGN_OR_RETURN(std::string token,
+                     ReadClientFile("token file", options.token_file));
+    token = std::string(absl::StripAsciiWhitespace(token));
+    if (token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token file ", options.token_file, " is empty"));
+    }
+    credentials = grpc::CompositeChannelCredentials(
+        credentials, grpc::MetadataCredentialsFromPlugin(
+                         std::make_unique<BearerToken>(std::move(token))));
+  }
+  return grpc::CreateCustomChannel(address, credentials, arguments);
+}
+
+absl::StatusOr<std::unique_ptr<WeightdClient>> WeightdClient::Connect(
+    const std::string& address) {
+  return Connect(address, ConnectionOptions::FromEnvironment());
+}
+
+absl::StatusOr<std::unique_ptr<WeightdClient>> WeightdClient::Connect(
+    const std::string& address, const ConnectionOptions& options) {
+  auto client = std::unique_ptr<WeightdClient>(new WeightdClient());
+  client->address_ = address;
+  ASSIGN_OR_RETURN(client->channel_, CreateWeightdChannel(address, options));
   if (!client->channel_->WaitForConnected(std::chrono::system_clock::now() +
                                           std::chrono::seconds(10))) {
     return absl::UnavailableError(
-        absl::StrCat("cannot connect to weightd at ", address));
+        absl::StrCat("cannot connect to weightd at ", address,
+                     " (for TLS on TCP: is the CA right, or is the daemon "
+                     "plaintext?)"));
   }
   client->stub_ = v1::WeightService::NewStub(client->channel_);
   return client;

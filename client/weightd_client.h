@@ -69,10 +69,34 @@ struct ClientLoadOptions {
   std::string format_hint;
 };
 
+// How to reach a TCP daemon: TLS (server verified against tls_ca_file; a
+// client certificate for mTLS) and a bearer token sent as `authorization:
+// Bearer <token>` metadata. Unix sockets need none of it (the daemon knows
+// its Unix peers by their uid) and ignore it.
+struct ConnectionOptions {
+  std::string tls_ca_file;    // PEM; TLS when set (or a cert is set)
+  std::string tls_cert_file;  // PEM client certificate chain (mTLS)
+  std::string tls_key_file;   // PEM client key (mTLS)
+  std::string token_file;     // one line: the daemon's --auth_token_file
+
+  // $WEIGHTD_TLS_CA_FILE, $WEIGHTD_TLS_CERT_FILE, $WEIGHTD_TLS_KEY_FILE and
+  // $WEIGHTD_TOKEN_FILE.
+  static ConnectionOptions FromEnvironment();
+};
+
+// A channel to the daemon at `address` with `options`' credentials and
+// keepalive settings the daemon's ping policy accepts. A token without TLS on
+// TCP is refused (it would travel in plaintext).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateWeightdChannel(
+    const std::string& address, const ConnectionOptions& options);
+
 class WeightdClient {
  public:
+  // Connects with ConnectionOptions::FromEnvironment().
   static absl::StatusOr<std::unique_ptr<WeightdClient>> Connect(
       const std::string& address);
+  static absl::StatusOr<std::unique_ptr<WeightdClient>> Connect(
+      const std::string& address, const ConnectionOptions& options);
   ~WeightdClient();
 
   // Loads through the daemon and leases the model for as long as the

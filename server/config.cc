@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "loader/common/status_macros.h"
 
 namespace weightd {
@@ -39,6 +40,52 @@ Setter ByteSizeSetter(const char* flag, uint64_t ServerConfig::*field) {
     return absl::OkStatus();
   };
 }
+
+Setter PathSetter(const char* flag, std::string ServerConfig::*field) {
+  return [flag, field](ServerConfig& config,
+                       const std::string& value) -> absl::Status {
+    if (value.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": empty path"));
+    }
+    config.*field = value;
+    return absl::OkStatus();
+  };
+}
+
+// Repeatable numeric uid/gid.
+Setter IdSetter(const char* flag, std::vector<uint32_t> ServerConfig::*field) {
+  return [flag, field](ServerConfig& config,
+                       const std::string& value) -> absl::Status {
+    uint32_t id = 0;
+    if (!absl::SimpleAtoi(value, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, "=", value, ": expected a numeric id"));
+    }
+    (config.*field).push_back(id);
+    return absl::OkStatus();
+  };
+}
+
+// "30s", "500ms", "2m" within [min, max].
+Setter DurationSetter(const char* flag, int64_t ServerConfig::*field_ms,
+                      absl::Duration min, absl::Duration max) {
+  return [=](ServerConfig& config, const std::string& value) -> absl::Status {
+    absl::Duration duration;
+    if (!absl::ParseDuration(value, &duration) || duration < min ||
+        duration > max) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", flag, "=", value,
+          ": expected a duration like 10s or 500ms in [",
+          absl::FormatDuration(min), ", ", absl::FormatDuration(max), "]"));
+    }
+    config.*field_ms = absl::ToInt64Milliseconds(duration);
+    return absl::OkStatus();
+  };
+}
+
+// Flags that take no value (`--flag`, or `--flag=true|false`).
+bool IsBoolFlag(const std::string& name) { return name == "insecure_tcp"; }
 
 const std::map<std::string, Setter>& Setters() {
   static const auto* setters = new std::map<std::string, Setter>{
@@ -115,6 +162,34 @@ const std::map<std::string, Setter>& Setters() {
          c.unix_socket_mode = static_cast<uint32_t>(mode);
          return absl::OkStatus();
        }},
+      {"tls_cert_file",
+       PathSetter("tls_cert_file", &ServerConfig::tls_cert_file)},
+      {"tls_key_file", PathSetter("tls_key_file", &ServerConfig::tls_key_file)},
+      {"tls_client_ca_file",
+       PathSetter("tls_client_ca_file", &ServerConfig::tls_client_ca_file)},
+      {"auth_token_file",
+       PathSetter("auth_token_file", &ServerConfig::auth_token_file)},
+      {"insecure_tcp",
+       [](ServerConfig& c, const std::string& v) {
+         if (v != "true" && v != "false") {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--insecure_tcp=", v, ": expected true or false"));
+         }
+         c.insecure_tcp = v == "true";
+         return absl::OkStatus();
+       }},
+      {"allow_uid", IdSetter("allow_uid", &ServerConfig::allow_uids)},
+      {"allow_gid", IdSetter("allow_gid", &ServerConfig::allow_gids)},
+      {"admin_uid", IdSetter("admin_uid", &ServerConfig::admin_uids)},
+      {"keepalive_time",
+       DurationSetter("keepalive_time", &ServerConfig::keepalive_time_ms,
+                      absl::Milliseconds(100), absl::Hours(2))},
+      {"keepalive_timeout",
+       DurationSetter("keepalive_timeout", &ServerConfig::keepalive_timeout_ms,
+                      absl::Milliseconds(100), absl::Minutes(10))},
+      {"shutdown_grace",
+       DurationSetter("shutdown_grace", &ServerConfig::shutdown_grace_ms,
+                      absl::ZeroDuration(), absl::Minutes(10))},
       {"log_level",
        [](ServerConfig& c, const std::string& v) {
          if (v != "debug" && v != "info" && v != "warning" && v != "error") {
@@ -147,6 +222,22 @@ std::string ServerUsage() {
   --max_message_bytes=BYTES       gRPC message size limit (default 64M)
   --unix_socket_mode=MODE         octal mode of Unix sockets (default 0660)
   --log_level=debug|info|warning|error
+ TCP (every HOST:PORT listener) needs TLS plus a token or client certificates:
+  --tls_cert_file=PEM --tls_key_file=PEM  the server's certificate chain and key
+  --auth_token_file=FILE          clients send "authorization: Bearer <contents>"
+  --tls_client_ca_file=PEM        require client certificates signed by this CA (mTLS)
+  --insecure_tcp                  serve TCP in plaintext, unauthenticated (trusted networks
+                                  only; TCP clients then get no admin calls)
+ Unix-socket peers (identified by SO_PEERCRED):
+  --allow_uid=UID --allow_gid=GID only these uids / primary gids (repeatable; default: anyone
+                                  who can open the socket, see --unix_socket_mode)
+  --admin_uid=UID                 uids allowed `unload --force` (repeatable; default: the
+                                  daemon's own uid and root)
+ Connections:
+  --keepalive_time=DUR            ping a silent connection after DUR (default 20s)
+  --keepalive_timeout=DUR         drop it, releasing its leases, when the ping is not answered
+                                  within DUR (default 10s)
+  --shutdown_grace=DUR            SIGTERM waits this long for running RPCs (default 5s)
 )";
 }
 
@@ -201,6 +292,8 @@ absl::StatusOr<ServerConfig> ParseServerConfig(
     if (eq != std::string::npos) {
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
+    } else if (IsBoolFlag(name)) {
+      value = "true";
     } else if (i + 1 < args.size()) {
       value = args[++i];
     } else {
@@ -221,7 +314,49 @@ absl::StatusOr<ServerConfig> ParseServerConfig(
     return absl::InvalidArgumentError(
         "at least one --model_root directory is needed");
   }
+  RETURN_IF_ERROR(ValidateServerConfig(config));
   return config;
+}
+
+bool IsTcpListenAddress(const std::string& address) {
+  return !absl::StartsWith(address, "unix:");
+}
+
+absl::Status ValidateServerConfig(const ServerConfig& config) {
+  const bool tls =
+      !config.tls_cert_file.empty() || !config.tls_key_file.empty();
+  if (tls && (config.tls_cert_file.empty() || config.tls_key_file.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls_cert_file and --tls_key_file go together");
+  }
+  if (!tls &&
+      (!config.tls_client_ca_file.empty() || !config.auth_token_file.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca_file and --auth_token_file need TLS: give "
+        "--tls_cert_file and --tls_key_file (a token in plaintext protects "
+        "nothing)");
+  }
+  if (tls && config.insecure_tcp) {
+    return absl::InvalidArgumentError(
+        "--insecure_tcp contradicts --tls_cert_file: choose one");
+  }
+  if (tls && config.tls_client_ca_file.empty() &&
+      config.auth_token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS alone authenticates no client: add --auth_token_file and/or "
+        "--tls_client_ca_file");
+  }
+  for (const std::string& address : config.listen) {
+    if (IsTcpListenAddress(address) && !tls && !config.insecure_tcp) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--listen=", address,
+          " is TCP, which needs TLS and client authentication "
+          "(--tls_cert_file, --tls_key_file and --auth_token_file or "
+          "--tls_client_ca_file); pass --insecure_tcp to serve it in "
+          "plaintext without authentication anyway"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace weightd

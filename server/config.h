@@ -29,7 +29,49 @@ struct ServerConfig {
   uint32_t max_message_bytes = 64u << 20;
   uint32_t unix_socket_mode = 0660;
   std::string log_level = "info";  // debug | info | warning | error
+
+  // TCP listeners serve TLS with this certificate chain and key (PEM files).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Clients must present a certificate signed by this CA (mTLS); a verified
+  // certificate authenticates the client without a token.
+  std::string tls_client_ca_file;
+  // TCP clients must send `authorization: Bearer <the file's contents>`.
+  std::string auth_token_file;
+  // Serve TCP without TLS or authentication (trusted networks only; logged
+  // loudly at start). TCP peers then get no admin rights.
+  bool insecure_tcp = false;
+
+  // Unix-socket peers allowed by uid or (primary) gid; both empty: every peer
+  // that can open the socket.
+  std::vector<uint32_t> allow_uids;
+  std::vector<uint32_t> allow_gids;
+  // Unix-socket peers allowed admin calls (Unload with force). Empty: the
+  // daemon's own uid and root.
+  std::vector<uint32_t> admin_uids;
+
+  // The daemon pings a connection with calls open (Lease streams) after this
+  // long without traffic and drops it (ending its Lease streams, releasing
+  // their leases) when no answer comes within the timeout: a frozen or vanished
+  // client's leases go after at most keepalive_time + keepalive_timeout.
+  int64_t keepalive_time_ms = 20000;
+  int64_t keepalive_timeout_ms = 10000;
+  // How long SIGTERM waits for RPCs still running before cancelling them.
+  int64_t shutdown_grace_ms = 5000;
 };
+
+// Clients may ping the daemon at most this often (the daemon's ping policy);
+// the C++ and Python clients ping every kClientKeepaliveTimeMs.
+inline constexpr int64_t kMinClientPingIntervalMs = 10000;
+inline constexpr int64_t kClientKeepaliveTimeMs = 30000;
+
+// True for a TCP (HOST:PORT) listen address, false for "unix:PATH".
+bool IsTcpListenAddress(const std::string& address);
+
+// The combinations a config needs: what ParseServerConfig checks after
+// parsing, and Daemon::Create again for configs built in code. A TCP listener
+// without TLS (or --insecure_tcp) is an error.
+absl::Status ValidateServerConfig(const ServerConfig& config);
 
 // Parses `--flag=value` / `--flag value`. Unknown flags and bad values are
 // errors naming the flag. `--help` yields a NotFound status whose message is

@@ -3,21 +3,28 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <sys/stat.h>
-#include <sys/un.h>
+#include <grpcpp/server_posix.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "loader/common/logging.h"
 #include "loader/common/status_macros.h"
+#include "server/auth.h"
+#include "server/call_interceptor.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
+#include "server/peer_credentials.h"
+#include "server/request_validation.h"
 #include "server/weight_service.h"
 
 namespace weightd {
@@ -28,7 +35,8 @@ constexpr char kVersion[] = "0.1.0";
 class DaemonServices {
  public:
   static absl::StatusOr<std::unique_ptr<DaemonServices>> Create(
-      const ServerConfig& config, MetricsRegistry* metrics) {
+      const ServerConfig& config, MetricsRegistry* metrics,
+      const AccessPolicy* access_policy) {
     auto services = std::unique_ptr<DaemonServices>(new DaemonServices());
     DeviceSet::Options device_options;
     device_options.fake_gpus = config.fake_gpus;
@@ -47,7 +55,7 @@ class DaemonServices {
     ASSIGN_OR_RETURN(services->manager,
                      ModelManager::Create(options, std::move(devices)));
     services->weight_service = std::make_unique<WeightServiceImpl>(
-        services->manager.get(), metrics, kVersion);
+        services->manager.get(), metrics, access_policy, kVersion);
     services->RegisterMetrics(metrics);
     return services;
   }
@@ -131,63 +139,139 @@ namespace {
 
 constexpr char kUnixPrefix[] = "unix:";
 
-// Makes room for a Unix socket: creates its directory and removes a stale
-// socket file. Refuses to remove anything that is not a socket.
-absl::Status PrepareUnixSocketPath(const std::string& path) {
-  constexpr size_t kMaxUnixPath = sizeof(sockaddr_un::sun_path) - 1;
-  if (path.size() > kMaxUnixPath) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unix socket path ", path, " is ", path.size(),
-                     " bytes; the limit is ", kMaxUnixPath));
-  }
-  std::error_code error;
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent, error);
-  if (error) {
+absl::StatusOr<std::string> ReadPemFile(const char* flag,
+                                        const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "cannot create directory ", parent.string(), ": ", error.message()));
+        "--", flag, "=", path, ": cannot read: ", std::strerror(errno)));
   }
-  struct stat info;
-  if (lstat(path.c_str(), &info) == 0) {
-    if (!S_ISSOCK(info.st_mode)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          path, " exists and is not a socket; refusing to replace it"));
-    }
-    if (unlink(path.c_str()) != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot remove stale socket ", path, ": ", std::strerror(errno)));
-    }
+  std::stringstream contents;
+  contents << in.rdbuf();
+  if (contents.str().find("-----BEGIN") == std::string::npos) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--", flag, "=", path, ": not a PEM file"));
   }
-  return absl::OkStatus();
+  return contents.str();
+}
+
+// TLS for every TCP listener, or plaintext under --insecure_tcp.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
+    const ServerConfig& config) {
+  if (config.insecure_tcp) return grpc::InsecureServerCredentials();
+  ASSIGN_OR_RETURN(std::string cert,
+                   ReadPemFile("tls_cert_file", config.tls_cert_file));
+  ASSIGN_OR_RETURN(std::string key,
+                   ReadPemFile("tls_key_file", config.tls_key_file));
+  std::string client_ca;
+  if (!config.tls_client_ca_file.empty()) {
+    ASSIGN_OR_RETURN(client_ca, ReadPemFile("tls_client_ca_file",
+                                            config.tls_client_ca_file));
+  }
+  std::string token;
+  if (!config.auth_token_file.empty()) {
+    ASSIGN_OR_RETURN(token, ReadTokenFile(config.auth_token_file));
+  }
+  grpc::SslServerCredentialsOptions options(
+      client_ca.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = client_ca;
+  options.pem_key_cert_pairs.push_back({key, cert});
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::SslServerCredentials(options);
+  credentials->SetAuthMetadataProcessor(std::make_shared<BearerTokenProcessor>(
+      std::move(token), !client_ca.empty()));
+  return credentials;
+}
+
+// Keepalive: the daemon pings each connection with a call open (a Lease
+// stream) when it is silent and drops it when the ping goes unanswered, so a
+// frozen or vanished client's Lease stream ends (releasing its leases) within
+// keepalive_time + keepalive_timeout. Connections without calls are not
+// pinged: an idle client channel is not polled, would not answer, and its next
+// call would fail instead of reconnecting. The ping policy lets clients ping
+// every kMinClientPingIntervalMs while they have calls; our clients ping less
+// often than that, and never without calls.
+void SetKeepalive(const ServerConfig& config, grpc::ServerBuilder* builder) {
+  const int time_ms = static_cast<int>(config.keepalive_time_ms);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, time_ms);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                              static_cast<int>(config.keepalive_timeout_ms));
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  // Keep pinging a connection that sends nothing else (an idle Lease stream).
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder->AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, time_ms);
+  builder->AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+      static_cast<int>(kMinClientPingIntervalMs));
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
     const ServerConfig& config) {
+  RETURN_IF_ERROR(ValidateServerConfig(config));
   auto daemon = std::unique_ptr<Daemon>(new Daemon());
   daemon->config_ = config;
   daemon->metrics_ = std::make_unique<MetricsRegistry>();
+  daemon->unix_peers_ = std::make_unique<UnixPeerRegistry>();
+  daemon->running_calls_ = std::make_unique<RunningCalls>();
+  AccessPolicy::Options access;
+  access.allow_uids = config.allow_uids;
+  access.allow_gids = config.allow_gids;
+  access.admin_uids = config.admin_uids;
+  access.tcp_authenticated = !config.insecure_tcp;
+  daemon->access_policy_ =
+      std::make_unique<AccessPolicy>(access, daemon->unix_peers_.get());
   ASSIGN_OR_RETURN(daemon->services_,
-                   DaemonServices::Create(config, daemon->metrics_.get()));
+                   DaemonServices::Create(config, daemon->metrics_.get(),
+                                          daemon->access_policy_.get()));
+
+  bool any_tcp = false;
+  for (const std::string& address : config.listen)
+    any_tcp |= IsTcpListenAddress(address);
+  std::shared_ptr<grpc::ServerCredentials> tcp_credentials;
+  if (any_tcp) {
+    ASSIGN_OR_RETURN(tcp_credentials, TcpCredentials(config));
+    if (config.insecure_tcp) {
+      LogWarning(
+          "weightd: --insecure_tcp: TCP is served in PLAINTEXT WITHOUT "
+          "AUTHENTICATION; anyone who can reach %s can read every file under "
+          "the model roots",
+          absl::StrJoin(config.listen, ", "));
+    }
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  SetKeepalive(config, &builder);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(
+      std::make_unique<CallInterceptorFactory>(daemon->running_calls_.get()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(daemon->services_->weight_service.get());
+  daemon->unknown_methods_ = std::make_unique<UnknownMethodService>();
+  builder.RegisterCallbackGenericService(daemon->unknown_methods_.get());
   std::vector<int> bound_ports(config.listen.size(), 0);
   for (size_t i = 0; i < config.listen.size(); ++i) {
     const std::string& address = config.listen[i];
     if (absl::StartsWith(address, kUnixPrefix)) {
-      std::string path = address.substr(strlen(kUnixPrefix));
-      RETURN_IF_ERROR(PrepareUnixSocketPath(path));
-      daemon->unix_socket_paths_.push_back(path);
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+      // Accepted by the daemon itself, for the peer's credentials.
+      ASSIGN_OR_RETURN(
+          std::unique_ptr<UnixSocketListener> listener,
+          UnixSocketListener::Create(address.substr(strlen(kUnixPrefix)),
+                                     config.unix_socket_mode));
+      daemon->unix_socket_paths_.push_back(listener->path());
+      daemon->unix_listeners_.push_back(std::move(listener));
     } else {
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials(),
-                               &bound_ports[i]);
+      builder.AddListeningPort(address, tcp_credentials, &bound_ports[i]);
     }
   }
   daemon->grpc_server_ = builder.BuildAndStart();
@@ -204,10 +288,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
     }
     daemon->tcp_ports_.push_back(bound_ports[i]);
   }
-  for (const std::string& path : daemon->unix_socket_paths_) {
-    if (chmod(path.c_str(), config.unix_socket_mode) != 0) {
-      LogWarning("cannot chmod %s: %s", path, std::strerror(errno));
-    }
+  grpc::Server* server = daemon->grpc_server_.get();
+  UnixPeerRegistry* peers = daemon->unix_peers_.get();
+  for (const auto& listener : daemon->unix_listeners_) {
+    listener->Start([server, peers](int fd, const PeerCredentials& peer) {
+      // Recorded first: the connection's first call may come at once.
+      peers->Add(fd, peer);
+      grpc::AddInsecureChannelFromFd(server, fd);
+    });
   }
   daemon->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
@@ -223,8 +311,20 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
 }
 
 std::string Daemon::ReadyLine() const {
-  std::string line = absl::StrCat("weightd ready: grpc on ",
-                                  absl::StrJoin(config_.listen, ", "));
+  // TCP addresses with the ports bound (HOST:0 picks one).
+  std::vector<std::string> addresses;
+  size_t tcp_index = 0;
+  for (const std::string& address : config_.listen) {
+    if (!IsTcpListenAddress(address) || tcp_index >= tcp_ports_.size()) {
+      addresses.push_back(address);
+      continue;
+    }
+    addresses.push_back(absl::StrCat(
+        address.substr(0, address.rfind(':')), ":", tcp_ports_[tcp_index++],
+        config_.insecure_tcp ? " (insecure)" : " (TLS)"));
+  }
+  std::string line =
+      absl::StrCat("weightd ready: grpc on ", absl::StrJoin(addresses, ", "));
   if (http_ != nullptr) {
     size_t colon = config_.metrics_address.rfind(':');
     absl::StrAppend(&line, "; metrics on http://",
@@ -241,6 +341,7 @@ int Daemon::metrics_port() const {
 }
 
 void Daemon::Shutdown() {
+  for (const auto& listener : unix_listeners_) listener->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     if (services_ != nullptr) {
@@ -248,11 +349,29 @@ void Daemon::Shutdown() {
       // Queued loads are answered UNAVAILABLE now, not after the grace.
       services_->manager->Shutdown();
     }
-    grpc_server_->Shutdown(std::chrono::system_clock::now() +
-                           std::chrono::seconds(5));
+    const absl::Time deadline =
+        absl::Now() + absl::Milliseconds(config_.shutdown_grace_ms);
+    std::atomic<bool> stopped{false};
+    grpc::Server* server = grpc_server_.get();
+    std::thread stopper([server, deadline, &stopped] {
+      server->Shutdown(absl::ToChronoTime(deadline));
+      stopped.store(true);
+    });
+    // gRPC's Shutdown waits for running calls and also for every client to
+    // hang up, idle ones included. Once no call runs, drop the connections
+    // (repeatedly: a client may still have been connecting).
+    while (!stopped.load()) {
+      if (running_calls_->WaitUntilIdle(
+              std::min(deadline, absl::Now() + absl::Milliseconds(50)))) {
+        grpc_server_cancel_all_calls(server->c_server());
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    stopper.join();
     grpc_server_->Wait();
     grpc_server_.reset();
   }
+  unix_listeners_.clear();
   if (services_ != nullptr) services_->weight_service->WaitForLoads();
   if (http_ != nullptr) {
     http_->Stop();

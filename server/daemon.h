@@ -16,9 +16,15 @@ class Server;
 
 namespace weightd {
 
+class AccessPolicy;
+class CallInterceptorFactory;
 class HttpEndpoint;
 class MetricsRegistry;
 class DaemonServices;
+class RunningCalls;
+class UnixPeerRegistry;
+class UnixSocketListener;
+class UnknownMethodService;
 
 class Daemon {
  public:
@@ -32,16 +38,22 @@ class Daemon {
   int metrics_port() const;
   // Ports bound for the TCP listen addresses, in order (useful with HOST:0).
   const std::vector<int>& tcp_ports() const { return tcp_ports_; }
-  // Stops accepting, lets in-flight calls finish (bounded), releases
-  // everything.
+  // Stops accepting, lets running calls finish (within the shutdown grace;
+  // idle connections do not hold it), releases everything.
   void Shutdown();
 
  private:
   Daemon() = default;
   ServerConfig config_;
   std::unique_ptr<MetricsRegistry> metrics_;
+  // Declared before the services and the server, which use them.
+  std::unique_ptr<UnixPeerRegistry> unix_peers_;
+  std::unique_ptr<AccessPolicy> access_policy_;
+  std::unique_ptr<RunningCalls> running_calls_;
   std::unique_ptr<DaemonServices> services_;
+  std::unique_ptr<UnknownMethodService> unknown_methods_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::vector<std::unique_ptr<UnixSocketListener>> unix_listeners_;
   std::unique_ptr<HttpEndpoint> http_;
   std::vector<std::string> unix_socket_paths_;
   std::vector<int> tcp_ports_;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "loader/common/logging.h"
+#include "server/request_validation.h"
 
 namespace weightd {
 namespace {
@@ -58,12 +59,29 @@ LoadSpec SpecFromRequest(const v1::LoadRequest& request) {
   return spec;
 }
 
+// A call refused before it started (authorization, validation).
+template <typename Response>
+class RefusedWriteReactor : public grpc::ServerWriteReactor<Response> {
+ public:
+  explicit RefusedWriteReactor(const grpc::Status& status) {
+    this->Finish(status);
+  }
+  void OnDone() override { delete this; }
+};
+
+class RefusedLeaseReactor
+    : public grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent> {
+ public:
+  explicit RefusedLeaseReactor(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+                      BoundStatusMessage(status.message()));
 }
 
 void FillModelDescription(const std::string& model_id, const LoadedModel& model,
@@ -254,8 +272,12 @@ class WeightServiceImpl::LoadReactor
 class WeightServiceImpl::LeaseReactor
     : public grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent> {
  public:
-  LeaseReactor(WeightServiceImpl* service, std::string session_id)
-      : service_(service), session_id_(std::move(session_id)) {
+  LeaseReactor(WeightServiceImpl* service, std::string session_id,
+               const Caller& caller)
+      : service_(service),
+        session_id_(std::move(session_id)),
+        peer_(caller.Describe()) {
+    LogDebug("lease session %s opened by %s", session_id_, peer_);
     service_->manager_->OpenSession(session_id_);
     service_->lease_sessions_.fetch_add(1);
     service_->lease_opened_->Increment();
@@ -266,7 +288,10 @@ class WeightServiceImpl::LeaseReactor
     {
       MutexLock lock(&service_->leases_mu_);
       refused = service_->leases_ended_;
-      if (!refused) service_->lease_reactors_.insert(this);
+      if (!refused) {
+        service_->lease_reactors_.insert(this);
+        service_->session_connections_[session_id_] = caller.connection;
+      }
     }
     MutexLock lock(&mu_);
     if (refused) {
@@ -301,21 +326,27 @@ class WeightServiceImpl::LeaseReactor
     event.set_session_id(session_id_);
     absl::Status status;
     if (request_.has_acquire_model_id()) {
-      event.set_model_id(request_.acquire_model_id());
-      status =
-          service_->manager_->Acquire(request_.acquire_model_id(), session_id_);
+      event.set_model_id(BoundForMessage(request_.acquire_model_id()));
+      status = ValidateModelId(request_.acquire_model_id());
+      if (status.ok()) {
+        status = service_->manager_->Acquire(request_.acquire_model_id(),
+                                             session_id_);
+      }
       event.set_kind(v1::LeaseEvent::ACQUIRED);
     } else if (request_.has_release_model_id()) {
-      event.set_model_id(request_.release_model_id());
-      status =
-          service_->manager_->Release(request_.release_model_id(), session_id_);
+      event.set_model_id(BoundForMessage(request_.release_model_id()));
+      status = ValidateModelId(request_.release_model_id());
+      if (status.ok()) {
+        status = service_->manager_->Release(request_.release_model_id(),
+                                             session_id_);
+      }
       event.set_kind(v1::LeaseEvent::RELEASED);
     } else {
       status = absl::InvalidArgumentError("lease request names no action");
     }
     if (!status.ok()) {
       event.set_kind(v1::LeaseEvent::ERROR);
-      event.set_error(std::string(status.message()));
+      event.set_error(BoundStatusMessage(status.message()));
     }
     MutexLock lock(&mu_);
     if (finished_ || finishing_) return;
@@ -344,6 +375,7 @@ class WeightServiceImpl::LeaseReactor
     {
       MutexLock lock(&service_->leases_mu_);
       service_->lease_reactors_.erase(this);
+      service_->session_connections_.erase(session_id_);
     }
     ReleaseAll();
     service_->lease_sessions_.fetch_sub(1);
@@ -371,13 +403,14 @@ class WeightServiceImpl::LeaseReactor
     if (!released_.exchange(true)) {
       int released = service_->manager_->ReleaseSession(session_id_);
       if (released > 0)
-        LogInfo("lease session %s ended: %d lease(s) released", session_id_,
-                released);
+        LogInfo("lease session %s of %s ended: %d lease(s) released",
+                session_id_, peer_, released);
     }
   }
 
   WeightServiceImpl* const service_;
   const std::string session_id_;
+  const std::string peer_;  // the opener's uid/gid/pid or TCP address
   v1::LeaseRequest request_;
   std::atomic<bool> released_{false};
   Mutex mu_;
@@ -503,8 +536,11 @@ class WeightServiceImpl::ReadTensorsReactor
 
 WeightServiceImpl::WeightServiceImpl(ModelManager* manager,
                                      MetricsRegistry* metrics,
+                                     const AccessPolicy* access_policy,
                                      std::string version)
-    : manager_(manager), version_(std::move(version)) {
+    : manager_(manager),
+      access_policy_(access_policy),
+      version_(std::move(version)) {
   load_requests_ = metrics->AddCounter("weightd_load_requests_total",
                                        "Load requests received.");
   load_errors_ = metrics->AddCounter("weightd_load_errors_total",
@@ -526,8 +562,34 @@ void WeightServiceImpl::WaitForLoads() {
   while (running_loads_ > 0) threads_done_.Wait(&threads_mu_);
 }
 
+absl::StatusOr<Caller> WeightServiceImpl::Authorize(
+    grpc::CallbackServerContext* context) const {
+  return access_policy_->Authorize(context->peer());
+}
+
+absl::Status WeightServiceImpl::CheckSessionOwner(const std::string& session,
+                                                  const Caller& caller) {
+  MutexLock lock(&leases_mu_);
+  auto it = session_connections_.find(session);
+  if (it == session_connections_.end() || it->second == caller.connection) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "lease session \"", BoundForMessage(session),
+      "\" belongs to another connection; open your own with Lease"));
+}
+
 grpc::ServerWriteReactor<v1::LoadEvent>* WeightServiceImpl::Load(
     grpc::CallbackServerContext* context, const v1::LoadRequest* request) {
+  absl::StatusOr<Caller> caller = Authorize(context);
+  absl::Status allowed = caller.status();
+  if (allowed.ok()) allowed = ValidateLoadRequest(*request);
+  if (allowed.ok() && !request->lease_session().empty()) {
+    allowed = CheckSessionOwner(request->lease_session(), *caller);
+  }
+  if (!allowed.ok()) {
+    return new RefusedWriteReactor<v1::LoadEvent>(ToGrpcStatus(allowed));
+  }
   return new LoadReactor(this, *request);
 }
 
@@ -535,6 +597,12 @@ grpc::ServerUnaryReactor* WeightServiceImpl::Describe(
     grpc::CallbackServerContext* context, const v1::DescribeRequest* request,
     v1::ModelDescription* response) {
   auto* reactor = context->DefaultReactor();
+  absl::Status allowed = Authorize(context).status();
+  if (allowed.ok()) allowed = ValidateModelId(request->model_id());
+  if (!allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   auto info = manager_->Describe(request->model_id());
   if (!info.ok()) {
     reactor->Finish(ToGrpcStatus(info.status()));
@@ -550,6 +618,11 @@ grpc::ServerUnaryReactor* WeightServiceImpl::Describe(
 grpc::ServerUnaryReactor* WeightServiceImpl::List(
     grpc::CallbackServerContext* context, const v1::ListRequest* request,
     v1::ListResponse* response) {
+  if (absl::Status allowed = Authorize(context).status(); !allowed.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   for (const CacheEntryInfo& info : manager_->List()) {
     auto model = AsLoadedModel(info.value);
     v1::ModelSummary* summary = response->add_models();
@@ -573,6 +646,17 @@ grpc::ServerUnaryReactor* WeightServiceImpl::Unload(
     grpc::CallbackServerContext* context, const v1::UnloadRequest* request,
     v1::UnloadResponse* response) {
   auto* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = Authorize(context);
+  absl::Status allowed = caller.status();
+  if (allowed.ok()) allowed = ValidateModelId(request->model_id());
+  // Forcing drops leases other clients hold: an admin call.
+  if (allowed.ok() && request->force()) {
+    allowed = access_policy_->AuthorizeAdmin(*caller, "Unload with force");
+  }
+  if (!allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   auto freed = manager_->Unload(request->model_id(), request->force());
   if (freed.ok()) response->set_freed_bytes(*freed);
   reactor->Finish(ToGrpcStatus(freed.status()));
@@ -582,6 +666,11 @@ grpc::ServerUnaryReactor* WeightServiceImpl::Unload(
 grpc::ServerUnaryReactor* WeightServiceImpl::Stats(
     grpc::CallbackServerContext* context, const v1::StatsRequest* request,
     v1::StatsResponse* response) {
+  if (absl::Status allowed = Authorize(context).status(); !allowed.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   CacheStats stats = manager_->Stats();
   response->set_loads(stats.loads);
   response->set_cache_hits(stats.hits);
@@ -607,6 +696,11 @@ grpc::ServerUnaryReactor* WeightServiceImpl::Stats(
 grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
     grpc::CallbackServerContext* context, const v1::ServerInfoRequest* request,
     v1::ServerInfoResponse* response) {
+  if (absl::Status allowed = Authorize(context).status(); !allowed.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   ManagerInfo info = manager_->Info();
   response->set_version(version_);
   for (const GpuDescription& gpu : info.gpus) {
@@ -638,13 +732,24 @@ void WeightServiceImpl::EndLeaseStreams() {
 
 grpc::ServerBidiReactor<v1::LeaseRequest, v1::LeaseEvent>*
 WeightServiceImpl::Lease(grpc::CallbackServerContext* context) {
-  return new LeaseReactor(this,
-                          absl::StrCat("session-", next_session_.fetch_add(1)));
+  absl::StatusOr<Caller> caller = Authorize(context);
+  if (!caller.ok())
+    return new RefusedLeaseReactor(ToGrpcStatus(caller.status()));
+  absl::StatusOr<std::string> session = NewSessionId();
+  if (!session.ok()) {
+    return new RefusedLeaseReactor(ToGrpcStatus(session.status()));
+  }
+  return new LeaseReactor(this, *std::move(session), *caller);
 }
 
 grpc::ServerWriteReactor<v1::TensorChunk>* WeightServiceImpl::ReadTensors(
     grpc::CallbackServerContext* context,
     const v1::ReadTensorsRequest* request) {
+  absl::Status allowed = Authorize(context).status();
+  if (allowed.ok()) allowed = ValidateReadTensorsRequest(*request);
+  if (!allowed.ok()) {
+    return new RefusedWriteReactor<v1::TensorChunk>(ToGrpcStatus(allowed));
+  }
   return new ReadTensorsReactor(this, *request);
 }
 

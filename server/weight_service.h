@@ -3,6 +3,7 @@
 #define WEIGHTD_SERVER_WEIGHT_SERVICE_H_
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -10,18 +11,21 @@
 #include "loader/cache/model_manager.h"
 #include "loader/common/mutex.h"
 #include "proto/weightd/v1/weightd.grpc.pb.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 
 namespace weightd {
 
-// Status -> grpc::Status with the same code and message.
+// Status -> grpc::Status with the same code and message (bounded: see
+// BoundStatusMessage).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class WeightServiceImpl final
     : public weightd::v1::WeightService::CallbackService {
  public:
+  // `access_policy` (not owned) decides who may call.
   WeightServiceImpl(ModelManager* manager, MetricsRegistry* metrics,
-                    std::string version);
+                    const AccessPolicy* access_policy, std::string version);
   ~WeightServiceImpl() override;
 
   grpc::ServerWriteReactor<weightd::v1::LoadEvent>* Load(
@@ -66,13 +70,23 @@ class WeightServiceImpl final
   class LeaseReactor;
   class ReadTensorsReactor;
 
+  // The caller, or PERMISSION_DENIED for a peer the policy refuses.
+  absl::StatusOr<Caller> Authorize(grpc::CallbackServerContext* context) const;
+  // PERMISSION_DENIED when `session` is open on another connection than
+  // `caller`'s (unknown sessions are left to the cache to refuse).
+  absl::Status CheckSessionOwner(const std::string& session,
+                                 const Caller& caller);
+
   ModelManager* const manager_;
+  const AccessPolicy* const access_policy_;
   const std::string version_;
   std::atomic<int> lease_sessions_{0};
-  std::atomic<uint64_t> next_session_{1};
 
   Mutex leases_mu_;
   std::set<LeaseReactor*> lease_reactors_ ABSL_GUARDED_BY(leases_mu_);
+  // Open session id -> the connection that opened it.
+  std::map<std::string, std::string> session_connections_
+      ABSL_GUARDED_BY(leases_mu_);
   bool leases_ended_ ABSL_GUARDED_BY(leases_mu_) = false;
 
   Mutex threads_mu_;

@@ -1,10 +1,14 @@
 #include "loader/cache/checkpoint_cache.h"
 
+#include <sys/random.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace weightd {
@@ -37,10 +41,19 @@ CheckpointCache::CheckpointCache(Options options)
 CheckpointCache::~CheckpointCache() = default;
 
 std::string CheckpointCache::NewModelIdLocked(const CacheKey& key) {
-  // Short, unique for the daemon's life, and readable: a counter plus the
-  // file's base name.
+  // Short, readable and unique across restarts: a random prefix drawn once per
+  // process (an id a client saved before a restart names no model afterwards,
+  // rather than another one), a counter, and the file's base name.
+  static const std::string* const kInstance = [] {
+    uint32_t random = 0;
+    if (getrandom(&random, sizeof(random), 0) != sizeof(random)) {
+      // No entropy source: the clock still differs between restarts.
+      random = static_cast<uint32_t>(absl::ToUnixNanos(absl::Now()) ^ getpid());
+    }
+    return new std::string(absl::StrFormat("%08x", random));
+  }();
   std::string base = key.path.substr(key.path.find_last_of('/') + 1);
-  return absl::StrFormat("m%d-%s", next_id_++, base);
+  return absl::StrFormat("m%s.%d-%s", *kInstance, next_id_++, base);
 }
 
 absl::Status CheckpointCache::ReserveLocked(const TierBytes& need,

@@ -172,6 +172,7 @@ class DaemonTest : public ::testing::Test {
     socket_dir_ = absl::StrCat("/tmp/weightd-test-", getpid(), "-", counter++);
     socket_path_ = socket_dir_ + "/w.sock";
     config.listen = {"unix:" + socket_path_, "127.0.0.1:0"};
+    config.insecure_tcp = true;  // TLS is access_test's
     config.model_roots = {root_.string()};
     // Runfiles are symlinks into the source tree; the daemon (rightly) refuses
     // symlinks that leave a root, so the root is the fixtures' real directory.

@@ -54,6 +54,49 @@ def _decode_health_response(data):
     return _HEALTH_STATUS.get(status, str(status))
 
 
+# Notice a vanished daemon while a call (the Lease stream) is open; pings are slower than the
+# daemon's ping policy allows (one per 10 s while calls are open, none without), so it never
+# answers with GOAWAY too_many_pings.
+_KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 30000),
+                      ("grpc.keepalive_timeout_ms", 10000),
+                      ("grpc.keepalive_permit_without_calls", 0),
+                      ("grpc.http2.max_pings_without_data", 0)]
+
+
+def _read(what, path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "cannot read %s %s: %s" % (what, path, e.strerror)) from None
+
+
+def _channel_credentials(address, ca_file, cert_file, key_file, token_file):
+    """None for a plaintext channel, else TLS (and the token) for a TCP address."""
+    if address.startswith("unix:"):
+        return None
+    tls = bool(ca_file or cert_file or key_file)
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("weightd: tls_cert_file and tls_key_file go together")
+    if token_file and not tls:
+        raise ValueError("weightd: refusing to send the token to %s in plaintext: give "
+                         "tls_ca_file (or $WEIGHTD_TLS_CA_FILE)" % address)
+    if not tls:
+        return None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read("TLS CA file", ca_file) if ca_file else None,
+        private_key=_read("TLS key", key_file) if key_file else None,
+        certificate_chain=_read("TLS certificate", cert_file) if cert_file else None)
+    if token_file:
+        token = _read("token file", token_file).decode().strip()
+        if not token:
+            raise ValueError("weightd: token file %s is empty" % token_file)
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token))
+    return credentials
+
+
 def _normalize_address(address):
     if address.startswith("/"):
         return "unix:" + address
@@ -67,9 +110,16 @@ class Client:
     or any gRPC target; default $WEIGHTD_ADDRESS, else "unix:run/weightd.sock".
     backend: "torch" (default when torch is importable) or "numpy".
     timeout: seconds for the unary calls (list, describe, ...); None waits forever.
+    TCP daemons need TLS plus a token or a client certificate:
+    tls_ca_file: PEM of the CA that signed the daemon's certificate (default
+    $WEIGHTD_TLS_CA_FILE); tls_cert_file / tls_key_file: a client certificate for mTLS
+    ($WEIGHTD_TLS_CERT_FILE, $WEIGHTD_TLS_KEY_FILE); token_file: the bearer token, sent as
+    "authorization: Bearer <token>" ($WEIGHTD_TOKEN_FILE). Unix sockets ignore them (the daemon
+    knows its Unix peers by uid).
     """
 
-    def __init__(self, address=None, *, backend=None, timeout=None, options=None):
+    def __init__(self, address=None, *, backend=None, timeout=None, options=None,
+                 tls_ca_file=None, tls_cert_file=None, tls_key_file=None, token_file=None):
         self.address = _normalize_address(
             address or os.environ.get("WEIGHTD_ADDRESS") or DEFAULT_ADDRESS)
         if backend is None:
@@ -86,8 +136,19 @@ class Client:
         self.timeout = timeout
         channel_options = [("grpc.max_receive_message_length", 1 << 30),
                            ("grpc.max_send_message_length", 64 << 20)]
+        channel_options += _KEEPALIVE_OPTIONS
         channel_options += list(options or [])
-        self._channel = grpc.insecure_channel(self.address, options=channel_options)
+        credentials = _channel_credentials(
+            self.address,
+            tls_ca_file or os.environ.get("WEIGHTD_TLS_CA_FILE"),
+            tls_cert_file or os.environ.get("WEIGHTD_TLS_CERT_FILE"),
+            tls_key_file or os.environ.get("WEIGHTD_TLS_KEY_FILE"),
+            token_file or os.environ.get("WEIGHTD_TOKEN_FILE"))
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=channel_options)
+        else:
+            self._channel = grpc.secure_channel(self.address, credentials,
+                                                options=channel_options)
         self._stub = pb_grpc.WeightServiceStub(self._channel)
         self._lease = None
         self._lock = threading.Lock()
