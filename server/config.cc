@@ -119,6 +119,19 @@ const std::map<std::string, Setter>& Setters() {
          return ParseIntFlag("max_concurrent_loads", v, 1, 1024,
                              &c.max_concurrent_loads);
        }},
+      {"max_queued_loads",
+       [](ServerConfig& c, const std::string& v) {
+         return ParseIntFlag("max_queued_loads", v, 0, 1 << 20,
+                             &c.max_queued_loads);
+       }},
+      {"max_models",
+       [](ServerConfig& c, const std::string& v) {
+         return ParseIntFlag("max_models", v, 1, 1 << 20, &c.max_models);
+       }},
+      {"worker_threads",
+       [](ServerConfig& c, const std::string& v) {
+         return ParseIntFlag("worker_threads", v, 0, 256, &c.worker_threads);
+       }},
       {"fake_gpus",
        [](ServerConfig& c, const std::string& v) {
          return ParseIntFlag("fake_gpus", v, 0, 16, &c.fake_gpus);
@@ -214,6 +227,11 @@ std::string ServerUsage() {
   --host_budget=BYTES             host memory budget for copies (e.g. 8G; 0 = unlimited)
   --gpu_budget=BYTES              per-GPU budget (0 = 90% of the GPU's memory)
   --max_concurrent_loads=N        loads reading files at once (default 4)
+  --max_queued_loads=N            loads that may wait for one; more are
+                                  RESOURCE_EXHAUSTED (default 256)
+  --max_models=N                  models the cache holds (default 1024)
+  --worker_threads=N              threads for casts and ReadTensors
+                                  (default: cores, at most 8)
   --io_backend=auto|io_uring|pread  (default auto: io_uring where the kernel allows it)
   --staging_chunk=BYTES           pinned staging buffer size (default 8M)
   --staging_buffers=N             pinned staging buffers per load (default 4)

@@ -21,6 +21,9 @@ struct ServerConfig {
   uint64_t host_budget_bytes = 0;  // 0: unlimited
   uint64_t gpu_budget_bytes = 0;   // per GPU; 0: 90% of the GPU's memory
   int max_concurrent_loads = 4;
+  int max_queued_loads = 256;  // loads waiting for a load thread
+  int max_models = 1024;       // cache entries
+  int worker_threads = 0;      // casts, ReadTensors; 0: cores, at most 8
   int fake_gpus = 0;  // test GPUs with their own memory, after the real ones
   int fake_gpu_copy_delay_us = 0;   // per staged chunk copied to a fake GPU
   std::string io_backend = "auto";  // auto | io_uring | pread

@@ -52,6 +52,9 @@ class DaemonServices {
     options.host_budget_bytes = config.host_budget_bytes;
     options.gpu_budget_bytes = config.gpu_budget_bytes;
     options.max_concurrent_loads = config.max_concurrent_loads;
+    options.max_queued_loads = static_cast<size_t>(config.max_queued_loads);
+    options.max_models = static_cast<size_t>(config.max_models);
+    options.worker_threads = config.worker_threads;
     ASSIGN_OR_RETURN(services->manager,
                      ModelManager::Create(options, std::move(devices)));
     services->weight_service = std::make_unique<WeightServiceImpl>(

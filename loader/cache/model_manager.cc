@@ -206,11 +206,11 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
   FileWatcher::ChangeCallback on_change = [raw](const FileWatcher::Change& c) {
     raw->OnFileChanged(c);
   };
-  manager->watcher_ = make_watcher
-                          ? make_watcher(std::move(on_change))
-                          : CreateFileWatcher(FileWatcherOptions{},
-                                              std::move(on_change));
-  manager->mapped_files_ = std::make_unique<MappedFiles>(manager->watcher_.get());
+  manager->watcher_ = make_watcher ? make_watcher(std::move(on_change))
+                                   : CreateFileWatcher(FileWatcherOptions{},
+                                                       std::move(on_change));
+  manager->mapped_files_ =
+      std::make_unique<MappedFiles>(manager->watcher_.get());
   int workers = options.worker_threads;
   if (workers <= 0) {
     workers = std::min(

@@ -63,8 +63,8 @@ class ModelManager {
 
   // Makes the watcher told of each mapped file (the inotify one by default):
   // a file that changes on disk makes its models stale at once.
-  using WatcherFactory = std::function<std::unique_ptr<FileWatcher>(
-      FileWatcher::ChangeCallback)>;
+  using WatcherFactory =
+      std::function<std::unique_ptr<FileWatcher>(FileWatcher::ChangeCallback)>;
 
   static absl::StatusOr<std::unique_ptr<ModelManager>> Create(
       const Options& options, std::unique_ptr<DeviceSet> devices,

@@ -67,12 +67,24 @@ class HardeningTest(unittest.TestCase):
     def test_file_truncated_under_a_mapped_model_is_data_loss(self):
         daemon = self.start()
         path = self.checkpoint("latest.safetensors", floats=4 << 20)
-        model = daemon.load(path, "meta")  # mapped and parsed; bytes come from the file
+        session, close = daemon.open_session()
+        # Mapped and parsed, leased; its bytes come from the file.
+        model = daemon.load(path, "meta", session=session)
         os.truncate(path, 4096)  # a trainer re-saving latest.safetensors
         code, details = code_of(lambda: daemon.read_tensors(model.model_id))
-        self.assertEqual(code, grpc.StatusCode.DATA_LOSS, details)
+        # Either the read faults on the truncated mapping, or the file watcher has
+        # already marked the model stale: a clear error naming the file both ways.
+        self.assertIn(code, (grpc.StatusCode.DATA_LOSS,
+                             grpc.StatusCode.FAILED_PRECONDITION), details)
         self.assertIn(path, details)
-        self.assertIn("offset", details)
+        self.assertIn("offset" if code == grpc.StatusCode.DATA_LOSS else "changed on disk",
+                      details)
+        # The watcher marks it stale in any case; a new load reads the new file.
+        self.assertTrue(wait_until(lambda: any(
+            m.stale for m in daemon.stub.List(harness.pb.ListRequest()).models), 10))
+        code, details = code_of(lambda: daemon.load(path, "meta"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, details)
+        close()
         self.assert_still_serving(daemon)
 
     def test_file_truncated_during_a_gpu_cast_load_is_data_loss(self):

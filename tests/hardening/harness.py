@@ -107,6 +107,24 @@ class Daemon:
             out[current] += chunk.data
         return out
 
+    def open_session(self):
+        """A Lease stream held open until close(): returns (session id, close)."""
+        import queue
+        requests = queue.Queue()
+
+        def iterate():
+            while True:
+                item = requests.get()
+                if item is None:
+                    return
+                yield item
+        call = self.stub.Lease(iterate())
+        first = next(call)
+        def close():
+            requests.put(None)
+            call.cancel()
+        return first.session_id, close
+
     def stats(self):
         return self.stub.Stats(pb.StatsRequest(), timeout=10)
 
