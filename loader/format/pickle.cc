@@ -477,7 +477,25 @@ absl::Status Unpickler::Error(size_t at, absl::string_view what) const {
                    " (pickle byte ", at, ")"));
 }
 
+absl::Status Unpickler::CheckFrameHolds(size_t n) {
+  if (!in_frame_ || n == 0) return absl::OkStatus();
+  if (pos_ == frame_end_) {
+    in_frame_ = false;  // bytes after an exhausted frame need no frame
+    return absl::OkStatus();
+  }
+  if (n > frame_end_ - pos_) {
+    return Error(
+        op_pos_,
+        absl::StrCat("pickle exhausted before end of frame: the "
+                     "opcode reads ",
+                     n, " bytes from byte ", pos_,
+                     ", past the end of its frame at byte ", frame_end_));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Unpickler::ReadBytes(size_t n, absl::string_view* out) {
+  RETURN_IF_ERROR(CheckFrameHolds(n));
   if (n > data_.size() - pos_) {
     return Error(pos_,
                  absl::StrCat("pickle truncated: needs ", n, " more bytes, ",
@@ -489,7 +507,15 @@ absl::Status Unpickler::ReadBytes(size_t n, absl::string_view* out) {
 }
 
 absl::Status Unpickler::ReadLine(absl::string_view* out) {
+  if (in_frame_ && pos_ == frame_end_) in_frame_ = false;
   size_t nl = data_.find('\n', pos_);
+  if (in_frame_ && (nl == absl::string_view::npos || nl >= frame_end_)) {
+    return Error(op_pos_,
+                 absl::StrCat("pickle exhausted before end of frame: the "
+                              "opcode's line from byte ",
+                              pos_, " runs past the end of its frame at byte ",
+                              frame_end_));
+  }
   if (nl == absl::string_view::npos) {
     return Error(pos_, "pickle truncated: missing end of line");
   }
@@ -1065,11 +1091,14 @@ absl::Status Unpickler::Build(PyValue* inst, PyValue* state, size_t at) {
 absl::StatusOr<PyValue*> Unpickler::Load() {
   stack_.clear();
   marks_.clear();
+  in_frame_ = false;  // each pickle of a stream starts unframed
   while (true) {
     if (pos_ >= data_.size()) {
       return Error(pos_, "pickle truncated: no STOP opcode");
     }
+    if (in_frame_ && pos_ == frame_end_) in_frame_ = false;
     size_t op_pos = pos_;
+    op_pos_ = op_pos;
     uint8_t op = static_cast<uint8_t>(data_[pos_++]);
     bool stop = false;
     RETURN_IF_ERROR(Step(op, op_pos, &stop));
@@ -1104,7 +1133,14 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
     case kFrame: {
       RETURN_IF_ERROR(ReadBytes(8, &raw));
       uint64_t n = LE64(raw.data());
+      if (in_frame_ && pos_ < frame_end_) {
+        return Error(at, absl::StrCat("beginning of a new frame before end "
+                                      "of current frame (which ends at byte ",
+                                      frame_end_, ")"));
+      }
       if (n > data_.size() - pos_) return Error(at, "FRAME runs past the data");
+      in_frame_ = true;
+      frame_end_ = pos_ + n;
       return absl::OkStatus();
     }
     case kStop:
