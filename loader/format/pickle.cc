@@ -1068,17 +1068,13 @@ absl::Status Unpickler::Build(PyValue* inst, PyValue* state, size_t at) {
         inst->index = t->index;
         return absl::OkStatus();
       }
-      PyValue* dict = state;
-      PyValue* slots = nullptr;
-      if (state->kind == PyKind::kTuple && state->items.size() == 2) {
-        dict = state->items[0];
-        slots = state->items[1];
-      }
-      if (dict->kind == PyKind::kDict) {
-        for (auto& kv : dict->pairs) inst->pairs.push_back(kv);
-      }
-      if (slots != nullptr && slots->kind == PyKind::kDict) {
-        for (auto& kv : slots->pairs) inst->pairs.push_back(kv);
+      // TorchScript objects: torch's pickler writes the attribute dict, or
+      // for a class with __getstate__/__setstate__ whatever __getstate__
+      // returned, which only its __setstate__ (code) can interpret. Only the
+      // dict becomes attributes; any other state stays in `state` for the
+      // reader to refuse where it matters.
+      if (state->kind == PyKind::kDict) {
+        for (auto& kv : state->pairs) inst->pairs.push_back(kv);
       }
       return absl::OkStatus();
     }

@@ -37,7 +37,8 @@ enum class PyKind : uint8_t {
   kSet,    // items
   kFrozenSet,
   kGlobal,   // s: dotted name ("torch.FloatStorage", "__torch__.M")
-  kObject,   // s: class dotted name; pairs: attributes; state: raw BUILD state
+  kObject,   // s: class dotted name; pairs: attributes (when the BUILD
+             // state is a dict); state: raw BUILD state (nullptr: no BUILD)
   kTensor,   // index: into PickleResult::tensors
   kStorage,  // index: storage index chosen by the persistent loader
   kDevice,   // s: "cuda:0"

@@ -437,6 +437,26 @@ TEST(PickleTest, FramedFixturePicklesStillLoad) {
   }
 }
 
+// A state that is not a dict is whatever a TorchScript __getstate__ returned:
+// never attributes, even when it looks like Python's (dict, slots) pair.
+TEST(PickleTest, TorchScriptNonDictStateIsNotAttributes) {
+  UnpicklerOptions o;
+  o.torchscript = true;
+  const std::string pickle =
+      B("\x80\x02"
+        "c__torch__\nM\n)\x81}X\x01\x00\x00\x00"
+        "aK\x01s}X\x01\x00\x00\x00"
+        "bK\x02s\x86"
+        "b.");
+  Unpickler u(pickle, o, nullptr);
+  auto root = u.Load();
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ((*root)->kind, PyKind::kObject);
+  EXPECT_TRUE((*root)->pairs.empty());
+  ASSERT_NE((*root)->state, nullptr);
+  EXPECT_EQ((*root)->state->kind, PyKind::kTuple);
+}
+
 TEST(PickleTest, PyStrOfKeys) {
   Unpickler u("", {}, nullptr);
   PyValue* f = u.NewValue(PyKind::kFloat);
