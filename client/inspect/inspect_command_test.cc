@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "loader/common/json.h"
@@ -45,6 +46,32 @@ TEST(InspectTest, TorchScriptExtraFiles) {
   EXPECT_EQ(j->Find("format")->string_value(), "torchscript");
   EXPECT_EQ(j->Find("extra_files")->Find("notes.txt")->string_value(), "hello");
   EXPECT_EQ(j->Find("tensors")->array()[0].Find("sha256"), nullptr);
+}
+
+// torch.jit.save(..., _extra_files=) with binary content: valid UTF-8 stays a
+// string, anything else is {"__bytes__": base64}; the output is valid JSON.
+TEST(InspectTest, BinaryExtraFiles) {
+  std::ostringstream out, err;
+  ASSERT_EQ(RunInspect({"--json", "tests/fixtures/data/script_binary_extra.pt"},
+                       out, err),
+            0)
+      << err.str();
+  auto j = ParseJson(out.str());
+  ASSERT_TRUE(j.ok()) << j.status() << "\n" << out.str();
+  const Json* extra = j->Find("extra_files");
+  ASSERT_NE(extra, nullptr);
+  EXPECT_EQ(extra->size(), 4u);
+  EXPECT_EQ(extra->Find("notes.txt")->string_value(),
+            "h\xc3\xa9llo \xe2\x9c\x93");
+  EXPECT_EQ(extra->Find("empty")->string_value(), "");
+  std::string all_bytes;
+  for (int b = 0; b < 256; ++b) all_bytes.push_back(static_cast<char>(b));
+  ASSERT_TRUE(extra->Find("weights.bin")->is_object());
+  EXPECT_EQ(extra->Find("weights.bin")->Find("__bytes__")->string_value(),
+            absl::Base64Escape(all_bytes));
+  // A UTF-16 surrogate encoded as UTF-8 is not UTF-8.
+  EXPECT_EQ(extra->Find("surrogate.txt")->Find("__bytes__")->string_value(),
+            absl::Base64Escape("\xed\xa0\x80"));
 }
 
 TEST(InspectTest, BadFileOneLine) {

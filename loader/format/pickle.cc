@@ -15,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "loader/common/json.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/utf8.h"
 
 namespace weightd {
 namespace {
@@ -123,11 +124,6 @@ bool Utf8ToCodePoints(absl::string_view s, std::vector<uint32_t>* out) {
     i += len;
   }
   return true;
-}
-
-bool ValidUtf8(absl::string_view s) {
-  std::vector<uint32_t> cps;
-  return Utf8ToCodePoints(s, &cps);
 }
 
 // Little-endian two's complement bytes to a decimal string.
@@ -624,7 +620,7 @@ absl::StatusOr<PyValue*> Unpickler::DecodePy2String(absl::string_view raw) {
     }
     case StringEncoding::kUtf8:
     default: {
-      if (!ValidUtf8(raw)) {
+      if (!IsValidUtf8(raw)) {
         return absl::InvalidArgumentError(
             "Python 2 string is not valid UTF-8 (try the latin1 or bytes "
             "encoding)");
@@ -1294,6 +1290,12 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
                 ? PyKind::kBytes
             : op == kByteArray8 ? PyKind::kByteArray
                                 : PyKind::kStr;
+        // Text becomes tensor names, protobuf strings and JSON: UTF-8 only,
+        // as CPython decodes it (which also lets lone surrogates through;
+        // those cannot be sent anywhere, so they are refused too).
+        if (kind == PyKind::kStr && !IsValidUtf8(raw)) {
+          return Error(at, "unicode string is not valid UTF-8");
+        }
         v = NewValue(kind);
         v->s = std::string(raw);
       }
@@ -1330,7 +1332,7 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
           uint32_t cp = 0;
           if (k + 2 + digits > raw.size() ||
               !absl::SimpleHexAtoi(raw.substr(k + 2, digits), &cp) ||
-              cp > 0x10FFFF) {
+              cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
             return Error(at, "bad UNICODE escape");
           }
           AppendUtf8(cp, &v->s);

@@ -437,6 +437,19 @@ TEST(PickleTest, FramedFixturePicklesStillLoad) {
   }
 }
 
+// Text travels as protobuf strings and JSON: invalid UTF-8 is refused.
+TEST(PickleTest, UnicodeMustBeUtf8) {
+  auto r = ToJson(B("\x80\x04\x8c\x02\xff\xfe."));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("unicode string is not valid UTF-8 (pickle byte 2)"));
+  EXPECT_FALSE(ToJson(B("\x80\x04\x8c\x03\xed\xa0\x80.")).ok());
+  EXPECT_FALSE(ToJson(B("V\\ud800\n.")).ok());
+  auto ok = ToJson(B("\x80\x04\x8c\x02\xc3\xa9."));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(*ok, "\"\xc3\xa9\"");
+}
+
 // A state that is not a dict is whatever a TorchScript __getstate__ returned:
 // never attributes, even when it looks like Python's (dict, slots) pair.
 TEST(PickleTest, TorchScriptNonDictStateIsNotAttributes) {

@@ -15,6 +15,7 @@
 #include "loader/common/status_macros.h"
 #include "loader/format/pickle.h"
 #include "loader/format/pytree.h"
+#include "loader/format/utf8.h"
 
 namespace weightd {
 namespace {
@@ -504,8 +505,15 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
   const std::string extra_dir = prefix + "extra/";
   for (const ZipEntry& e : zip.entries()) {
     if (!absl::StartsWith(e.name, extra_dir)) continue;
-    ASSIGN_OR_RETURN(std::string text, ReadRecord(zip, e, options));
-    ckpt.extra_files.emplace(e.name.substr(extra_dir.size()), std::move(text));
+    std::string name = e.name.substr(extra_dir.size());
+    // Names travel as protobuf strings and JSON keys; contents are bytes.
+    if (!IsValidUtf8(name)) {
+      return InvalidFile(options,
+                         absl::StrCat("extra file name \"", absl::CEscape(name),
+                                      "\" is not valid UTF-8"));
+    }
+    ASSIGN_OR_RETURN(std::string content, ReadRecord(zip, e, options));
+    ckpt.extra_files.emplace(std::move(name), std::move(content));
   }
   if (root->kind != PyKind::kObject) {
     return InvalidFile(
