@@ -1,8 +1,17 @@
 #include "client/listing.h"
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
+#include "loader/format/utf8.h"
 
 namespace weightd {
+
+Json ExtraFileJson(absl::string_view content) {
+  if (IsValidUtf8(content)) return Json(content);
+  Json bytes = Json::MakeObject();
+  bytes.Set("__bytes__", Json(absl::Base64Escape(content)));
+  return bytes;
+}
 
 Json TensorListingJson(absl::string_view format,
                        const std::vector<ListedTensor>& tensors,
@@ -28,7 +37,9 @@ Json TensorListingJson(absl::string_view format,
   root.Set("tensors", std::move(list));
   if (with_extra_files) {
     Json extra = Json::MakeObject();
-    for (const auto& [name, text] : extra_files) extra.Set(name, Json(text));
+    for (const auto& [name, content] : extra_files) {
+      extra.Set(name, ExtraFileJson(content));
+    }
     root.Set("extra_files", std::move(extra));
   }
   return root;

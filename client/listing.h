@@ -2,6 +2,11 @@
 // both print (DESIGN.md): {"format", "tensors": [{"name", "dtype", "shape",
 // "stride", "storage_offset", "sha256"?}], "extra_files"?}. One function, so
 // the two outputs cannot drift apart.
+//
+// extra_files values: the content as a JSON string when it is valid UTF-8
+// (as before), otherwise {"__bytes__": "<base64>"} (standard alphabet, with
+// padding): the same form the metadata JSON uses for Python bytes, and never
+// confusable with text, which is always a string.
 #ifndef WEIGHTD_CLIENT_LISTING_H_
 #define WEIGHTD_CLIENT_LISTING_H_
 
@@ -24,6 +29,9 @@ Json TensorListingJson(absl::string_view format,
                        const std::vector<ListedTensor>& tensors,
                        const std::map<std::string, std::string>& extra_files,
                        bool with_extra_files);
+
+// One extra file's JSON value (see above).
+Json ExtraFileJson(absl::string_view content);
 
 // "1.2 GiB", "512 B".
 std::string HumanBytes(uint64_t bytes);

@@ -131,17 +131,19 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
   }
   std::vector<std::string> hashes;
   if (hash) {
+    // Work bounded by what the file holds, not by what its views claim.
+    CheckpointHasher hasher(
+        CheckpointHasher::HeldBytes(*ckpt, file.bytes().size()));
     hashes.reserve(ckpt->tensors.size());
     for (const TensorInfo& t : ckpt->tensors) {
       const StorageInfo& s = ckpt->storages[t.storage_index];
-      std::string h = TensorSha256Hex(t, StorageBytes(s, file.bytes()),
-                                      s.num_bytes, s.byte_order);
-      if (h.empty()) {
-        err << path << ": tensor \"" << t.name
-            << "\" does not fit its storage\n";
+      absl::StatusOr<std::string> h =
+          hasher.Sha256Hex(t, s, StorageBytes(s, file.bytes()));
+      if (!h.ok()) {
+        err << path << ": " << h.status().message() << "\n";
         return 1;
       }
-      hashes.push_back(std::move(h));
+      hashes.push_back(*std::move(h));
     }
   }
   if (json) {

@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "loader/common/json.h"
@@ -47,6 +48,32 @@ TEST(InspectTest, TorchScriptExtraFiles) {
   EXPECT_EQ(j->Find("tensors")->array()[0].Find("sha256"), nullptr);
 }
 
+// torch.jit.save(..., _extra_files=) with binary content: valid UTF-8 stays a
+// string, anything else is {"__bytes__": base64}; the output is valid JSON.
+TEST(InspectTest, BinaryExtraFiles) {
+  std::ostringstream out, err;
+  ASSERT_EQ(RunInspect({"--json", "tests/fixtures/data/script_binary_extra.pt"},
+                       out, err),
+            0)
+      << err.str();
+  auto j = ParseJson(out.str());
+  ASSERT_TRUE(j.ok()) << j.status() << "\n" << out.str();
+  const Json* extra = j->Find("extra_files");
+  ASSERT_NE(extra, nullptr);
+  EXPECT_EQ(extra->size(), 4u);
+  EXPECT_EQ(extra->Find("notes.txt")->string_value(),
+            "h\xc3\xa9llo \xe2\x9c\x93");
+  EXPECT_EQ(extra->Find("empty")->string_value(), "");
+  std::string all_bytes;
+  for (int b = 0; b < 256; ++b) all_bytes.push_back(static_cast<char>(b));
+  ASSERT_TRUE(extra->Find("weights.bin")->is_object());
+  EXPECT_EQ(extra->Find("weights.bin")->Find("__bytes__")->string_value(),
+            absl::Base64Escape(all_bytes));
+  // A UTF-16 surrogate encoded as UTF-8 is not UTF-8.
+  EXPECT_EQ(extra->Find("surrogate.txt")->Find("__bytes__")->string_value(),
+            absl::Base64Escape("\xed\xa0\x80"));
+}
+
 TEST(InspectTest, BadFileOneLine) {
   for (const char* f :
        {"tests/fixtures/data/bad_truncated.pt",
@@ -60,6 +87,68 @@ TEST(InspectTest, BadFileOneLine) {
     EXPECT_EQ(e.find('\n'), e.size() - 1) << e;
     EXPECT_TRUE(out.str().empty());
   }
+}
+
+// torch.ones(1).expand(2**40) saved by torch.save: 759 bytes. Listing it is
+// fine; hashing it used to run for hours and is now refused at once, naming
+// the tensor and both sizes.
+TEST(InspectTest, HashRefusesExpandBomb) {
+  const char* bomb = "tests/fixtures/hostile/expand_bomb.pt";
+  std::ostringstream out, err;
+  ASSERT_EQ(RunInspect({"--json", bomb}, out, err), 0) << err.str();
+  auto j = ParseJson(out.str());
+  ASSERT_TRUE(j.ok()) << j.status();
+  const Json& x = j->Find("tensors")->array()[0];
+  EXPECT_EQ(x.Find("shape")->array()[0].int_value(), int64_t{1} << 40);
+  EXPECT_EQ(x.Find("stride")->array()[0].int_value(), 0);
+  std::ostringstream hash_out, hash_err;
+  EXPECT_EQ(RunInspect({"--json", "--hash", bomb}, hash_out, hash_err), 1);
+  EXPECT_TRUE(hash_out.str().empty());
+  const std::string e = hash_err.str();
+  EXPECT_THAT(e, HasSubstr(bomb));
+  EXPECT_THAT(e, HasSubstr("tensor \"x\""));
+  EXPECT_THAT(e, HasSubstr("claims 4398046511104 bytes over a storage of 4 "
+                           "bytes"));
+  EXPECT_EQ(e.find('\n'), e.size() - 1) << e;
+}
+
+// 8,192 names for one 64 KiB view: hashed once (hashing each would be 512
+// MiB, far over the file's budget, so success proves the deduplication).
+TEST(InspectTest, HashHashesIdenticalViewsOnce) {
+  std::ostringstream out, err;
+  ASSERT_EQ(
+      RunInspect({"--json", "--hash", "tests/fixtures/hostile/shared_refs.pt"},
+                 out, err),
+      0)
+      << err.str();
+  auto j = ParseJson(out.str());
+  ASSERT_TRUE(j.ok()) << j.status();
+  const Json::Array& tensors = j->Find("tensors")->array();
+  ASSERT_EQ(tensors.size(), 8192u);
+  for (const Json& t : tensors) {
+    // sha256 of torch.arange(2**14, dtype=torch.float32).
+    ASSERT_EQ(
+        t.Find("sha256")->string_value(),
+        "38099e0e11f5273de608888717caeef3487b87b37ec5401891f47b90cdb610bc")
+        << t.Find("name")->string_value();
+  }
+}
+
+// 2,048 distinct views x[i:] of one 64 KiB storage claim about 120 MiB from
+// a 226 KB file: over the hashing budget, refused with a clear line.
+TEST(InspectTest, HashRefusesViewsBeyondTheFileBudget) {
+  const char* views = "tests/fixtures/hostile/offset_views.pt";
+  std::ostringstream out, err;
+  EXPECT_EQ(RunInspect({"--hash", views}, out, err), 1);
+  const std::string e = err.str();
+  EXPECT_THAT(e, HasSubstr(views));
+  EXPECT_THAT(e, HasSubstr("budget"));
+  EXPECT_THAT(e, HasSubstr("views claiming far more bytes than the file "
+                           "holds"));
+  EXPECT_EQ(e.find('\n'), e.size() - 1) << e;
+  std::ostringstream list_out, list_err;
+  EXPECT_EQ(RunInspect({views}, list_out, list_err), 0);
+  EXPECT_THAT(list_out.str(), HasSubstr("2048 tensors"));
 }
 
 TEST(InspectTest, Usage) {

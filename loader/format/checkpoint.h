@@ -70,7 +70,7 @@ struct Checkpoint {
   std::vector<TensorInfo> tensors;
   std::vector<StorageInfo> storages;
   // TorchScript `extra/` files (torch.jit.save's _extra_files), by name without
-  // the prefix.
+  // the prefix (valid UTF-8). Contents are bytes, not necessarily UTF-8.
   std::map<std::string, std::string> extra_files;
   // TorchScript `code/` listing: file name to source text. Never executed.
   std::map<std::string, std::string> code;

@@ -15,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "loader/common/json.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/utf8.h"
 
 namespace weightd {
 namespace {
@@ -123,11 +124,6 @@ bool Utf8ToCodePoints(absl::string_view s, std::vector<uint32_t>* out) {
     i += len;
   }
   return true;
-}
-
-bool ValidUtf8(absl::string_view s) {
-  std::vector<uint32_t> cps;
-  return Utf8ToCodePoints(s, &cps);
 }
 
 // Little-endian two's complement bytes to a decimal string.
@@ -477,7 +473,25 @@ absl::Status Unpickler::Error(size_t at, absl::string_view what) const {
                    " (pickle byte ", at, ")"));
 }
 
+absl::Status Unpickler::CheckFrameHolds(size_t n) {
+  if (!in_frame_ || n == 0) return absl::OkStatus();
+  if (pos_ == frame_end_) {
+    in_frame_ = false;  // bytes after an exhausted frame need no frame
+    return absl::OkStatus();
+  }
+  if (n > frame_end_ - pos_) {
+    return Error(
+        op_pos_,
+        absl::StrCat("pickle exhausted before end of frame: the "
+                     "opcode reads ",
+                     n, " bytes from byte ", pos_,
+                     ", past the end of its frame at byte ", frame_end_));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Unpickler::ReadBytes(size_t n, absl::string_view* out) {
+  RETURN_IF_ERROR(CheckFrameHolds(n));
   if (n > data_.size() - pos_) {
     return Error(pos_,
                  absl::StrCat("pickle truncated: needs ", n, " more bytes, ",
@@ -489,7 +503,15 @@ absl::Status Unpickler::ReadBytes(size_t n, absl::string_view* out) {
 }
 
 absl::Status Unpickler::ReadLine(absl::string_view* out) {
+  if (in_frame_ && pos_ == frame_end_) in_frame_ = false;
   size_t nl = data_.find('\n', pos_);
+  if (in_frame_ && (nl == absl::string_view::npos || nl >= frame_end_)) {
+    return Error(op_pos_,
+                 absl::StrCat("pickle exhausted before end of frame: the "
+                              "opcode's line from byte ",
+                              pos_, " runs past the end of its frame at byte ",
+                              frame_end_));
+  }
   if (nl == absl::string_view::npos) {
     return Error(pos_, "pickle truncated: missing end of line");
   }
@@ -598,7 +620,7 @@ absl::StatusOr<PyValue*> Unpickler::DecodePy2String(absl::string_view raw) {
     }
     case StringEncoding::kUtf8:
     default: {
-      if (!ValidUtf8(raw)) {
+      if (!IsValidUtf8(raw)) {
         return absl::InvalidArgumentError(
             "Python 2 string is not valid UTF-8 (try the latin1 or bytes "
             "encoding)");
@@ -1042,17 +1064,13 @@ absl::Status Unpickler::Build(PyValue* inst, PyValue* state, size_t at) {
         inst->index = t->index;
         return absl::OkStatus();
       }
-      PyValue* dict = state;
-      PyValue* slots = nullptr;
-      if (state->kind == PyKind::kTuple && state->items.size() == 2) {
-        dict = state->items[0];
-        slots = state->items[1];
-      }
-      if (dict->kind == PyKind::kDict) {
-        for (auto& kv : dict->pairs) inst->pairs.push_back(kv);
-      }
-      if (slots != nullptr && slots->kind == PyKind::kDict) {
-        for (auto& kv : slots->pairs) inst->pairs.push_back(kv);
+      // TorchScript objects: torch's pickler writes the attribute dict, or
+      // for a class with __getstate__/__setstate__ whatever __getstate__
+      // returned, which only its __setstate__ (code) can interpret. Only the
+      // dict becomes attributes; any other state stays in `state` for the
+      // reader to refuse where it matters.
+      if (state->kind == PyKind::kDict) {
+        for (auto& kv : state->pairs) inst->pairs.push_back(kv);
       }
       return absl::OkStatus();
     }
@@ -1065,11 +1083,14 @@ absl::Status Unpickler::Build(PyValue* inst, PyValue* state, size_t at) {
 absl::StatusOr<PyValue*> Unpickler::Load() {
   stack_.clear();
   marks_.clear();
+  in_frame_ = false;  // each pickle of a stream starts unframed
   while (true) {
     if (pos_ >= data_.size()) {
       return Error(pos_, "pickle truncated: no STOP opcode");
     }
+    if (in_frame_ && pos_ == frame_end_) in_frame_ = false;
     size_t op_pos = pos_;
+    op_pos_ = op_pos;
     uint8_t op = static_cast<uint8_t>(data_[pos_++]);
     bool stop = false;
     RETURN_IF_ERROR(Step(op, op_pos, &stop));
@@ -1104,7 +1125,14 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
     case kFrame: {
       RETURN_IF_ERROR(ReadBytes(8, &raw));
       uint64_t n = LE64(raw.data());
+      if (in_frame_ && pos_ < frame_end_) {
+        return Error(at, absl::StrCat("beginning of a new frame before end "
+                                      "of current frame (which ends at byte ",
+                                      frame_end_, ")"));
+      }
       if (n > data_.size() - pos_) return Error(at, "FRAME runs past the data");
+      in_frame_ = true;
+      frame_end_ = pos_ + n;
       return absl::OkStatus();
     }
     case kStop:
@@ -1262,6 +1290,12 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
                 ? PyKind::kBytes
             : op == kByteArray8 ? PyKind::kByteArray
                                 : PyKind::kStr;
+        // Text becomes tensor names, protobuf strings and JSON: UTF-8 only,
+        // as CPython decodes it (which also lets lone surrogates through;
+        // those cannot be sent anywhere, so they are refused too).
+        if (kind == PyKind::kStr && !IsValidUtf8(raw)) {
+          return Error(at, "unicode string is not valid UTF-8");
+        }
         v = NewValue(kind);
         v->s = std::string(raw);
       }
@@ -1298,7 +1332,7 @@ absl::Status Unpickler::Step(uint8_t op, size_t at, bool* stop) {
           uint32_t cp = 0;
           if (k + 2 + digits > raw.size() ||
               !absl::SimpleHexAtoi(raw.substr(k + 2, digits), &cp) ||
-              cp > 0x10FFFF) {
+              cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
             return Error(at, "bad UNICODE escape");
           }
           AppendUtf8(cp, &v->s);

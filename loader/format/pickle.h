@@ -37,7 +37,8 @@ enum class PyKind : uint8_t {
   kSet,    // items
   kFrozenSet,
   kGlobal,   // s: dotted name ("torch.FloatStorage", "__torch__.M")
-  kObject,   // s: class dotted name; pairs: attributes; state: raw BUILD state
+  kObject,   // s: class dotted name; pairs: attributes (when the BUILD
+             // state is a dict); state: raw BUILD state (nullptr: no BUILD)
   kTensor,   // index: into PickleResult::tensors
   kStorage,  // index: storage index chosen by the persistent loader
   kDevice,   // s: "cuda:0"
@@ -156,6 +157,8 @@ class Unpickler {
   absl::Status Step(uint8_t op, size_t op_pos, bool* stop);
   absl::StatusOr<PyValue*> Pop(size_t at);
   absl::StatusOr<std::vector<PyValue*>> PopMark(size_t at);
+  // PEP 3154 framing: no opcode may straddle the end of its frame.
+  absl::Status CheckFrameHolds(size_t n);
   absl::Status ReadBytes(size_t n, absl::string_view* out);
   absl::Status ReadLine(absl::string_view* out);
   absl::StatusOr<PyValue*> MakeGlobal(std::string module, std::string name,
@@ -177,6 +180,10 @@ class Unpickler {
   UnpicklerOptions options_;
   PersistentLoader persistent_loader_;
   size_t pos_ = 0;
+  size_t op_pos_ = 0;  // where the opcode being read starts
+  // Inside a FRAME: reads must end by frame_end_ (one past its last byte).
+  bool in_frame_ = false;
+  size_t frame_end_ = 0;
   std::shared_ptr<PyHeap> heap_;
   std::vector<PyValue*> stack_;
   std::vector<size_t> marks_;

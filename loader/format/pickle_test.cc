@@ -1,8 +1,15 @@
 #include "loader/format/pickle.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "loader/format/pytree.h"
@@ -305,6 +312,162 @@ TEST(PickleTest, TorchScriptClassesOnlyInTorchScriptMode) {
   auto r = ToJson(p, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(*r, R"({"__class__":"__torch__.M","a":1})");
+}
+
+// PEP 3154 framing. The body of a protocol 4 pickle of [1, 2, 'abc'] (15
+// bytes: EMPTY_LIST MEMOIZE MARK BININT1 1 BININT1 2 SHORT_BINUNICODE 'abc'
+// MEMOIZE APPENDS STOP), wrapped in FRAMEs of chosen lengths.
+const std::string kListBody =
+    B("]\x94(K\x01K\x02\x8c\x03"
+      "abc\x94"
+      "e.");
+
+std::string Frame(uint64_t length) {
+  std::string out = B("\x95");
+  for (int k = 0; k < 8; ++k)
+    out.push_back(static_cast<char>(length >> (8 * k)));
+  return out;
+}
+
+struct FrameCase {
+  const char* name;
+  std::string pickle;
+  // Empty: loads. Otherwise a substring of our error.
+  std::string our_error;
+  // What CPython's reference unpickler says.
+  std::string cpython_error;
+};
+
+std::vector<FrameCase> FrameCases() {
+  const std::string proto = B("\x80\x04");
+  const std::string exhausted = "pickle exhausted before end of frame";
+  const std::string nested =
+      "beginning of a new frame before end of current frame";
+  // Split kListBody at the opcode boundary after MARK (3 bytes).
+  const std::string head = kListBody.substr(0, 3);
+  const std::string tail = kListBody.substr(3);
+  return {
+      {"whole body framed", proto + Frame(15) + kListBody, "", ""},
+      // A frame may end at any opcode boundary or right after an opcode
+      // byte; what follows is read unframed.
+      {"frame ends after an opcode", proto + Frame(12) + kListBody, "", ""},
+      {"frame ends after an opcode byte", proto + Frame(8) + kListBody, "", ""},
+      {"two consecutive frames",
+       proto + Frame(3) + head + Frame(tail.size()) + tail, "", ""},
+      {"next FRAME at the very end of the current frame",
+       proto + Frame(3 + 9) + head + Frame(tail.size()) + tail, "", ""},
+      // SHORT_BINUNICODE at body byte 7 (pickle byte 18) reads its string
+      // across the frame's end at body byte 10.
+      {"argument straddles the frame end", proto + Frame(10) + kListBody,
+       exhausted + ": the opcode reads 3 bytes from byte 20, past the end of "
+                   "its frame at byte 21 (pickle byte 18)",
+       exhausted},
+      {"frame ends between an opcode's reads", proto + Frame(9) + kListBody, "",
+       ""},
+      {"line straddles the frame end", proto + Frame(3) + B("I12345\n."),
+       exhausted + ": the opcode's line from byte 12 runs past the end of "
+                   "its frame at byte 14 (pickle byte 11)",
+       exhausted},
+      {"FRAME inside a frame with bytes left",
+       proto + Frame(3 + 9 + 1) + head + Frame(tail.size()) + tail,
+       nested + " (which ends at byte 24) (pickle byte 14)", nested},
+  };
+}
+
+TEST(PickleTest, FramesAreEnforced) {
+  for (const FrameCase& c : FrameCases()) {
+    SCOPED_TRACE(c.name);
+    auto json = ToJson(c.pickle);
+    if (c.our_error.empty()) {
+      ASSERT_TRUE(json.ok()) << json.status();
+      EXPECT_EQ(*json, R"([1,2,"abc"])");
+    } else {
+      ASSERT_FALSE(json.ok());
+      EXPECT_THAT(json.status().message(), HasSubstr(c.our_error));
+    }
+  }
+}
+
+// The same bytes through CPython's reference unpickler (pickle._loads, the
+// pure-Python implementation that enforces PEP 3154 frames; the C
+// accelerator behind pickle.loads does not check frame boundaries).
+TEST(PickleTest, FramesAgreeWithCPython) {
+  const char* python = "/usr/bin/python3";
+  if (access(python, X_OK) != 0) {
+    GTEST_SKIP() << python << " is missing: cannot compare with CPython";
+  }
+  const char* tmp = getenv("TEST_TMPDIR");
+  const std::string path = absl::StrCat(tmp ? tmp : "/tmp", "/frame.pkl");
+  for (const FrameCase& c : FrameCases()) {
+    SCOPED_TRACE(c.name);
+    {
+      std::ofstream f(path, std::ios::binary | std::ios::trunc);
+      f << c.pickle;
+    }
+    const std::string command =
+        absl::StrCat(python,
+                     " -c 'import pickle, sys\n"
+                     "try:\n"
+                     "    print(\"loaded\", pickle._loads(open(sys.argv[1], "
+                     "\"rb\").read()))\n"
+                     "except pickle.UnpicklingError as e:\n"
+                     "    print(\"refused:\", e)' ",
+                     path, " 2>&1");
+    FILE* p = popen(command.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string output;
+    char buffer[256];
+    while (size_t n = fread(buffer, 1, sizeof(buffer), p))
+      output.append(buffer, n);
+    ASSERT_EQ(pclose(p), 0) << output;
+    const bool cpython_refuses = output.rfind("refused:", 0) == 0;
+    EXPECT_EQ(cpython_refuses, !c.our_error.empty()) << output;
+    auto ours = ToJson(c.pickle);
+    EXPECT_EQ(cpython_refuses, !ours.ok()) << output << " / " << ours.status();
+    if (!c.cpython_error.empty()) {
+      EXPECT_THAT(output, HasSubstr(c.cpython_error));
+    }
+  }
+}
+
+TEST(PickleTest, FramedFixturePicklesStillLoad) {
+  // Protocols 4 and 5 above are framed (one frame each).
+  for (int p = 4; p < 6; ++p) {
+    EXPECT_TRUE(ToJson(absl::HexStringToBytes(kProtocols[p])).ok()) << p;
+  }
+}
+
+// Text travels as protobuf strings and JSON: invalid UTF-8 is refused.
+TEST(PickleTest, UnicodeMustBeUtf8) {
+  auto r = ToJson(B("\x80\x04\x8c\x02\xff\xfe."));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("unicode string is not valid UTF-8 (pickle byte 2)"));
+  EXPECT_FALSE(ToJson(B("\x80\x04\x8c\x03\xed\xa0\x80.")).ok());
+  EXPECT_FALSE(ToJson(B("V\\ud800\n.")).ok());
+  auto ok = ToJson(B("\x80\x04\x8c\x02\xc3\xa9."));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(*ok, "\"\xc3\xa9\"");
+}
+
+// A state that is not a dict is whatever a TorchScript __getstate__ returned:
+// never attributes, even when it looks like Python's (dict, slots) pair.
+TEST(PickleTest, TorchScriptNonDictStateIsNotAttributes) {
+  UnpicklerOptions o;
+  o.torchscript = true;
+  const std::string pickle =
+      B("\x80\x02"
+        "c__torch__\nM\n)\x81}X\x01\x00\x00\x00"
+        "aK\x01s}X\x01\x00\x00\x00"
+        "bK\x02s\x86"
+        "b.");
+  Unpickler u(pickle, o, nullptr);
+  auto root = u.Load();
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ((*root)->kind, PyKind::kObject);
+  EXPECT_TRUE((*root)->pairs.empty());
+  ASSERT_NE((*root)->state, nullptr);
+  EXPECT_EQ((*root)->state->kind, PyKind::kTuple);
 }
 
 TEST(PickleTest, PyStrOfKeys) {

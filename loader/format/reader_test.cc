@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "loader/common/json.h"
@@ -78,7 +79,12 @@ TEST_P(FixtureTest, MatchesTorch) {
   if (const Json* extra = expected->Find("extra_files")) {
     ASSERT_EQ(ckpt->extra_files.size(), extra->size());
     for (const auto& kv : extra->object()) {
-      EXPECT_EQ(ckpt->extra_files[kv.first], kv.second.string_value());
+      // Text, or {"__bytes__": base64} for content that is not UTF-8.
+      std::string want = kv.second.string_value();
+      if (const Json* b64 = kv.second.Find("__bytes__")) {
+        ASSERT_TRUE(absl::Base64Unescape(b64->string_value(), &want));
+      }
+      EXPECT_EQ(ckpt->extra_files[kv.first], want) << kv.first;
     }
   }
 }
@@ -88,7 +94,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("views.pt", "dtypes.pt", "training.pt", "many.pt",
                       "legacy.pt", "legacy_dtypes.pt", "big_endian.pt",
                       "big_endian_dtypes.pt", "modern_v3.pt", "script.pt",
-                      "legacy_proto1.pt", "zip_proto5.pt", "model.safetensors"),
+                      "script_binary_extra.pt", "legacy_proto1.pt",
+                      "zip_proto5.pt", "model.safetensors"),
     [](const ::testing::TestParamInfo<const char*>& info) {
       std::string n = info.param;
       for (char& c : n) {
@@ -210,7 +217,29 @@ INSTANTIATE_TEST_SUITE_P(
                 "tensor"},
         BadCase{"bad_evil.pt",
                 "refusing global \"posix.system\": not in the weights-only "
-                "allowlist (pickle byte 13)"}),
+                "allowlist (pickle byte 13)"},
+        // TorchScript modules whose state only their __setstate__ code can
+        // rebuild: refused, never listed as 0 (or some) tensors.
+        BadCase{"bad_script_setstate.pt",
+                "unsupported: TorchScript root module (class "
+                "__torch__._SetStateModule) defines __setstate__"},
+        BadCase{"bad_script_setstate_dict.pt",
+                "unsupported: TorchScript root module (class "
+                "__torch__._SetStateDictModule) defines __setstate__"},
+        BadCase{"bad_script_setstate_sub.pt",
+                "unsupported: TorchScript module \"inner\" (class "
+                "__torch__._SetStateModule) defines __setstate__"},
+        BadCase{"bad_script_tuple_state.pt",
+                "TorchScript root module (class __torch__._SetStateModule) has "
+                "a pickled state of type tuple, not an attribute dict"},
+        // Pickle FRAMEs CPython's reference unpickler refuses.
+        BadCase{"bad_frame_straddle.pt",
+                "data.pkl: pickle exhausted before end of frame: the opcode "
+                "reads 11 bytes from byte 13, past the end of its frame at "
+                "byte 14 (pickle byte 11)"},
+        BadCase{"bad_frame_nested.pt",
+                "data.pkl: beginning of a new frame before end of current "
+                "frame (which ends at byte 48) (pickle byte 38)"}),
     [](const ::testing::TestParamInfo<BadCase>& info) {
       std::string n = info.param.file;
       for (char& c : n) {

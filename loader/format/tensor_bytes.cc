@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "loader/common/sha256.h"
 
 namespace weightd {
@@ -74,10 +75,45 @@ absl::Status CheckTensorView(const TensorInfo& t, uint64_t storage_len) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<uint64_t> TensorLogicalBytes(const TensorInfo& t) {
+  uint64_t bytes = DTypeSize(t.dtype);
+  for (int64_t n : t.shape) {
+    if (n < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", t.name, "\": negative size"));
+    }
+    if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(n), &bytes)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor \"", t.name, "\": shape [", absl::StrJoin(t.shape, ", "),
+          "] has more bytes than fit in 64 bits"));
+    }
+  }
+  return bytes;
+}
+
+absl::Status CheckViewWorkBounded(const TensorInfo& t, uint64_t storage_len) {
+  absl::StatusOr<uint64_t> logical = TensorLogicalBytes(t);
+  if (!logical.ok()) return logical.status();
+  if (*logical <= storage_len ||
+      *logical - storage_len <= kMaxViewExpansionBytes) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "tensor \"", t.name, "\" (shape [", absl::StrJoin(t.shape, ", "),
+      "], stride [", absl::StrJoin(t.stride, ", "), "]) claims ", *logical,
+      " bytes over a storage of ", storage_len,
+      " bytes: an expanded or overlapping view more than ",
+      kMaxViewExpansionBytes,
+      " bytes larger than its storage; refusing to "
+      "produce its bytes"));
+}
+
 absl::Status ForEachTensorChunk(
     const TensorInfo& t, const uint8_t* storage, uint64_t storage_len,
     ByteOrder order, const std::function<void(absl::string_view)>& sink) {
   absl::Status s = CheckTensorView(t, storage_len);
+  if (!s.ok()) return s;
+  s = CheckViewWorkBounded(t, storage_len);
   if (!s.ok()) return s;
   const size_t elem = DTypeSize(t.dtype);
   const size_t unit = SwapUnit(t.dtype);
@@ -161,20 +197,86 @@ absl::Status GatherTensorBytes(const TensorInfo& t, const uint8_t* storage,
                                uint64_t storage_len, ByteOrder order,
                                std::string* out) {
   out->clear();
+  // Checked before reserving: the reservation is the view's claimed size.
+  absl::Status s = CheckTensorView(t, storage_len);
+  if (!s.ok()) return s;
+  s = CheckViewWorkBounded(t, storage_len);
+  if (!s.ok()) return s;
   out->reserve(static_cast<size_t>(t.NumElements()) * DTypeSize(t.dtype));
   return ForEachTensorChunk(
       t, storage, storage_len, order,
       [out](absl::string_view c) { out->append(c.data(), c.size()); });
 }
 
-std::string TensorSha256Hex(const TensorInfo& t, const uint8_t* storage,
-                            uint64_t storage_len, ByteOrder order) {
+absl::StatusOr<std::string> TensorSha256(const TensorInfo& t,
+                                         const uint8_t* storage,
+                                         uint64_t storage_len,
+                                         ByteOrder order) {
   Sha256 h;
   absl::Status s =
       ForEachTensorChunk(t, storage, storage_len, order,
                          [&h](absl::string_view c) { h.Update(c); });
-  if (!s.ok()) return "";
+  if (!s.ok()) return s;
   return h.FinishHex();
+}
+
+std::string TensorSha256Hex(const TensorInfo& t, const uint8_t* storage,
+                            uint64_t storage_len, ByteOrder order) {
+  absl::StatusOr<std::string> h = TensorSha256(t, storage, storage_len, order);
+  return h.ok() ? *std::move(h) : "";
+}
+
+CheckpointHasher::CheckpointHasher(uint64_t held_bytes)
+    : held_bytes_(held_bytes) {
+  uint64_t budget;
+  if (__builtin_mul_overflow(held_bytes, kBudgetMultiple, &budget) ||
+      __builtin_add_overflow(budget, kBudgetBaseBytes, &budget)) {
+    budget = UINT64_MAX;
+  }
+  budget_bytes_ = budget;
+}
+
+uint64_t CheckpointHasher::HeldBytes(const Checkpoint& checkpoint,
+                                     uint64_t file_bytes) {
+  uint64_t held = file_bytes;
+  for (const StorageInfo& storage : checkpoint.storages) {
+    if (storage.inflated == nullptr) continue;
+    if (__builtin_add_overflow(held, storage.inflated->size(), &held)) {
+      return UINT64_MAX;
+    }
+  }
+  return held;
+}
+
+absl::StatusOr<std::string> CheckpointHasher::Sha256Hex(
+    const TensorInfo& t, const StorageInfo& storage,
+    const uint8_t* storage_bytes) {
+  ViewKey key{t.storage_index, t.dtype, t.storage_offset, t.shape, t.stride};
+  auto it = hashes_.find(key);
+  if (it != hashes_.end()) return it->second;
+  // The view's own bound first: its error says more than the budget's.
+  absl::Status bounded = CheckViewWorkBounded(t, storage.num_bytes);
+  if (!bounded.ok()) return bounded;
+  absl::StatusOr<uint64_t> logical = TensorLogicalBytes(t);
+  if (!logical.ok()) return logical.status();
+  uint64_t total;
+  if (__builtin_add_overflow(hashed_bytes_, *logical, &total) ||
+      total > budget_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hashing tensor \"", t.name, "\" (", *logical,
+        " bytes) would bring the bytes hashed to more than this checkpoint's "
+        "budget of ",
+        budget_bytes_, " (", kBudgetMultiple, " x the ", held_bytes_,
+        " bytes it holds + ", kBudgetBaseBytes,
+        "): its tensors are views claiming far more bytes than the file "
+        "holds"));
+  }
+  absl::StatusOr<std::string> h =
+      TensorSha256(t, storage_bytes, storage.num_bytes, storage.byte_order);
+  if (!h.ok()) return h.status();
+  hashed_bytes_ = total;
+  hashes_.emplace(std::move(key), *h);
+  return h;
 }
 
 }  // namespace weightd

@@ -15,6 +15,7 @@
 #include "loader/common/status_macros.h"
 #include "loader/format/pickle.h"
 #include "loader/format/pytree.h"
+#include "loader/format/utf8.h"
 
 namespace weightd {
 namespace {
@@ -237,6 +238,8 @@ absl::StatusOr<PickleResult> Unpickle(absl::string_view data,
 // and buffers, and which classes are modules.
 struct ScriptClass {
   bool is_module = false;
+  // Defines __setstate__: torch.jit.load runs it on the pickled state.
+  bool has_setstate = false;
   std::vector<std::string> parameters;
   std::vector<std::string> buffers;
 };
@@ -284,7 +287,9 @@ void ParseScriptClasses(absl::string_view module_path, absl::string_view code,
       continue;
     }
     absl::string_view t = absl::StripLeadingAsciiWhitespace(line);
-    if (absl::StartsWith(t, "__parameters__")) {
+    if (absl::StartsWith(t, "def __setstate__(")) {
+      current->has_setstate = true;
+    } else if (absl::StartsWith(t, "__parameters__")) {
       current->parameters = ParseNameList(t);
     } else if (absl::StartsWith(t, "__buffers__")) {
       current->buffers = ParseNameList(t);
@@ -306,6 +311,7 @@ class ModuleWalker {
     }
     auto it = classes_.find(obj->s);
     const ScriptClass* cls = it == classes_.end() ? nullptr : &it->second;
+    RETURN_IF_ERROR(CheckPlainState(obj, cls, prefix));
     auto attr_name = [](const PyValue* k) { return PyStr(k); };
     auto in = [](const std::vector<std::string>& v, const std::string& n) {
       for (const auto& x : v) {
@@ -332,7 +338,7 @@ class ModuleWalker {
       auto sub = classes_.find(kv.second->s);
       bool is_module = sub != classes_.end() ? sub->second.is_module
                                              : HasTrainingAttr(kv.second);
-      if (!is_module) continue;
+      if (!is_module) continue;  // not in state_dict(), whatever its state
       RETURN_IF_ERROR(
           Walk(kv.second, prefix + attr_name(kv.first) + ".", depth + 1));
     }
@@ -340,6 +346,41 @@ class ModuleWalker {
   }
 
  private:
+  static std::string ModuleName(const PyValue* obj, const std::string& prefix) {
+    if (prefix.empty()) return absl::StrCat("root module (class ", obj->s, ")");
+    return absl::StrCat("module \"", prefix.substr(0, prefix.size() - 1),
+                        "\" (class ", obj->s, ")");
+  }
+
+  // A module's tensors can be listed without running code only when its
+  // pickled state is the plain attribute dict torch writes for classes
+  // without __getstate__/__setstate__.
+  absl::Status CheckPlainState(const PyValue* obj, const ScriptClass* cls,
+                               const std::string& prefix) const {
+    if (cls != nullptr && cls->has_setstate) {
+      return InvalidFile(
+          options_,
+          absl::StrCat("unsupported: TorchScript ", ModuleName(obj, prefix),
+                       " defines __setstate__: torch.jit.load rebuilds its "
+                       "state by running that TorchScript code, which weightd "
+                       "never runs, so its tensors cannot be listed"));
+    }
+    if (obj->state == nullptr) {
+      return InvalidFile(options_,
+                         absl::StrCat("TorchScript ", ModuleName(obj, prefix),
+                                      " has no pickled state (no BUILD)"));
+    }
+    if (obj->state->kind != PyKind::kDict) {
+      return InvalidFile(
+          options_,
+          absl::StrCat("unsupported: TorchScript ", ModuleName(obj, prefix),
+                       " has a pickled state of type ", PyTypeName(obj->state),
+                       ", not an attribute dict (a custom __getstate__ "
+                       "state only its __setstate__ code can interpret)"));
+    }
+    return absl::OkStatus();
+  }
+
   static bool HasTrainingAttr(const PyValue* obj) {
     for (const auto& kv : obj->pairs) {
       if (kv.first->kind == PyKind::kStr && kv.first->s == "training") {
@@ -464,8 +505,15 @@ absl::StatusOr<Checkpoint> ReadTorchZip(absl::string_view file_bytes,
   const std::string extra_dir = prefix + "extra/";
   for (const ZipEntry& e : zip.entries()) {
     if (!absl::StartsWith(e.name, extra_dir)) continue;
-    ASSIGN_OR_RETURN(std::string text, ReadRecord(zip, e, options));
-    ckpt.extra_files.emplace(e.name.substr(extra_dir.size()), std::move(text));
+    std::string name = e.name.substr(extra_dir.size());
+    // Names travel as protobuf strings and JSON keys; contents are bytes.
+    if (!IsValidUtf8(name)) {
+      return InvalidFile(options,
+                         absl::StrCat("extra file name \"", absl::CEscape(name),
+                                      "\" is not valid UTF-8"));
+    }
+    ASSIGN_OR_RETURN(std::string content, ReadRecord(zip, e, options));
+    ckpt.extra_files.emplace(std::move(name), std::move(content));
   }
   if (root->kind != PyKind::kObject) {
     return InvalidFile(

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds the fuzz targets with libFuzzer (clang, --config=fuzz) and runs each
-# for SECONDS (default 30) seeded with the checkpoint fixtures.
+# for SECONDS (default 30) seeded with the checkpoint fixtures and the hostile
+# files.
 #   tests/fuzz/run_fuzzers.sh [SECONDS]
 set -euo pipefail
 SECONDS_EACH="${1:-30}"
@@ -13,7 +14,7 @@ BIN="$(bazel info --config=fuzz bazel-bin)/tests/fuzz"
 status=0
 for f in "${FUZZERS[@]}"; do
   corpus="$(mktemp -d)"
-  cp tests/fixtures/data/* "$corpus"/
+  cp tests/fixtures/data/* tests/fixtures/hostile/* "$corpus"/
   echo "== $f: ${SECONDS_EACH}s"
   if ! "$BIN/$f" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 \
       -max_len=1048576 -print_final_stats=1 "$corpus" 2>&1 | tail -n 15; then

@@ -138,7 +138,8 @@ class PythonClientTest(unittest.TestCase):
         files["legacy.pt"] = state
         scripted = torch.jit.script(model.eval())
         torch.jit.save(scripted, os.path.join(root, "scripted.pt"),
-                       _extra_files={"config.json": '{"layers": 4}'})
+                       _extra_files={"config.json": '{"layers": 4}',
+                                     "vocab.bin": b"\xff\x00\x80binary"})
         many = collections.OrderedDict(
             (f"layers.{i}.weight", torch.randn(4)) for i in range(1000))
         torch.save(many, os.path.join(root, "many.pt"))
@@ -169,6 +170,16 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(sorted(got.keys()), sorted(want.keys()))
         for key, tensor in want.items():
             same_tensor(self, key, got[key], tensor)
+
+    def test_torchscript_extra_files_equal_jit_load(self):
+        # A binary (non-UTF-8) extra file used to make the daemon's answer
+        # unreadable (a protobuf string must be UTF-8).
+        want = {"config.json": "", "vocab.bin": ""}
+        torch.jit.load(self.path("scripted.pt"), _extra_files=want)
+        got = self.client.load(self.path("scripted.pt"), device="cpu")
+        self.assertEqual(got.extra_file_bytes, want)
+        self.assertEqual(got.extra_files, {"config.json": '{"layers": 4}',
+                                           "vocab.bin": b"\xff\x00\x80binary"})
 
     def test_fixtures_equal_torch_load(self):
         if not FIXTURES:

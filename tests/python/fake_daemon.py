@@ -122,7 +122,8 @@ class Fixture:
         d = pb.ModelDescription(model_id=model_id, path=self.path, identity=self.identity,
                                 format="torch-zip", placement="cpu", resident_bytes=0,
                                 metadata_json='{"epoch": 3}')
-        d.extra_files["note.txt"] = "hello"
+        d.extra_files["note.txt"] = b"hello"
+        d.extra_files["blob.bin"] = b"\xff\x00\x01"  # not UTF-8
         d.buffers.extend(self.buffers)
         for t in self.tensors:
             if names is None or any(t.name == n or t.name.startswith(n + ".") for n in names):

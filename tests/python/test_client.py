@@ -109,7 +109,10 @@ class TorchLoadTest(ClientTestBase):
         self.assertEqual(model.model_id, self.model_id)
         self.assertEqual(model.format, "torch-zip")
         self.assertEqual(model.metadata, {"epoch": 3})
-        self.assertEqual(model.extra_files, {"note.txt": "hello"})
+        # Text where the content is UTF-8, bytes where it is not.
+        self.assertEqual(model.extra_files, {"note.txt": "hello", "blob.bin": b"\xff\x00\x01"})
+        self.assertEqual(model.extra_file_bytes,
+                         {"note.txt": b"hello", "blob.bin": b"\xff\x00\x01"})
         self.assertEqual(model.tensor_info("d.bf16").dtype, "bfloat16")
 
     def test_mapping_is_shared_between_loads(self):

@@ -37,7 +37,12 @@ class Model(dict):
         self.format = description.format
         self.placement = description.placement
         self.cache_hit = description.cache_hit
-        self.extra_files = dict(description.extra_files)
+        # TorchScript extra files: text where the content is valid UTF-8 (as
+        # `weightctl --json` prints it), bytes otherwise; extra_file_bytes has
+        # every content as bytes, as torch.jit.load(_extra_files=) gives them.
+        self.extra_file_bytes = dict(description.extra_files)
+        self.extra_files = {name: _text_or_bytes(content)
+                            for name, content in self.extra_file_bytes.items()}
         self._infos = {t.name: t for t in description.tensors}
 
     @property
@@ -52,6 +57,13 @@ class Model(dict):
 
     def __repr__(self):
         return "<weightd.Model %s %s, %d tensors>" % (self.model_id, self.path, len(self))
+
+
+def _text_or_bytes(content):
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        return content
 
 
 def _geometry(t, itemsize):
