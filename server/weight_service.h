@@ -13,6 +13,7 @@
 #include "proto/weightd/v1/weightd.grpc.pb.h"
 #include "server/auth.h"
 #include "server/metrics.h"
+#include "server/proto_mapping.h"
 
 namespace weightd {
 
@@ -99,11 +100,6 @@ class WeightServiceImpl final
   Counter* lease_opened_;
   Counter* read_tensor_bytes_;
 };
-
-// The description a client needs to reach every tensor's bytes.
-void FillModelDescription(const std::string& model_id, const LoadedModel& model,
-                          const CacheEntryInfo* info,
-                          weightd::v1::ModelDescription* out);
 
 }  // namespace weightd
 

@@ -8,6 +8,7 @@
 #include "loader/cache/convert.h"
 #include "loader/cache/mapped_read.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/tensor_bytes.h"
 
 namespace weightd {
 namespace {
@@ -112,6 +113,15 @@ absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
         path, ": bytes ", offset, "+", length, " of tensor ", tensor.info.name,
         " (", tensor.byte_size, " bytes of ", element_size,
         "-byte elements) are not a range of whole elements"));
+  }
+  // Work is bounded by what the file holds, not by what a view claims (a
+  // stride-0 expand of one element to 2^40).
+  const StorageInfo& storage = source_storages[tensor.info.storage_index];
+  absl::Status bounded = CheckViewWorkBounded(
+      tensor.info, PlacedStorageBytes(storage, tensor.info.dtype));
+  if (!bounded.ok()) {
+    return absl::Status(bounded.code(),
+                        absl::StrCat(path, ": ", bounded.message()));
   }
   if (length == 0) return absl::OkStatus();
   if (tensor.info.shape.size() != tensor.info.stride.size()) {

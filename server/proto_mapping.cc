@@ -1,0 +1,97 @@
+#include "server/proto_mapping.h"
+
+#include "server/request_validation.h"
+
+namespace weightd {
+
+namespace v1 = ::weightd::v1;
+
+void FillTensor(const PlacedTensor& tensor, v1::Tensor* out) {
+  out->set_name(tensor.info.name);
+  out->set_dtype(std::string(DTypeName(tensor.info.dtype)));
+  for (int64_t dim : tensor.info.shape) out->add_shape(dim);
+  for (int64_t stride : tensor.info.stride) out->add_stride(stride);
+  out->set_storage_offset(tensor.info.storage_offset);
+  out->set_byte_size(tensor.byte_size);
+  out->set_saved_location(tensor.saved_location);
+  out->set_placed_location(tensor.placed_location);
+  out->set_buffer_index(tensor.buffer_index);
+  out->set_storage_byte_offset(tensor.storage_byte_offset);
+  out->set_requires_grad(tensor.info.requires_grad);
+}
+
+namespace {
+
+void FillIdentity(const FileIdentity& id, v1::FileIdentity* out) {
+  out->set_device(id.device);
+  out->set_inode(id.inode);
+  out->set_size(id.size);
+  out->set_mtime_ns(id.mtime_ns);
+  out->set_ctime_ns(id.ctime_ns);
+}
+
+}  // namespace
+
+LoadSpec SpecFromRequest(const v1::LoadRequest& request) {
+  LoadSpec spec;
+  spec.path = request.path();
+  spec.format_hint = request.format_hint();
+  spec.target = request.placement().target();
+  for (const auto& [from, to] : request.placement().remap())
+    spec.remap[from] = to;
+  spec.cast_dtype = request.cast_dtype();
+  spec.filter.assign(request.tensor_filter().begin(),
+                     request.tensor_filter().end());
+  spec.lease_session = request.lease_session();
+  return spec;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      BoundStatusMessage(status.message()));
+}
+
+void FillModelDescription(const std::string& model_id, const LoadedModel& model,
+                          const CacheEntryInfo* info,
+                          v1::ModelDescription* out) {
+  out->set_model_id(model_id);
+  out->set_path(model.path);
+  FillIdentity(model.identity, out->mutable_identity());
+  out->set_format(CheckpointFormatName(model.format));
+  out->set_placement(model.placement);
+  for (const PlacedTensor& tensor : model.tensors)
+    FillTensor(tensor, out->add_tensors());
+  for (const PlacedBuffer& buffer : model.buffers) {
+    v1::Buffer* proto = out->add_buffers();
+    switch (buffer.kind) {
+      case PlacedBuffer::Kind::kFile:
+        proto->mutable_file()->set_path(buffer.path);
+        FillIdentity(buffer.identity,
+                     proto->mutable_file()->mutable_identity());
+        break;
+      case PlacedBuffer::Kind::kSharedMemory:
+        proto->mutable_shared_memory()->set_name(buffer.shm_name);
+        proto->mutable_shared_memory()->set_size(buffer.size);
+        break;
+      case PlacedBuffer::Kind::kGpu: {
+        v1::GpuArena* gpu = proto->mutable_gpu();
+        gpu->set_gpu_uuid(buffer.gpu_uuid);
+        gpu->set_gpu_index(buffer.gpu_index);
+        gpu->set_ipc_handle(buffer.ipc_handle);
+        gpu->set_size(buffer.size);
+        gpu->set_fake(buffer.fake_gpu);
+        break;
+      }
+    }
+  }
+  for (const auto& [name, text] : model.extra_files)
+    (*out->mutable_extra_files())[name] = text;
+  out->set_metadata_json(model.metadata_json);
+  uint64_t resident = 0;
+  for (const auto& [tier, bytes] : model.resident) resident += bytes;
+  out->set_resident_bytes(resident);
+  if (info != nullptr) out->set_lease_count(info->lease_count);
+}
+
+}  // namespace weightd

@@ -1,0 +1,33 @@
+// The mapping between the loader's types and weightd.v1's messages, in both
+// directions: requests to LoadSpecs, placed models to descriptions, Status to
+// grpc::Status.
+#ifndef WEIGHTD_SERVER_PROTO_MAPPING_H_
+#define WEIGHTD_SERVER_PROTO_MAPPING_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "loader/cache/checkpoint_cache.h"
+#include "loader/cache/load_plan.h"
+#include "loader/cache/loaded_model.h"
+#include "proto/weightd/v1/weightd.pb.h"
+
+namespace weightd {
+
+// Status -> grpc::Status with the same code and a bounded message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+LoadSpec SpecFromRequest(const weightd::v1::LoadRequest& request);
+
+void FillTensor(const PlacedTensor& tensor, weightd::v1::Tensor* out);
+
+// The description a client needs to reach every tensor's bytes.
+void FillModelDescription(const std::string& model_id, const LoadedModel& model,
+                          const CacheEntryInfo* info,
+                          weightd::v1::ModelDescription* out);
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_SERVER_PROTO_MAPPING_H_
