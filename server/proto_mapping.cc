@@ -4,8 +4,6 @@
 
 namespace weightd {
 
-namespace v1 = ::weightd::v1;
-
 void FillTensor(const PlacedTensor& tensor, v1::Tensor* out) {
   out->set_name(tensor.info.name);
   out->set_dtype(std::string(DTypeName(tensor.info.dtype)));

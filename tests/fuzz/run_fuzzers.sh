@@ -6,7 +6,7 @@
 set -euo pipefail
 SECONDS_EACH="${1:-30}"
 cd "$(dirname "$0")/../.."
-FUZZERS=(zip_fuzzer pickle_fuzzer safetensors_fuzzer)
+FUZZERS=(zip_fuzzer pickle_fuzzer safetensors_fuzzer request_fuzzer)
 targets=()
 for f in "${FUZZERS[@]}"; do targets+=("//tests/fuzz:$f"); done
 bazel build --config=fuzz "${targets[@]}"
@@ -14,7 +14,11 @@ BIN="$(bazel info --config=fuzz bazel-bin)/tests/fuzz"
 status=0
 for f in "${FUZZERS[@]}"; do
   corpus="$(mktemp -d)"
-  cp tests/fixtures/data/* tests/fixtures/hostile/* "$corpus"/
+  if [ "$f" = request_fuzzer ]; then
+    cp tests/fuzz/seeds/request/* "$corpus"/
+  else
+    cp tests/fixtures/data/* tests/fixtures/hostile/* "$corpus"/
+  fi
   echo "== $f: ${SECONDS_EACH}s"
   if ! "$BIN/$f" -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 \
       -max_len=1048576 -print_final_stats=1 "$corpus" 2>&1 | tail -n 15; then
