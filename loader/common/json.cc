@@ -1,13 +1,18 @@
 #include "loader/common/json.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <memory>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
 
 namespace weightd {
 
@@ -202,354 +207,356 @@ std::string Json::Dump(bool pretty) const {
 
 namespace {
 
-class Parser {
+// The library's iterator adapter keeps its own copy of the position; this
+// iterator keeps it in `*cursor` instead, where the handler can read how far
+// the lexer has got and so name byte offsets in the errors it raises itself.
+// Copies share the cursor, which suffices for the adapter (it only reads and
+// increments one iterator and compares it with the end).
+class SharedCursorIterator {
  public:
-  Parser(absl::string_view text, const JsonParseOptions& options)
-      : text_(text), options_(options) {}
+  using iterator_category = std::input_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = const char&;
 
-  absl::StatusOr<Json> Parse() {
-    if (text_.size() > options_.max_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("JSON text is ", text_.size(), " bytes, limit is ",
-                       options_.max_size));
-    }
-    Json value;
-    SkipSpace();
-    absl::Status s = ParseValue(&value, 0);
-    if (!s.ok()) return s;
-    SkipSpace();
-    if (pos_ != text_.size())
-      return Error("trailing characters after JSON value");
-    return value;
+  explicit SharedCursorIterator(const char** cursor) : cursor_(cursor) {}
+  reference operator*() const { return **cursor_; }
+  SharedCursorIterator& operator++() {
+    ++*cursor_;
+    return *this;
+  }
+  bool operator==(const SharedCursorIterator& other) const {
+    return *cursor_ == *other.cursor_;
+  }
+  bool operator!=(const SharedCursorIterator& other) const {
+    return !(*this == other);
   }
 
  private:
-  absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid JSON at byte ", pos_, ": ", what));
+  const char** cursor_;
+};
+
+bool IsJsonSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+// At most the first 64 bytes of `key`, cut at a UTF-8 boundary, for messages.
+absl::string_view KeyForMessage(absl::string_view key) {
+  if (key.size() <= 64) return key;
+  size_t n = 64;
+  while (n > 0 && (static_cast<unsigned char>(key[n]) & 0xC0) == 0x80) --n;
+  return key.substr(0, n);
+}
+
+// Builds the Json tree straight from nlohmann's SAX events and adds what the
+// library does not check itself: the depth bound and duplicate keys.
+class JsonBuilder {
+ public:
+  using number_integer_t = nlohmann::json::number_integer_t;
+  using number_unsigned_t = nlohmann::json::number_unsigned_t;
+  using number_float_t = nlohmann::json::number_float_t;
+  using string_t = nlohmann::json::string_t;
+  using binary_t = nlohmann::json::binary_t;
+
+  JsonBuilder(absl::string_view text, const char* const* cursor,
+              const JsonParseOptions& options)
+      : text_(text), cursor_(cursor), options_(options) {}
+
+  bool null() { return SetScalar(Json()); }
+  bool boolean(bool value) { return SetScalar(Json(value)); }
+  bool number_integer(number_integer_t value) {
+    return SetNumber(Json(static_cast<int64_t>(value)));
+  }
+  bool number_unsigned(number_unsigned_t value) {
+    // Json holds int64; larger integers become doubles, as strtod would.
+    if (value <= static_cast<uint64_t>(INT64_MAX)) {
+      return SetNumber(Json(static_cast<int64_t>(value)));
+    }
+    return SetNumber(Json(static_cast<double>(value)));
+  }
+  bool number_float(number_float_t value, const string_t& /*text*/) {
+    return SetNumber(Json(static_cast<double>(value)));
+  }
+  bool string(string_t& value) { return SetScalar(Json(std::move(value))); }
+  bool binary(binary_t& /*value*/) {
+    // Only the binary formats (CBOR, MessagePack, ...) produce these.
+    return Fail(NextValueStart(), "binary value");
   }
 
-  void SkipSpace() {
-    while (pos_ < text_.size()) {
-      char c = text_[pos_];
-      if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
-        ++pos_;
-      } else {
-        break;
+  bool start_object(size_t /*elements*/) {
+    return OpenContainer(Json::MakeObject());
+  }
+  bool start_array(size_t /*elements*/) {
+    return OpenContainer(Json::MakeArray());
+  }
+  bool end_object() { return CloseContainer(); }
+  bool end_array() { return CloseContainer(); }
+
+  bool key(string_t& key) {
+    OpenValue& object = open_.back();
+    if (!options_.allow_duplicate_keys && IsDuplicate(&object, key)) {
+      return Fail(NextValueStart(),
+                  absl::StrCat("duplicate key ", QuotedKey(key)));
+    }
+    object.value->object().emplace_back(std::move(key), Json());
+    MarkEnd();
+    return true;
+  }
+
+  bool parse_error(size_t position, const std::string& last_token,
+                   const nlohmann::detail::exception& error) {
+    // `position` counts characters read, including one read of the end.
+    const bool at_end = position > text_.size();
+    absl::string_view what = error.what();
+    // "[json.exception.parse_error.101] parse error at line 1, column 4: ..."
+    if (size_t p = what.find("] "); p != absl::string_view::npos) {
+      what.remove_prefix(p + 2);
+    }
+    if (absl::StartsWith(what, "parse error at line ")) {
+      if (size_t p = what.find(": "); p != absl::string_view::npos) {
+        what.remove_prefix(p + 2);
       }
     }
+    // "syntax error while parsing array - unexpected ','; expected ']'"
+    if (absl::StartsWith(what, "syntax error ")) {
+      if (size_t p = what.find(" - "); p != absl::string_view::npos) {
+        what.remove_prefix(p + 3);
+      }
+    }
+    // The lexer quotes the raw input it read: unbounded and maybe not UTF-8.
+    if (size_t p = what.find("; last read: "); p != absl::string_view::npos) {
+      what = what.substr(0, p);
+    }
+    if (root_complete_) {
+      // Whatever the library made of it, the value had already ended.
+      return Fail(SkipSpace(last_end_), "trailing characters after JSON value");
+    }
+    if (error.id == 406) {
+      // "number overflow parsing '<the whole number>'": not worth quoting.
+      return Fail(TokenStart(position, last_token),
+                  "number out of the range of a double");
+    }
+    if (!absl::StartsWith(what, "unexpected ")) {
+      // The lexer refused the character it read last.
+      return Fail(at_end ? text_.size() : position - 1, what);
+    }
+    // The parser got a whole token it did not expect there.
+    const size_t offset =
+        at_end ? text_.size() : TokenStart(position, last_token);
+    if (!at_end && text_[position - 1] == '\0') {
+      // The lexer takes a NUL byte for the end of the input.
+      return Fail(offset, "unexpected character 0x00");
+    }
+    return Fail(offset, what);
   }
 
-  bool Consume(absl::string_view word) {
-    if (text_.substr(pos_, word.size()) == word) {
-      pos_ += word.size();
-      return true;
+  // After sax_parse succeeded: nlohmann stops at a NUL byte as if at the end.
+  absl::StatusOr<Json> Finish() {
+    const size_t read = *cursor_ - text_.data();
+    if (read > 0 && text_[read - 1] == '\0') {
+      status_ = Error(read - 1, "trailing characters after JSON value");
+      return status_;
     }
+    return std::move(root_);
+  }
+
+  const absl::Status& status() const { return status_; }
+
+ private:
+  struct OpenValue {
+    Json* value;
+    // Keys of a large object, for the duplicate check; small ones scan.
+    std::unique_ptr<absl::flat_hash_set<std::string>> keys;
+  };
+  static constexpr size_t kKeysScannedLinearly = 16;
+
+  absl::Status Error(size_t offset, absl::string_view what) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid JSON at byte ", offset, ": ", what));
+  }
+
+  bool Fail(size_t offset, absl::string_view what) {
+    status_ = Error(offset, what);
     return false;
   }
 
-  absl::Status ParseValue(Json* out, int depth) {
-    if (depth > options_.max_depth) {
-      return Error(absl::StrCat("nesting deeper than ", options_.max_depth));
-    }
-    if (pos_ >= text_.size()) return Error("unexpected end of input");
-    char c = text_[pos_];
-    switch (c) {
-      case '{':
-        return ParseObject(out, depth);
-      case '[':
-        return ParseArray(out, depth);
-      case '"': {
-        std::string s;
-        absl::Status st = ParseString(&s);
-        if (!st.ok()) return st;
-        *out = Json(std::move(s));
-        return absl::OkStatus();
-      }
-      case 't':
-        if (Consume("true")) {
-          *out = Json(true);
-          return absl::OkStatus();
-        }
-        return Error("invalid literal");
-      case 'f':
-        if (Consume("false")) {
-          *out = Json(false);
-          return absl::OkStatus();
-        }
-        return Error("invalid literal");
-      case 'n':
-        if (Consume("null")) {
-          *out = Json();
-          return absl::OkStatus();
-        }
-        return Error("invalid literal");
-      default:
-        if (c == '-' || (c >= '0' && c <= '9')) return ParseNumber(out);
-        return Error(absl::StrFormat("unexpected character 0x%02x",
-                                     static_cast<unsigned char>(c)));
-    }
+  static std::string QuotedKey(absl::string_view key) {
+    std::string out;
+    AppendJsonString(KeyForMessage(key), &out);
+    if (key.size() > 64) out.append(" (truncated)");
+    return out;
   }
 
-  absl::Status ParseNumber(Json* out) {
-    size_t start = pos_;
-    bool is_int = true;
-    if (text_[pos_] == '-') ++pos_;
-    if (pos_ >= text_.size()) return Error("truncated number");
-    if (text_[pos_] == '0') {
-      ++pos_;
-    } else if (text_[pos_] >= '1' && text_[pos_] <= '9') {
-      while (pos_ < text_.size() &&
-             isdigit(static_cast<unsigned char>(text_[pos_])))
-        ++pos_;
+  // Records where the token of the last event ended: how far the lexer has
+  // read. Not for numbers, where the lexer has read a byte ahead unless the
+  // input ended.
+  void MarkEnd() {
+    last_end_ = *cursor_ - text_.data();
+    root_complete_ = open_.empty();
+  }
+  void MarkNumberEnd() {
+    last_end_ = NumberEnd(NextValueStart());
+    root_complete_ = open_.empty();
+  }
+
+  bool IsDigit(size_t i) const {
+    return i < text_.size() && text_[i] >= '0' && text_[i] <= '9';
+  }
+
+  // The end of the number that the lexer accepted at `i`:
+  // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+  size_t NumberEnd(size_t i) const {
+    if (i < text_.size() && text_[i] == '-') ++i;
+    if (i < text_.size() && text_[i] == '0') {
+      ++i;
     } else {
-      return Error("invalid number");
+      while (IsDigit(i)) ++i;
     }
-    if (pos_ < text_.size() && text_[pos_] == '.') {
-      is_int = false;
-      ++pos_;
-      size_t digits = pos_;
-      while (pos_ < text_.size() &&
-             isdigit(static_cast<unsigned char>(text_[pos_])))
-        ++pos_;
-      if (pos_ == digits) return Error("digit expected after '.'");
+    if (i < text_.size() && text_[i] == '.') {
+      ++i;
+      while (IsDigit(i)) ++i;
     }
-    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
-      is_int = false;
-      ++pos_;
-      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-'))
-        ++pos_;
-      size_t digits = pos_;
-      while (pos_ < text_.size() &&
-             isdigit(static_cast<unsigned char>(text_[pos_])))
-        ++pos_;
-      if (pos_ == digits) return Error("digit expected in exponent");
+    if (i < text_.size() && (text_[i] == 'e' || text_[i] == 'E')) {
+      ++i;
+      if (i < text_.size() && (text_[i] == '+' || text_[i] == '-')) ++i;
+      while (IsDigit(i)) ++i;
     }
-    std::string num(text_.substr(start, pos_ - start));
-    if (is_int) {
-      errno = 0;
-      char* end = nullptr;
-      long long v = strtoll(num.c_str(), &end, 10);
-      if (errno == 0 && end == num.c_str() + num.size()) {
-        *out = Json(static_cast<int64_t>(v));
-        return absl::OkStatus();
-      }
-    }
-    char* end = nullptr;
-    double d = strtod(num.c_str(), &end);
-    *out = Json(d);
-    return absl::OkStatus();
+    return i;
   }
 
-  absl::Status ParseHex4(uint32_t* v) {
-    if (text_.size() - pos_ < 4) return Error("truncated \\u escape");
-    *v = 0;
-    for (int i = 0; i < 4; ++i) {
-      char c = text_[pos_++];
-      *v <<= 4;
-      if (c >= '0' && c <= '9') {
-        *v |= c - '0';
-      } else if (c >= 'a' && c <= 'f') {
-        *v |= c - 'a' + 10;
-      } else if (c >= 'A' && c <= 'F') {
-        *v |= c - 'A' + 10;
-      } else {
-        return Error("invalid \\u escape");
-      }
-    }
-    return absl::OkStatus();
+  size_t SkipSpace(size_t i) const {
+    while (i < text_.size() && IsJsonSpace(text_[i])) ++i;
+    return i;
   }
 
-  // Validates one UTF-8 sequence starting at pos_ and copies it.
-  absl::Status CopyUtf8(std::string* out) {
-    unsigned char c = static_cast<unsigned char>(text_[pos_]);
-    int len;
-    uint32_t min;
-    if (c < 0x80) {
-      out->push_back(static_cast<char>(c));
-      ++pos_;
-      return absl::OkStatus();
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      min = 0x10000;
-    } else {
-      return Error("invalid UTF-8 in string");
-    }
-    if (text_.size() - pos_ < static_cast<size_t>(len)) {
-      return Error("truncated UTF-8 in string");
-    }
-    uint32_t cp = c & (0x7F >> len);
-    for (int i = 1; i < len; ++i) {
-      unsigned char cc = static_cast<unsigned char>(text_[pos_ + i]);
-      if ((cc & 0xC0) != 0x80) return Error("invalid UTF-8 in string");
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return Error("invalid UTF-8 in string");
-    }
-    out->append(text_.data() + pos_, len);
-    pos_ += len;
-    return absl::OkStatus();
+  // Where the value (or key) of the current event starts: after the previous
+  // event's token, whitespace and the one separator the parser has checked.
+  size_t NextValueStart() const {
+    size_t i = SkipSpace(last_end_);
+    if (i < text_.size() && (text_[i] == ',' || text_[i] == ':')) ++i;
+    return SkipSpace(i);
   }
 
-  absl::Status ParseString(std::string* out) {
-    ++pos_;  // opening quote
-    while (true) {
-      if (pos_ >= text_.size()) return Error("unterminated string");
-      char c = text_[pos_];
-      if (c == '"') {
-        ++pos_;
-        return absl::OkStatus();
-      }
-      if (static_cast<unsigned char>(c) < 0x20) {
-        return Error("control character in string");
-      }
-      if (c != '\\') {
-        absl::Status s = CopyUtf8(out);
-        if (!s.ok()) return s;
-        continue;
-      }
-      ++pos_;
-      if (pos_ >= text_.size()) return Error("unterminated string");
-      char e = text_[pos_++];
-      switch (e) {
-        case '"':
-          out->push_back('"');
-          break;
-        case '\\':
-          out->push_back('\\');
-          break;
-        case '/':
-          out->push_back('/');
-          break;
-        case 'b':
-          out->push_back('\b');
-          break;
-        case 'f':
-          out->push_back('\f');
-          break;
-        case 'n':
-          out->push_back('\n');
-          break;
-        case 'r':
-          out->push_back('\r');
-          break;
-        case 't':
-          out->push_back('\t');
-          break;
-        case 'u': {
-          uint32_t cp = 0;
-          absl::Status s = ParseHex4(&cp);
-          if (!s.ok()) return s;
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (!Consume("\\u")) return Error("unpaired surrogate");
-            uint32_t lo = 0;
-            s = ParseHex4(&lo);
-            if (!s.ok()) return s;
-            if (lo < 0xDC00 || lo > 0xDFFF) return Error("unpaired surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            return Error("unpaired surrogate");
-          }
-          AppendUtf8(cp, out);
-          break;
+  // The start of the complete token that ends at `end` (the lexer's count,
+  // read-ahead excluded). nlohmann restarts its token text at numbers and
+  // strings (which hold no raw control characters, so the text is raw), not
+  // at literals or punctuation.
+  size_t TokenStart(size_t end, const std::string& token) const {
+    end = std::min(end, text_.size());
+    if (end == 0) return 0;
+    const char last = text_[end - 1];
+    if (last == '"' || (last >= '0' && last <= '9')) {
+      return token.size() <= end ? end - token.size() : 0;
+    }
+    if (last == 'e') {
+      return end >= 5 && text_.substr(end - 5, 5) == "false" ? end - 5
+                                                             : end - 4;
+    }
+    if (last == 'l') return end >= 4 ? end - 4 : 0;
+    return end - 1;
+  }
+
+  // Too deep: the value would sit inside more than max_depth containers.
+  bool TooDeep() const {
+    return static_cast<int64_t>(open_.size()) > options_.max_depth;
+  }
+
+  // Where the next value goes: the root, the end of the open array, or the
+  // member the last key added to the open object.
+  Json* NextSlot() {
+    if (open_.empty()) return &root_;
+    Json* parent = open_.back().value;
+    if (parent->is_array()) {
+      parent->array().emplace_back();
+      return &parent->array().back();
+    }
+    return &parent->object().back().second;
+  }
+
+  bool SetScalar(Json value) {
+    if (TooDeep()) return FailTooDeep();
+    *NextSlot() = std::move(value);
+    MarkEnd();
+    return true;
+  }
+
+  bool SetNumber(Json value) {
+    if (TooDeep()) return FailTooDeep();
+    *NextSlot() = std::move(value);
+    MarkNumberEnd();
+    return true;
+  }
+
+  bool OpenContainer(Json empty) {
+    if (TooDeep()) return FailTooDeep();
+    Json* slot = NextSlot();
+    *slot = std::move(empty);
+    // The slot stays put: only the innermost open container grows.
+    open_.push_back(OpenValue{slot, nullptr});
+    MarkEnd();
+    return true;
+  }
+
+  bool CloseContainer() {
+    open_.pop_back();
+    MarkEnd();
+    return true;
+  }
+
+  bool FailTooDeep() {
+    return Fail(NextValueStart(),
+                absl::StrCat("nesting deeper than ", options_.max_depth));
+  }
+
+  static bool IsDuplicate(OpenValue* object, const std::string& key) {
+    const Json::Object& members = object->value->object();
+    if (object->keys == nullptr) {
+      if (members.size() < kKeysScannedLinearly) {
+        for (const auto& member : members) {
+          if (member.first == key) return true;
         }
-        default:
-          --pos_;
-          return Error("invalid escape");
+        return false;
       }
+      object->keys = std::make_unique<absl::flat_hash_set<std::string>>();
+      object->keys->reserve(members.size() * 2);
+      for (const auto& member : members) object->keys->insert(member.first);
     }
-  }
-
-  absl::Status ParseArray(Json* out, int depth) {
-    ++pos_;
-    *out = Json::MakeArray();
-    SkipSpace();
-    if (pos_ < text_.size() && text_[pos_] == ']') {
-      ++pos_;
-      return absl::OkStatus();
-    }
-    while (true) {
-      SkipSpace();
-      Json v;
-      absl::Status s = ParseValue(&v, depth + 1);
-      if (!s.ok()) return s;
-      out->array().push_back(std::move(v));
-      SkipSpace();
-      if (pos_ >= text_.size()) return Error("unterminated array");
-      if (text_[pos_] == ',') {
-        ++pos_;
-        continue;
-      }
-      if (text_[pos_] == ']') {
-        ++pos_;
-        return absl::OkStatus();
-      }
-      return Error("expected ',' or ']'");
-    }
-  }
-
-  absl::Status ParseObject(Json* out, int depth) {
-    ++pos_;
-    *out = Json::MakeObject();
-    SkipSpace();
-    if (pos_ < text_.size() && text_[pos_] == '}') {
-      ++pos_;
-      return absl::OkStatus();
-    }
-    absl::flat_hash_set<std::string> seen;
-    while (true) {
-      SkipSpace();
-      if (pos_ >= text_.size() || text_[pos_] != '"') {
-        return Error("expected string key");
-      }
-      size_t key_pos = pos_;
-      std::string key;
-      absl::Status s = ParseString(&key);
-      if (!s.ok()) return s;
-      SkipSpace();
-      if (pos_ >= text_.size() || text_[pos_] != ':')
-        return Error("expected ':'");
-      ++pos_;
-      SkipSpace();
-      Json v;
-      s = ParseValue(&v, depth + 1);
-      if (!s.ok()) return s;
-      if (!options_.allow_duplicate_keys && !seen.insert(key).second) {
-        pos_ = key_pos;
-        return Error(absl::StrCat("duplicate key \"", key, "\""));
-      }
-      out->object().emplace_back(std::move(key), std::move(v));
-      SkipSpace();
-      if (pos_ >= text_.size()) return Error("unterminated object");
-      if (text_[pos_] == ',') {
-        ++pos_;
-        continue;
-      }
-      if (text_[pos_] == '}') {
-        ++pos_;
-        return absl::OkStatus();
-      }
-      return Error("expected ',' or '}'");
-    }
+    return !object->keys->insert(key).second;
   }
 
   absl::string_view text_;
+  const char* const* cursor_;
   const JsonParseOptions& options_;
-  size_t pos_ = 0;
+  Json root_;
+  std::vector<OpenValue> open_;
+  size_t last_end_ = 0;
+  bool root_complete_ = false;
+  absl::Status status_;
 };
 
 }  // namespace
 
 absl::StatusOr<Json> ParseJson(absl::string_view text,
                                const JsonParseOptions& options) {
-  return Parser(text, options).Parse();
+  if (text.size() > options.max_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "JSON text is ", text.size(), " bytes, limit is ", options.max_size));
+  }
+  // nlohmann skips a UTF-8 byte order mark; RFC 8259 forbids sending one.
+  if (absl::StartsWith(text, "\xEF\xBB\xBF")) {
+    return absl::InvalidArgumentError(
+        "invalid JSON at byte 0: unexpected character 0xef");
+  }
+  const char* cursor = text.data();
+  const char* end = text.data() + text.size();
+  JsonBuilder builder(text, &cursor, options);
+  const bool ok = nlohmann::json::sax_parse(
+      SharedCursorIterator(&cursor), SharedCursorIterator(&end), &builder,
+      nlohmann::json::input_format_t::json, /*strict=*/true,
+      /*ignore_comments=*/false);
+  if (!ok) return builder.status();
+  return builder.Finish();
 }
 
 }  // namespace weightd

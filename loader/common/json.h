@@ -1,5 +1,11 @@
 // A small JSON value (null/bool/int64/double/string/array/object with ordered
 // keys), a strict parser with limits and a serializer.
+//
+// The parser is nlohmann-json 3.11's lexer and parser (sax_parse) driving a
+// handler that builds Json directly and adds the depth bound, duplicate-key
+// refusal and byte offsets. The serializer stays hand-written: nlohmann's dump
+// spells doubles and pretty arrays differently from what weightd prints, and
+// refuses strings that are not UTF-8 where Dump passes bytes through.
 #ifndef WEIGHTD_LOADER_COMMON_JSON_H_
 #define WEIGHTD_LOADER_COMMON_JSON_H_
 
@@ -103,9 +109,12 @@ struct JsonParseOptions {
 };
 
 // Strict RFC 8259: one value, optional surrounding whitespace, no comments, no
-// trailing commas, valid UTF-8 in strings, surrogate pairs checked. Integers
-// that fit int64 become kInt, other numbers kDouble. Errors name the byte
-// offset.
+// trailing commas, no byte order mark, no raw NUL, valid UTF-8 in strings,
+// surrogate pairs checked. Integers that fit int64 become kInt, other numbers
+// kDouble (rounded to nearest); numbers beyond double's range (1e400) are
+// refused. Depth counts every value: the top one is at 0, and one nested in
+// more than max_depth arrays/objects is refused. Errors (InvalidArgument)
+// read "invalid JSON at byte N: reason", except the size check's.
 absl::StatusOr<Json> ParseJson(absl::string_view text,
                                const JsonParseOptions& options = {});
 
