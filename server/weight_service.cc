@@ -210,33 +210,39 @@ class WeightServiceImpl::LeaseReactor
         service_->session_connections_[session_id_] = caller.connection;
       }
     }
-    MutexLock lock(&mu_);
     if (refused) {
-      finishing_ = true;
-      finish_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                    "weightd is shutting down");
-      MaybeFinishLocked();
+      {
+        MutexLock lock(&mu_);
+        finishing_ = true;
+        finish_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                      "weightd is shutting down");
+      }
+      Pump();
       return;
     }
-    EnqueueLocked(std::move(opened));
+    Enqueue(std::move(opened));
     StartRead(&request_);
   }
 
   // Shutdown: finish the stream once the write in progress (if any) is done.
   void End() {
-    MutexLock lock(&mu_);
-    finishing_ = true;
-    finish_status_ =
-        grpc::Status(grpc::StatusCode::UNAVAILABLE, "weightd is shutting down");
-    MaybeFinishLocked();
+    {
+      MutexLock lock(&mu_);
+      finishing_ = true;
+      finish_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                    "weightd is shutting down");
+    }
+    Pump();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
       ReleaseAll();
-      MutexLock lock(&mu_);
-      finishing_ = true;
-      MaybeFinishLocked();
+      {
+        MutexLock lock(&mu_);
+        finishing_ = true;
+      }
+      Pump();
       return;
     }
     v1::LeaseEvent event;
@@ -265,25 +271,26 @@ class WeightServiceImpl::LeaseReactor
       event.set_kind(v1::LeaseEvent::ERROR);
       event.set_error(BoundStatusMessage(status.message()));
     }
-    MutexLock lock(&mu_);
-    if (finished_ || finishing_) return;
-    EnqueueLocked(std::move(event));
+    {
+      MutexLock lock(&mu_);
+      if (finished_ || finishing_) return;
+      writes_.push_back(std::move(event));
+    }
+    Pump();
     StartRead(&request_);
   }
 
   void OnWriteDone(bool ok) override {
-    MutexLock lock(&mu_);
-    writes_.pop_front();
-    writing_ = false;
-    if (!ok) {
-      writes_.clear();
-      finishing_ = true;
-    } else if (!writes_.empty()) {
-      writing_ = true;
-      StartWrite(&writes_.front());
-      return;
+    {
+      MutexLock lock(&mu_);
+      writes_.pop_front();
+      writing_ = false;
+      if (!ok) {
+        writes_.clear();
+        finishing_ = true;
+      }
     }
-    MaybeFinishLocked();
+    Pump();
   }
 
   void OnCancel() override { ReleaseAll(); }
@@ -300,19 +307,38 @@ class WeightServiceImpl::LeaseReactor
   }
 
  private:
-  void EnqueueLocked(v1::LeaseEvent event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_) return;
-    writes_.push_back(std::move(event));
-    if (!writing_) {
-      writing_ = true;
-      StartWrite(&writes_.front());
+  void Enqueue(v1::LeaseEvent event) {
+    {
+      MutexLock lock(&mu_);
+      if (finished_) return;
+      writes_.push_back(std::move(event));
     }
+    Pump();
   }
 
-  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finishing_ && !writing_ && !finished_) {
-      finished_ = true;
-      Finish(finish_status_);
+  // Starts the next queued write or, once the queue is drained and the
+  // stream is ending, the Finish: decided under mu_, started outside it. The
+  // event being written stays put (a deque keeps references on push_back).
+  void Pump() {
+    const v1::LeaseEvent* write = nullptr;
+    grpc::Status status;
+    {
+      MutexLock lock(&mu_);
+      if (finished_ || writing_) return;
+      if (!writes_.empty()) {
+        writing_ = true;
+        write = &writes_.front();
+      } else if (finishing_) {
+        finished_ = true;
+        status = finish_status_;
+      } else {
+        return;
+      }
+    }
+    if (write != nullptr) {
+      StartWrite(write);
+    } else {
+      Finish(status);
     }
   }
 
