@@ -18,6 +18,7 @@
 #include "client/weightd_client.h"
 #include "loader/common/sha256.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/map_location.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
 namespace weightd {
@@ -166,14 +167,21 @@ absl::StatusOr<ClientLoadOptions> LoadOptionsFrom(const CommandLine& line) {
   options.cast_dtype = line.Get("cast");
   options.format_hint = line.Get("format");
   if (line.Has("map")) {
+    // The daemon's own map_location parser: FROM->TO pairs, canonical tags.
     for (const std::string& mapping : line.flags.at("map")) {
-      std::vector<std::string> parts = absl::StrSplit(mapping, "->");
-      if (parts.size() != 2) {
-        return absl::InvalidArgumentError("--map expects FROM->TO, got \"" +
-                                          mapping + "\"");
+      if (!absl::StrContains(mapping, "->")) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--map expects FROM->TO, got \"", mapping, "\""));
       }
-      options.remap[parts[0]] = parts[1];
     }
+    absl::StatusOr<MapLocation> map =
+        ParseMapLocation(absl::StrJoin(line.flags.at("map"), ","));
+    if (!map.ok()) return map.status();
+    if (map->kind != MapLocation::Kind::kRemap) {
+      return absl::InvalidArgumentError(
+          "--map expects FROM->TO (use --device for one target)");
+    }
+    for (const auto& [from, to] : map->remap) options.remap[from] = to;
     if (!line.Has("device")) options.device = "";
   }
   if (line.Has("tensor")) options.filter = line.flags.at("tensor");

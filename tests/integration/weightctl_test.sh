@@ -37,5 +37,21 @@ for file in "$fixtures"/*; do
     fi
   done
 done
+# --map goes through the daemon's map_location parser: a remap places the
+# storages it names, a malformed one is one clear line and exit 1.
+if "$weightctl" load "$fixtures/training.pt" --map " cpu -> cuda:00" --quiet \
+    >/dev/null; then
+  passed=$((passed + 1))
+else
+  echo "FAIL: load --map cpu->cuda:0"; failed=$((failed + 1))
+fi
+if "$weightctl" load "$fixtures/training.pt" --map "cpu=>cuda:0" --quiet \
+    >/dev/null 2>"$dir/map_err" || [ "$(wc -l <"$dir/map_err")" -ne 1 ] ||
+   ! grep -q "FROM->TO" "$dir/map_err"; then
+  echo "FAIL: a malformed --map must be one error line naming FROM->TO"
+  cat "$dir/map_err"; failed=$((failed + 1))
+else
+  passed=$((passed + 1))
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 10 ]
