@@ -166,6 +166,7 @@ absl::StatusOr<ClientLoadOptions> LoadOptionsFrom(const CommandLine& line) {
   options.device = line.Get("device", "cpu");
   options.cast_dtype = line.Get("cast");
   options.format_hint = line.Get("format");
+  options.host_copy = line.Has("copy");
   if (line.Has("map")) {
     // The daemon's own map_location parser: FROM->TO pairs, canonical tags.
     for (const std::string& mapping : line.flags.at("map")) {
@@ -190,13 +191,13 @@ absl::StatusOr<ClientLoadOptions> LoadOptionsFrom(const CommandLine& line) {
 
 int Load(const std::string& address, const std::vector<std::string>& args,
          std::ostream& out, std::ostream& err) {
-  auto line = ParseCommandLine(args, {"json", "hash", "quiet"},
+  auto line = ParseCommandLine(args, {"json", "hash", "quiet", "copy"},
                                {"device", "cast", "map", "tensor", "format"});
   if (!line.ok()) return Fail(err, "load", line.status());
   if (line->positional.size() != 1) {
     err << "usage: weightctl load FILE [--device DEV] [--json] [--hash] "
            "[--cast DTYPE] "
-           "[--map FROM->TO] [--tensor NAME]\n";
+           "[--map FROM->TO] [--tensor NAME] [--copy]\n";
     return 2;
   }
   const std::string& file = line->positional[0];

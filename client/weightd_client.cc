@@ -426,6 +426,7 @@ absl::StatusOr<std::unique_ptr<ClientModel>> WeightdClient::Load(
     (*request.mutable_placement()->mutable_remap())[from] = to;
   }
   request.set_cast_dtype(options.cast_dtype);
+  request.set_host_copy(options.host_copy);
   for (const std::string& name : options.filter)
     request.add_tensor_filter(name);
   request.set_lease_session(session->id());

@@ -67,6 +67,10 @@ struct ClientLoadOptions {
   std::string cast_dtype;
   std::vector<std::string> filter;
   std::string format_hint;
+  // Host storages copied into daemon-owned shared memory instead of views of
+  // the checkpoint file (a view of a file truncated under it raises SIGBUS
+  // when read).
+  bool host_copy = false;
 };
 
 // How to reach a TCP daemon: TLS (server verified against tls_ca_file; a

@@ -41,6 +41,7 @@ LoadSpec SpecFromRequest(const v1::LoadRequest& request) {
   spec.filter.assign(request.tensor_filter().begin(),
                      request.tensor_filter().end());
   spec.lease_session = request.lease_session();
+  spec.host_copy = request.host_copy();
   return spec;
 }
 

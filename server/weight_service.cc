@@ -383,7 +383,7 @@ class WeightServiceImpl::ReadTensorsReactor
       return;
     }
     model_ = AsLoadedModel(info->value);
-    if (info->stale) {
+    if (info->stale && model_->ReadsFile()) {
       // Its bytes may no longer be what its tensor table describes.
       Finish(grpc::Status(
           grpc::StatusCode::FAILED_PRECONDITION,

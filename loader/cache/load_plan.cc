@@ -104,6 +104,7 @@ std::string Placement::Key() const {
       break;
   }
   if (cast) absl::StrAppend(&out, " as ", DTypeName(*cast));
+  if (host_copy) absl::StrAppend(&out, " copy");
   if (!filter.empty())
     absl::StrAppend(&out, " only{", absl::StrJoin(filter, ","), "}");
   return out;
@@ -164,6 +165,7 @@ absl::StatusOr<Placement> CanonicalPlacement(
     }
     placement.cast = *cast;
   }
+  placement.host_copy = spec.host_copy;
   placement.filter = spec.filter;
   std::sort(placement.filter.begin(), placement.filter.end());
   placement.filter.erase(
@@ -225,7 +227,9 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
     }
     planned.placed_bytes = PlacedStorageBytes(storage, planned.placed_dtype);
     planned.changes_bytes =
-        PlacementChangesBytes(storage, planned.placed_dtype);
+        PlacementChangesBytes(storage, planned.placed_dtype) ||
+        (placement.host_copy &&
+         planned.target.kind == StorageTarget::Kind::kHost);
     storages.emplace(s, planned);
   }
   uint64_t host_bytes = 0;

@@ -38,6 +38,8 @@ struct LoadSpec {
   std::vector<std::string> filter;  // tensor names or dotted prefixes; empty:
                                     // all
   std::string lease_session;
+  // Host storages copied into shared memory, never views of the file.
+  bool host_copy = false;
 };
 
 // A request's placement in canonical form: one GPU has one name (cuda,
@@ -47,9 +49,10 @@ struct Placement {
   MapLocation map;                  // targets are "cpu", "meta" or "cuda:N"
   std::optional<DType> cast;        // floating-point storages cast on load
   std::vector<std::string> filter;  // sorted, unique; empty: every tensor
+  bool host_copy = false;  // host storages in shared memory, not file views
 
-  // "saved" | target, then " map{a->b,...}", " as DTYPE", " only{...}": the
-  // cache key's placement part and what clients are shown.
+  // "saved" | target, then " map{a->b,...}", " as DTYPE", " copy",
+  // " only{...}": the cache key's placement part and what clients are shown.
   std::string Key() const;
 };
 
@@ -73,7 +76,8 @@ struct PlannedStorage {
   StorageTarget target;
   DType placed_dtype = DType::kUInt8;
   uint64_t placed_bytes = 0;
-  bool changes_bytes = false;  // cast, byte swap or inflated: no file view
+  bool changes_bytes = false;  // cast, byte swap, inflated record or a host
+                               // copy asked for: no file view
 };
 
 struct LoadPlan {

@@ -167,6 +167,22 @@ TEST(PlanLoadTest, CastsOnlyFloatStoragesViewedAsTheirOwnDtype) {
   EXPECT_EQ(plan->expected, (TierBytes{{"host", 256 + 64}}));
 }
 
+TEST(PlanLoadTest, HostCopyPutsEveryHostStorageInSharedMemory) {
+  LoadSpec spec = Target("cpu");
+  spec.host_copy = true;
+  EXPECT_EQ(KeyOf(spec), "cpu copy");
+  EXPECT_NE(KeyOf(spec), KeyOf(Target("cpu")));
+  auto plan = Plan(spec);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const PlannedStorage& storage : plan->storages)
+    EXPECT_TRUE(storage.changes_bytes) << storage.index;
+  EXPECT_EQ(plan->expected, (TierBytes{{"host", 448 + 128 + 64 + 64}}));
+  spec.target = "cuda:0";  // GPU storages are copies anyway
+  auto gpu = Plan(spec);
+  ASSERT_TRUE(gpu.ok());
+  EXPECT_EQ(gpu->expected, (TierBytes{{"GPU-aaaa", 512 + 256 + 256 + 256}}));
+}
+
 TEST(PlanLoadTest, FiltersRemapsAndMeta) {
   LoadSpec spec;
   spec.path = "/models/a.pt";

@@ -34,6 +34,9 @@ class PlacedElementSource {
     storage_elements_ = storage_.num_bytes / DTypeSize(storage_.dtype);
   }
 
+  // Whether the bytes come from the mapped checkpoint (not a segment).
+  bool reads_file() const { return segment_ == nullptr; }
+
   absl::Status Copy(uint64_t first, uint64_t count, uint8_t* out) const {
     if (first > storage_elements_ || count > storage_elements_ - first) {
       return absl::OutOfRangeError(absl::StrCat(
@@ -98,6 +101,13 @@ absl::Status GatherElements(const TensorInfo& info, uint64_t first,
 
 }  // namespace
 
+bool LoadedModel::ReadsFile() const {
+  for (const PlacedTensor& tensor : tensors) {
+    if (PlacedElementSource(*this, tensor).reads_file()) return true;
+  }
+  return false;
+}
+
 absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
                                           uint64_t length, uint8_t* out) const {
   if (tensor_index >= tensors.size()) {
@@ -129,6 +139,10 @@ absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
                                             " has mismatched shape/stride"));
   }
   PlacedElementSource source(*this, tensor);
+  if (!source.reads_file()) {
+    return GatherElements(tensor.info, offset / element_size,
+                          length / element_size, element_size, source, out);
+  }
   return ReadMapped(*file, [&] {
     return GatherElements(tensor.info, offset / element_size,
                           length / element_size, element_size, source, out);

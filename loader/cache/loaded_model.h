@@ -84,6 +84,11 @@ class LoadedModel : public CacheValue {
   // file was truncated under the mapping.
   absl::Status ReadTensorRange(size_t tensor_index, uint64_t offset,
                                uint64_t length, uint8_t* out) const;
+
+  // Whether ReadTensorRange reads the mapped checkpoint for some tensor (its
+  // bytes are not all in segments the daemon owns): then a change of the file
+  // on disk changes what it would read.
+  bool ReadsFile() const;
 };
 
 }  // namespace weightd

@@ -87,6 +87,22 @@ class HardeningTest(unittest.TestCase):
         close()
         self.assert_still_serving(daemon)
 
+    def test_host_copy_survives_the_file_being_truncated(self):
+        daemon = self.start()
+        path = self.checkpoint("copied.safetensors", floats=1 << 16, seed=3)
+        session, close = daemon.open_session()
+        model = daemon.load(path, "cpu", session=session, host_copy=True)
+        self.assertTrue(all(b.HasField("shared_memory") for b in model.buffers), model.buffers)
+        self.assertIn("copy", model.placement)
+        os.truncate(path, 0)
+        # The watcher marks the model stale, but its bytes are the daemon's own copy.
+        self.assertTrue(wait_until(lambda: any(
+            m.stale for m in daemon.stub.List(harness.pb.ListRequest()).models), 10))
+        got = daemon.read_tensors(model.model_id)["t0"]
+        self.assertEqual(bytes(got), float_bytes(1 << 16, 3))
+        close()
+        self.assert_still_serving(daemon)
+
     def test_file_truncated_during_a_gpu_cast_load_is_data_loss(self):
         daemon = self.start("--fake_gpu_copy_delay_us=20000", "--staging_chunk=64K")
         path = self.checkpoint("train.safetensors", floats=4 << 20)

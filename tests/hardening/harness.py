@@ -83,9 +83,10 @@ class Daemon:
             return False
 
     def load(self, path, target="cpu", cast="", filters=(), session="", hint="",
-             timeout=60, on_progress=None):
+             timeout=60, on_progress=None, host_copy=False):
         request = pb.LoadRequest(path=path, cast_dtype=cast, tensor_filter=list(filters),
-                                 lease_session=session, format_hint=hint)
+                                 lease_session=session, format_hint=hint,
+                                 host_copy=host_copy)
         request.placement.target = target
         model = None
         for event in self.stub.Load(request, timeout=timeout):

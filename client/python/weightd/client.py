@@ -222,7 +222,7 @@ class Client:
     # -- loading ---------------------------------------------------------------------------
 
     def load(self, path, device="cpu", map_location=None, dtype=None, tensors=None,
-             progress=None, format_hint=""):
+             progress=None, format_hint="", host_copy=False):
         """Loads a checkpoint through the daemon; returns a weightd.Model: a dict of name to
         torch.Tensor (numpy arrays with backend="numpy") in the daemon's order.
 
@@ -236,13 +236,16 @@ class Client:
           torch dtype.
         tensors: only these names (and names starting with "<entry>.").
         progress: callable(bytes_done, bytes_total), called as the daemon reads.
+        host_copy: host tensors come from a shared-memory copy the daemon owns instead of
+          being views of the checkpoint file (safe if the file is truncated or rewritten
+          while you hold them; a view of a truncated file raises SIGBUS when read).
 
         The model is leased on this client's lease session until the last returned tensor is
         garbage-collected (or the client closes). Host tensors are zero-copy, read-only views.
         """
         # The daemon resolves paths in its own working directory: send an absolute one.
         request = pb.LoadRequest(path=os.path.abspath(os.fspath(path)),
-                                 format_hint=format_hint)
+                                 format_hint=format_hint, host_copy=bool(host_copy))
         if isinstance(map_location, dict):
             for saved, target in map_location.items():
                 request.placement.remap[str(saved)] = self._target(target)
