@@ -10,6 +10,7 @@ A JSON object without marker keys is a plain dict.
 import base64
 import binascii
 import collections
+import sys
 
 import grpc
 
@@ -31,10 +32,14 @@ _DICT_CLASSES = {"collections.OrderedDict": collections.OrderedDict,
 class TreeBuilder:
     """One rebuild: `tensor(name, parameter)` gives the tensor a reference names."""
 
-    def __init__(self, torch, tensor, max_depth=1000):
+    def __init__(self, torch, tensor, max_depth=200):
+        # 200: the daemon's own bound (ReadOptions::max_depth). Up to four Python frames per
+        # level: make sure the interpreter allows them.
         self.torch = torch
         self.tensor = tensor
         self.max_depth = max_depth
+        if sys.getrecursionlimit() < 5 * max_depth + 1000:
+            sys.setrecursionlimit(5 * max_depth + 1000)
 
     def build(self, value, depth=0):
         if depth > self.max_depth:
