@@ -726,6 +726,7 @@ absl::StatusOr<PyValue*> Unpickler::RebuildTensor(
     t.requires_grad = args[1]->kind == PyKind::kBool ? args[1]->b : args[1]->i;
     PyValue* v = NewValue(PyKind::kTensor);
     v->index = static_cast<int64_t>(tensors_.size());
+    v->b = true;  // a torch.nn.Parameter
     tensors_.push_back(std::move(t));
     return v;
   }
@@ -870,6 +871,7 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
   }
   if (fn == "collections.OrderedDict" || fn == "collections.Counter") {
     PyValue* d = NewValue(PyKind::kDict);
+    d->s = fn;  // not a plain dict: torch.load gives this class
     if (a.empty()) return d;
     if (a.size() != 1) return bad_args();
     if (a[0]->kind == PyKind::kDict) {
@@ -954,6 +956,7 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
   }
   if (fn == "torch.Size") {
     PyValue* t = NewValue(PyKind::kTuple);
+    t->s = fn;
     if (a.empty()) return t;
     if (a.size() != 1 || !IsSeq(a[0])) return bad_args();
     for (const PyValue* d : a[0]->items) {
@@ -996,6 +999,7 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
     if (r->kind != PyKind::kTensor) return bad_args();
     if (type == "torch.nn.parameter.Parameter") {
       tensors_[r->index].is_parameter = true;
+      r->b = true;
     }
     return r;
   }
@@ -1010,6 +1014,7 @@ absl::StatusOr<PyValue*> Unpickler::Call(PyValue* callable, PyValue* args,
                                                     : a[1]->i != 0;
     PyValue* v = NewValue(PyKind::kTensor);
     v->index = static_cast<int64_t>(tensors_.size());
+    v->b = true;  // a torch.nn.Parameter
     tensors_.push_back(std::move(t));
     return v;
   }

@@ -25,21 +25,23 @@ enum class PyKind : uint8_t {
   kNone,
   kBool,
   kInt,
-  kBigInt,  // s: little-endian two's complement bytes (LONG1/LONG4 payload)
+  kBigInt,  // s: decimal digits (from the LONG1/LONG4 payload)
   kFloat,
   kComplex,  // f, f2
   kStr,      // s: UTF-8
   kBytes,    // s
   kByteArray,
-  kTuple,  // items
+  kTuple,  // items; s: "torch.Size" for one, else empty
   kList,   // items
-  kDict,   // pairs (ordered); state: BUILD state (OrderedDict attributes)
+  kDict,   // pairs (ordered); state: BUILD state (OrderedDict attributes);
+           // s: "collections.OrderedDict" / "collections.Counter", empty for
+           // a plain dict
   kSet,    // items
   kFrozenSet,
   kGlobal,   // s: dotted name ("torch.FloatStorage", "__torch__.M")
   kObject,   // s: class dotted name; pairs: attributes (when the BUILD
              // state is a dict); state: raw BUILD state (nullptr: no BUILD)
-  kTensor,   // index: into PickleResult::tensors
+  kTensor,   // index: into PickleResult::tensors; b: a torch.nn.Parameter
   kStorage,  // index: storage index chosen by the persistent loader
   kDevice,   // s: "cuda:0"
   kDType,    // dtype

@@ -105,9 +105,13 @@ const char* kProtocols[] = {
 
 constexpr char kExpectedJson[] =
     R"({"a":[1,-2,300,70000,1099511627776,-9223372036854775808,)"
-    R"("1180591620717411303424"],"b":[1.5,null,true,false],"c":"h\u00e9llo",)"
-    R"("d":{"__bytes__":"AP8="},"e":[3,4],"f":[5],"g":{"__bytes__":"eHk="},)"
-    R"("h":{"__complex__":[1.0,2.0]},"i":{"k":1},"j":[[],[]]})";
+    R"({"__int__":"1180591620717411303424"}],)"
+    R"("b":{"__tuple__":[1.5,null,true,false]},"c":"h\u00e9llo",)"
+    R"("d":{"__bytes__":"AP8="},"e":{"__set__":[3,4]},)"
+    R"("f":{"__frozenset__":[5]},"g":{"__bytearray__":"eHk="},)"
+    R"("h":{"__complex__":[1.0,2.0]},)"
+    R"("i":{"__class__":"collections.OrderedDict","k":1},)"
+    R"("j":[[],{"__tuple__":[]}]})";
 
 // A string literal with embedded NULs.
 template <size_t N>
@@ -170,7 +174,7 @@ TEST(PickleTest, RefusesGlobalsByNameWithOffset) {
   // Python 2 module names are mapped before the check.
   r = ToJson(B("c__builtin__\nset\n(]tR."));
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(*r, "[]");
+  EXPECT_EQ(*r, R"({"__set__":[]})");
   r = ToJson(B("ccopy_reg\n_reconstructor\n."));
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("\"copyreg._reconstructor\""));
@@ -244,7 +248,30 @@ TEST(PickleTest, DuplicateDictKeysKeepLastValueFirstPosition) {
                "G\x3f\xf0\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00"
                "cu."));
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(*r, R"({"1":"c","2":"b"})");
+  EXPECT_EQ(*r, R"({"__items__":[[1,"c"],[2,"b"]]})");
+}
+
+TEST(PickleTest, TypedTreeKeepsWhatTorchLoadReturns) {
+  // od = OrderedDict([('k', 1)]); od._metadata = {'': {'version': 1}}
+  // pickle.dumps({(1, 'a'): 1, 2: [nan, -inf, -0.0], 'x': {'__y__': od},
+  //               's': slice(1, None, 2)}, 2)
+  auto r = ToJson(absl::HexStringToBytes(
+      "80027d7100284b0158010000006171018671024b014b025d710328477ff80000000000"
+      "0047fff00000000000004780000000000000006558010000007871047d710558050000"
+      "005f5f795f5f710663636f6c6c656374696f6e730a4f726465726564446963740a7107"
+      "2952710858010000006b71094b01737d710a58090000005f6d65746164617461710b7d"
+      "710c5800000000710d7d710e580700000076657273696f6e710f4b0173737362735801"
+      "000000737110635f5f6275696c74696e5f5f0a736c6963650a71114b014e4b02877112"
+      "527113752e"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Int and tuple keys, and a key that looks like a marker, force the pairs
+  // form; the OrderedDict keeps its class and its attributes.
+  EXPECT_EQ(*r, R"({"__items__":[[{"__tuple__":[1,"a"]},1],)"
+                R"([2,[{"__float__":"nan"},{"__float__":"-inf"},-0.0]],)"
+                R"(["x",{"__items__":[["__y__",{"__class__":)"
+                R"("collections.OrderedDict","k":1,"__state__":)"
+                R"({"_metadata":{"":{"version":1}}}}]]}],)"
+                R"(["s",{"__slice__":[1,null,2]}]]})");
 }
 
 TEST(PickleTest, TensorRebuildWithPersistentLoader) {

@@ -22,10 +22,25 @@ struct NamedTensor {
 
 // Appends every tensor reachable from `root` to `out` with its dotted path
 // (dict keys by Python str(), list/tuple indices in decimal, object attributes
-// by name) and builds the JSON metadata tree (tensors become
-// {"__tensor__": name}). `prefix` is prepended to names ("" for none).
-// Refuses graphs nested deeper than options.max_depth or that expand to far
-// more values than they hold (shared references).
+// by name) and builds the JSON tree of the whole value, from which a client
+// rebuilds exactly what torch.load returns (weightd.load). JSON null, bools,
+// numbers, strings and arrays are None, bool, int/float, str and list. Every
+// other value is an object whose first key is a marker "__x__":
+//   {"__tensor__": name[, "__parameter__": true]}   a tensor (a Parameter)
+//   {"__tuple__": [...]}  {"__size__": [...]} (torch.Size)  {"__set__": [...]}
+//   {"__frozenset__": [...]}  {"__slice__": [start, stop, step]}
+//   {"__int__": "decimal"} (beyond int64)  {"__float__": "nan"|"inf"|"-inf"}
+//   {"__complex__": [re, im]}  {"__bytes__": base64}  {"__bytearray__": b64}
+//   {"__device__": "cuda:0"}  {"__dtype__": "float32"}  {"__global__": name}
+//   {"__storage__": index}  {"__repr__": str()} (a key weightd cannot keep)
+// A dict is a JSON object when its keys are strings none of which looks like
+// a marker; otherwise {"__items__": [[key, value], ...]}. An OrderedDict or
+// Counter adds "__class__": "collections.OrderedDict" first and its
+// attributes (a state_dict's _metadata) as "__state__": {...} last; an
+// object is {"__class__": name, attribute: value, ...}. `prefix` is
+// prepended to names ("" for none). Refuses graphs nested deeper than
+// options.max_depth or that expand to far more values than they hold (shared
+// references).
 absl::Status WalkPyTree(const PyValue* root, const std::string& prefix,
                         const ReadOptions& options, size_t heap_size,
                         std::vector<NamedTensor>* out, Json* metadata);

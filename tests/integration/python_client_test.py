@@ -3,12 +3,15 @@
 Starts bazel-bin's weightd on a temporary Unix socket, writes fresh checkpoints with real torch
 (zip and legacy torch.save, nested training checkpoints, views, TorchScript with extra files),
 and checks that every tensor the Python client gets equals what torch.load / torch.jit.load
-return: values, dtype, shape, stride. Also: one read for two client processes, a killed
+return: values, dtype, shape, stride; and that weightd.load returns what torch.load returns
+(whole trees: containers, key types, Parameters, shared storages, every map_location form),
+weightd.jit_load_state what torch.jit.load(...).state_dict() does, and load_into fills modules. Also: one read for two client processes, a killed
 client's lease going away, and (where a CUDA GPU exists) CUDA tensors through IPC handles.
 
 Usage: python_client_test.py WEIGHTD_BINARY PYTHON_PACKAGE_DIR [FIXTURES_DIR]
 """
 import collections
+import inspect
 import os
 import re
 import shutil
@@ -317,6 +320,340 @@ class PythonClientTest(unittest.TestCase):
                   file=sys.stderr)
         finally:
             daemon.stop()
+
+
+# -- weightd.load: what torch.load returns ---------------------------------------------------
+
+SAVABLE_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8,
+                  torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+                  torch.complex64, torch.complex128] if torch is not None else []
+
+
+def random_tensor(rng, dtype):
+    shape = [rng.randint(0, 4) if rng.random() < 0.1 else rng.randint(1, 5)
+             for _ in range(rng.randint(0, 3))]
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(shape, dtype=dtype)
+    low, high = (0, 255) if dtype == torch.uint8 else (-100, 100)
+    return torch.randint(low, high, shape, dtype=dtype)
+
+
+def random_checkpoint(rng, unsafe=False):
+    """Nested containers over tensors of every savable dtype: dicts with int and tuple keys,
+    OrderedDicts (one a real state_dict, with _metadata), lists, tuples, views sharing one
+    storage, Parameters, and primitives. Floats, bytes and sets only where `unsafe`: torch
+    1.13's weights-only unpickler refuses BINFLOAT, _codecs.encode and builtins.set."""
+    base = torch.randn(6, 8)
+    views = [base, base.t(), base[2:4, 1:7], base[:, 3], base.view(48)[5:20:3]]
+    rng.shuffle(views)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    tensors = [random_tensor(rng, rng.choice(SAVABLE_DTYPES)) for _ in range(rng.randint(3, 8))]
+    primitives = [None, True, False, 0, -7, 2 ** 40, -2 ** 63, 2 ** 70, "", "text é"]
+    if unsafe:
+        primitives += [0.5, -0.0, float("inf"), float("nan"), 1e300, b"\x00\xff bytes",
+                       bytearray(b"ba"), complex(1, -2), {1, 2, 3}, frozenset(["f"])]
+    value = {
+        "state_dict": module.state_dict(),
+        "dtypes": collections.OrderedDict((str(d), random_tensor(rng, d))
+                                          for d in SAVABLE_DTYPES),
+        "views": views,
+        "shared": (views[0], {"again": views[1]}),
+        1: tensors[0], 2: "two", (3, "x"): [tensors[1], ()], (): tensors[2:],
+        "param": torch.nn.Parameter(torch.randn(2, 3)),
+        "frozen": torch.nn.Parameter(torch.randn(2), requires_grad=False),
+        "grad": torch.randn(3).requires_grad_(),
+        "primitives": primitives,
+        "nested": [[{"deep": (rng.randint(0, 9), [tensors[-1]])}]],
+        "ordered": collections.OrderedDict([("b", 1), ("a", [2, (3,)])]),
+        "__marker_like__": {"__tensor__": "not a tensor", "__tuple__": [1]},
+    }
+    if unsafe:
+        value[(1.5, b"k")] = {1.5: "x", True: "y", None: "z", frozenset([2]): "f"}
+    items = list(value.items())
+    rng.shuffle(items)
+    return dict(items)
+
+
+def storage_key(tensor):
+    return (tensor.device.type, tensor.storage().data_ptr())
+
+
+def assert_same_tree(test, got, want, where="root", storages=None):
+    """got equals want in structure, types, keys (order too), tensors (Parameter or not,
+    requires_grad, dtype, shape, stride, values) and storage sharing."""
+    top = storages is None
+    if top:
+        storages = {}
+    test.assertIs(type(got), type(want), where)
+    if isinstance(want, torch.Tensor):
+        test.assertEqual(got.requires_grad, want.requires_grad, where)
+        test.assertEqual(got.storage_offset(), want.storage_offset(), where)
+        same_tensor(test, where, got, want)
+        if want.numel():
+            # One storage in torch.load's answer is one storage in ours, and no other.
+            seen = storages.setdefault(storage_key(want), storage_key(got))
+            test.assertEqual(seen, storage_key(got), where + ": storage sharing differs")
+    elif isinstance(want, dict):
+        test.assertEqual(list(got.keys()), list(want.keys()), where)
+        test.assertEqual(getattr(got, "__dict__", {}), getattr(want, "__dict__", {}),
+                         where + ": attributes (_metadata)")
+        for key in want:
+            assert_same_tree(test, got[key], want[key], "%s[%r]" % (where, key), storages)
+    elif isinstance(want, (list, tuple)):
+        test.assertEqual(len(got), len(want), where)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_same_tree(test, a, b, "%s[%d]" % (where, i), storages)
+    elif isinstance(want, float) and want != want:
+        test.assertNotEqual(got, got, where)  # nan
+    else:
+        test.assertEqual(got, want, where)
+        if isinstance(want, float):
+            test.assertEqual(str(got), str(want), where)  # -0.0
+    if top:
+        test.assertEqual(len(set(storages.values())), len(storages),
+                         "two of torch.load's storages are one of weightd's")
+
+
+# Run in a subprocess: compares weightd.load with torch.load(weights_only=False), which runs
+# the file's pickle code, in a process of its own. argv: address, path, test module dir.
+_COMPARE_UNSAFE = r"""
+import sys, unittest
+sys.path.insert(0, sys.argv[3])
+import torch, weightd, python_client_test as t
+case = unittest.TestCase()
+got = weightd.load(sys.argv[2], client=weightd.Client(sys.argv[1]))
+want = torch.load(sys.argv[2], weights_only=False)
+t.assert_same_tree(case, got, want)
+print("same")
+"""
+
+
+@unittest.skipIf(torch is None, "torch is not importable by " + sys.executable)
+class TorchLoadTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        import random
+        cls.root = tempfile.mkdtemp(prefix="weightd-load-")
+        seed = int(time.time() * 1000)
+        print("TorchLoadTest seed", seed, file=sys.stderr)
+        cls.rng = random.Random(seed)
+        torch.manual_seed(seed)
+        cls.daemon = Daemon(cls.root)
+        import weightd
+        cls.weightd = weightd
+        cls.client = weightd.Client(cls.daemon.address)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.daemon.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def save(self, name, value, **kwargs):
+        path = os.path.join(self.root, name)
+        torch.save(value, path, **kwargs)
+        return path
+
+    def load(self, path, *args, **kwargs):
+        return self.weightd.load(path, *args, client=self.client, **kwargs)
+
+    def test_random_checkpoints_equal_torch_load(self):
+        for i in range(4):
+            legacy = i % 2 == 1
+            path = self.save("random%d.pt" % i, random_checkpoint(self.rng),
+                             _use_new_zipfile_serialization=not legacy)
+            with self.subTest(path=path, legacy=legacy):
+                want = torch.load(path, weights_only=True)
+                assert_same_tree(self, self.load(path), want)
+
+    def test_default_client_is_weightd_address(self):
+        path = self.save("default.pt", {"w": torch.randn(3), "k": (1, 2)})
+        code = ("import sys, torch, weightd; v = weightd.load(sys.argv[1]); "
+                "assert v['k'] == (1, 2) and torch.equal(v['w'], torch.load(sys.argv[1])['w'])"
+                "; print(weightd.default_client().address)")
+        env = dict(os.environ, WEIGHTD_ADDRESS=self.daemon.address)
+        done = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.strip(), self.daemon.address)
+
+    def test_every_map_location_form(self):
+        path = self.save("maps.pt", random_checkpoint(self.rng))
+        forms = ["cpu", torch.device("cpu"), {"cpu": "cpu"}, {}, {"cuda:5": "cpu"},
+                 lambda storage, tag: storage, lambda storage, tag: None,
+                 lambda storage, tag: storage.clone()]
+        for form in forms:
+            with self.subTest(map_location=form):
+                want = torch.load(path, map_location=form, weights_only=True)
+                assert_same_tree(self, self.load(path, form), want)
+
+    def test_callable_sees_each_storage_once_with_its_saved_tag(self):
+        state = collections.OrderedDict([("a", torch.randn(3, 4)), ("b", torch.randn(5)),
+                                         ("c", torch.randn(2))])
+        state["a_t"] = state["a"].t()
+        original = torch.serialization.location_tag
+        # Pretend the storages were saved on two GPUs (this host needs none to read them).
+        torch.serialization.location_tag = (
+            lambda storage: "cuda:1" if storage.nbytes() == 20 else "cuda:0")
+        try:
+            path = self.save("gpu_tags.pt", state)
+        finally:
+            torch.serialization.location_tag = original
+        calls = {"torch": [], "weightd": []}
+
+        def recorder(who):
+            def relocate(storage, tag):
+                calls[who].append((tag, storage.nbytes(), storage.device.type))
+                return storage
+            return relocate
+
+        want = torch.load(path, map_location=recorder("torch"), weights_only=True)
+        got = self.load(path, recorder("weightd"))
+        assert_same_tree(self, got, want)
+        self.assertEqual(sorted(calls["weightd"]), sorted(calls["torch"]))
+        self.assertEqual(sorted(tag for tag, _, _ in calls["weightd"]),
+                         ["cuda:0", "cuda:0", "cuda:1"])
+        for form in [{"cuda:0": "cpu", "cuda:1": "cpu"}, "cpu"]:
+            assert_same_tree(self, self.load(path, form),
+                             torch.load(path, map_location=form, weights_only=True))
+        # cuda:0 is the daemon's fake GPU here: tensors arrive in its shared memory.
+        fake = self.load(path, "cuda:0")
+        assert_same_tree(self, fake, torch.load(path, map_location="cpu", weights_only=True))
+
+    def test_mmap_false_gives_private_writable_copies(self):
+        path = self.save("copies.pt", random_checkpoint(self.rng))
+        want = torch.load(path, weights_only=True)
+        got = self.load(path, mmap=False)
+        assert_same_tree(self, got, want)
+        got["views"][0].add_(1)  # a mapped tensor would kill the process here
+        self.assertTrue(torch.equal(self.load(path)["views"][0], want["views"][0]))
+
+    def test_what_weights_only_refuses_equals_torch_load_in_a_subprocess(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        cases = [("proto4.pt", {"pickle_protocol": 4}), ("proto5.pt", {"pickle_protocol": 5}),
+                 ("floats.pt", {}), ("floats_legacy.pt",
+                                     {"_use_new_zipfile_serialization": False})]
+        for name, kwargs in cases:
+            path = self.save(name, random_checkpoint(self.rng, unsafe=True), **kwargs)
+            with self.subTest(name=name):
+                with self.assertRaises(Exception):
+                    torch.load(path, weights_only=True)  # else this case proves nothing
+                done = subprocess.run([sys.executable, "-c", _COMPARE_UNSAFE,
+                                       self.daemon.address, path, here],
+                                      capture_output=True, text=True, timeout=120)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertEqual(done.stdout.strip(), "same")
+
+    def test_big_endian_records_equal_what_was_saved(self):
+        import zipfile
+        state = collections.OrderedDict(
+            (str(d), random_tensor(self.rng, d).reshape(-1)) for d in SAVABLE_DTYPES)
+        state["float32_t"] = torch.randn(3, 4).t()
+        state["nested"] = {7: (torch.arange(5, dtype=torch.int32),)}
+        little = self.save("little.pt", state)
+        # torch.save numbers storages in the order it meets them: this dict's order.
+        # Big-endian complex numbers are two big-endian floats.
+        itemsizes = [t.element_size() // (2 if t.is_complex() else 1)
+                     for t in list(state.values())[:-1]] + [4]
+        big = os.path.join(self.root, "big.pt")
+        with zipfile.ZipFile(little) as src, zipfile.ZipFile(big, "w") as dst:
+            prefix = src.namelist()[0].split("/")[0]
+            for info in src.infolist():
+                data = src.read(info)
+                parent, _, leaf = info.filename.rpartition("/")
+                if parent == prefix + "/data" and leaf.isdigit():
+                    size = itemsizes[int(leaf)]
+                    data = b"".join(data[i:i + size][::-1] for i in range(0, len(data), size))
+                dst.writestr(info, data)
+            dst.writestr(prefix + "/byteorder", "big")
+        assert_same_tree(self, self.load(big), torch.load(little, weights_only=True))
+
+    def test_fixtures_weights_only_reads_equal_torch_load(self):
+        if not FIXTURES:
+            self.skipTest("no fixtures directory")
+        checked = []
+        for entry in sorted(os.listdir(FIXTURES)):
+            path = os.path.join(FIXTURES, entry)
+            if not entry.endswith(".pt") or entry.startswith("bad"):
+                continue
+            if "big_endian" in entry and not TORCH_READS_BYTEORDER:
+                continue
+            try:
+                want = torch.load(path, weights_only=True)
+            except Exception:
+                continue  # torchscript, floats (torch 1.13), protocol 4/5
+            if not isinstance(want, (dict, list, tuple, torch.Tensor)):
+                continue
+            with self.subTest(fixture=entry):
+                assert_same_tree(self, self.load(path), want)
+            checked.append(entry)
+        print("fixtures torch's weights-only mode reads:", checked, file=sys.stderr)
+        self.assertGreater(len(checked), 0)
+
+    def test_refusals(self):
+        path = self.save("refuse.pt", {"w": torch.randn(2)})
+        with self.assertRaisesRegex(ValueError, "never runs pickle code"):
+            self.load(path, weights_only=False)
+        import io
+        with open(path, "rb") as f:
+            in_memory = io.BytesIO(f.read())
+        with self.assertRaisesRegex(TypeError, "no usable name"):
+            self.load(in_memory)
+        with open(path, "rb") as f:
+            self.assertTrue(torch.equal(self.load(f)["w"], torch.load(path)["w"]))
+            f.seek(3)
+            with self.assertRaisesRegex(TypeError, "at byte 3"):
+                self.load(f)
+        scripted = os.path.join(self.root, "refuse_script.pt")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
+        with self.assertRaisesRegex(ValueError, "jit_load_state"):
+            self.load(scripted)
+        with self.assertRaisesRegex(ValueError, "not a TorchScript archive"):
+            self.weightd.jit_load_state(path, client=self.client)
+
+    def test_jit_load_state_equals_torch_jit_load(self):
+        module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                     torch.nn.BatchNorm1d(8),
+                                     torch.nn.Sequential(torch.nn.Linear(8, 2)))
+        path = os.path.join(self.root, "jit.pt")
+        torch.jit.save(torch.jit.script(module.eval()), path,
+                       _extra_files={"config.json": '{"a": 1}', "vocab.bin": b"\xff\x00"})
+        want_extra = {"config.json": "", "vocab.bin": "", "absent.txt": "x"}
+        want = torch.jit.load(path, _extra_files=want_extra).state_dict()
+        got_extra = {"config.json": "", "vocab.bin": "", "absent.txt": "x"}
+        got = self.weightd.jit_load_state(path, got_extra, client=self.client)
+        assert_same_tree(self, got, want)
+        self.assertEqual(got_extra, want_extra)
+
+    def test_load_into_a_meta_module(self):
+        def build(device):
+            return torch.nn.Sequential(torch.nn.Linear(4, 8, device=device),
+                                       torch.nn.BatchNorm1d(8, device=device))
+        source = build("cpu")
+        source(torch.randn(5, 4))  # BatchNorm statistics move
+        path = self.save("module.pt", {"model": source.state_dict(), "epoch": 3})
+        target = build("meta")
+        result = self.weightd.load_into(target, path, prefix="model", client=self.client)
+        self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
+        want = source.state_dict()
+        got = target.state_dict()
+        self.assertEqual(list(got), list(want))
+        for key in want:
+            same_tensor(self, key, got[key], want[key])
+        if "assign" in inspect.signature(torch.nn.Module.load_state_dict).parameters:
+            # torch >= 2.1: the module's tensors are the daemon's, not copies.
+            served = self.client.load(path, tensors=["model"])
+            for key, tensor in got.items():
+                self.assertEqual(tensor.data_ptr(), served["model." + key].data_ptr(), key)
+        else:
+            # A copy into memory of the module's own: writable.
+            target[0].weight.data.add_(1)
+            self.assertFalse(torch.equal(target[0].weight, source[0].weight))
+            with self.assertRaisesRegex(TypeError, "needs torch >= 2.1"):
+                self.weightd.load_into(build("meta"), path, prefix="model", assign=True,
+                                       client=self.client)
 
 
 if __name__ == "__main__":
