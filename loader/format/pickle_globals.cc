@@ -1,7 +1,6 @@
 #include "loader/format/pickle_globals.h"
 
 #include <cstdint>
-#include <iterator>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -39,7 +38,7 @@ absl::string_view ShortName(absl::string_view fn) {
   return dot == absl::string_view::npos ? fn : fn.substr(dot + 1);
 }
 
-// Decodes UTF-8 into code points (lenient: invalid bytes become U+FFFD).
+// Decodes UTF-8 into code points; false on bytes that are not UTF-8.
 bool Utf8ToCodePoints(absl::string_view s, std::vector<uint32_t>* out) {
   size_t i = 0;
   while (i < s.size()) {
@@ -524,22 +523,23 @@ bool IsScriptClass(absl::string_view module, absl::string_view) {
 // Row makers: each says what kind of global a row is.
 
 // Called, yields a value; never built.
-constexpr TorchGlobal Function(absl::string_view name, GlobalCallFn call) {
-  return {name, nullptr, false, GlobalPushes::kName, call, nullptr};
+constexpr TorchGlobal Function(absl::string_view name, GlobalCall& call) {
+  return TorchGlobal(name, nullptr, false, GlobalPushes::kName, call, nullptr);
 }
 // A value only (layouts, qschemes): calling it is refused.
 constexpr TorchGlobal Value(absl::string_view name) {
-  return {name, nullptr, false, GlobalPushes::kName, RefuseCall, nullptr};
+  return TorchGlobal(name, nullptr, false, GlobalPushes::kName, RefuseCall,
+                     nullptr);
 }
 // Called with no state, then BUILD gives the object its state.
-constexpr TorchGlobal Class(absl::string_view name, GlobalCallFn call,
-                            GlobalBuildFn build) {
-  return {name, nullptr, false, GlobalPushes::kName, call, build};
+constexpr TorchGlobal Class(absl::string_view name, GlobalCall& call,
+                            GlobalBuild& build) {
+  return TorchGlobal(name, nullptr, false, GlobalPushes::kName, call, &build);
 }
-constexpr TorchGlobal Family(absl::string_view spelling, GlobalFamilyFn family,
+constexpr TorchGlobal Family(absl::string_view spelling, GlobalFamily& family,
                              bool torchscript_only, GlobalPushes pushes,
-                             GlobalCallFn call, GlobalBuildFn build) {
-  return {spelling, family, torchscript_only, pushes, call, build};
+                             GlobalCall& call, GlobalBuild* build) {
+  return TorchGlobal(spelling, &family, torchscript_only, pushes, call, build);
 }
 
 constexpr TorchGlobal kRows[] = {
@@ -602,31 +602,17 @@ constexpr TorchGlobal kRows[] = {
     Function("torch.jit._pickle.build_boollist", CallBuildList),
     Function("torch.jit._pickle.build_tensor_from_id", RefuseTensorTable),
     Function("torch.jit._pickle.restore_type_tag", CallRestoreTypeTag),
-    // Families, tried in this order after the exact names.
+    // Families, tried in this order after the exact names (no family claims
+    // an exact name: pickle_globals_test).
     Family("torch.<dtype>", IsDTypeGlobal, false, GlobalPushes::kDType,
            RefuseCall, nullptr),
     Family("torch[.cuda|.storage].<Type>Storage", IsStorageClass, false,
            GlobalPushes::kName, RefuseCall, nullptr),
     Family("torch[.cuda].<Type>Tensor", IsTensorClass, false,
-           GlobalPushes::kName, CallLegacyTensorClass, BuildLegacyTensor),
+           GlobalPushes::kName, CallLegacyTensorClass, &BuildLegacyTensor),
     Family("__torch__.<class>", IsScriptClass, true, GlobalPushes::kName,
-           CallScriptClass, BuildScriptObject),
+           CallScriptClass, &BuildScriptObject),
 };
-
-// A global without behaviour cannot be allowed: every row says what calling
-// it does, and family rows come after the exact names they must not shadow.
-constexpr bool RowsAreComplete() {
-  bool families = false;
-  for (const TorchGlobal& row : kRows) {
-    if (row.name.empty() || row.call == nullptr) return false;
-    if (row.family != nullptr) families = true;
-    if (row.family == nullptr && families) return false;
-  }
-  return true;
-}
-static_assert(RowsAreComplete(),
-              "every torch global row needs a name and a call behaviour, "
-              "families last");
 
 // Python 2 module names (pickle's _compat_pickle.IMPORT_MAPPING, the part
 // that matters here).

@@ -44,33 +44,45 @@ enum class GlobalPushes {
   kDType,  // PyKind::kDType: torch.float32, torch.half, ...
 };
 
-// `fn` is the called global's "module.name"; `args` its positional arguments.
-using GlobalCallFn =
-    absl::StatusOr<PyValue*> (*)(GlobalContext& context, const std::string& fn,
-                                 const std::vector<PyValue*>& args);
-// BUILD on an object the row's call made (PyKind::kObject of its class).
-using GlobalBuildFn = absl::Status (*)(GlobalContext& context, PyValue* object,
-                                       PyValue* state);
+// What calling a global yields. `fn` is the called global's "module.name";
+// `args` its positional arguments.
+using GlobalCall = absl::StatusOr<PyValue*>(GlobalContext& context,
+                                            const std::string& fn,
+                                            const std::vector<PyValue*>& args);
+// What BUILD does to an object the row's call made (PyKind::kObject of its
+// class).
+using GlobalBuild = absl::Status(GlobalContext& context, PyValue* object,
+                                 PyValue* state);
 // Whether (module, name) is one of a family row's globals.
-using GlobalFamilyFn = bool (*)(absl::string_view module,
-                                absl::string_view name);
+using GlobalFamily = bool(absl::string_view module, absl::string_view name);
 
 struct TorchGlobal {
+  // `call` is a reference: a row cannot be written without saying what
+  // calling its global does (globals that are only values refuse the call,
+  // which is their behaviour).
+  constexpr TorchGlobal(absl::string_view name, GlobalFamily* family,
+                        bool torchscript_only, GlobalPushes pushes,
+                        GlobalCall& call, GlobalBuild* build)
+      : name(name),
+        family(family),
+        torchscript_only(torchscript_only),
+        pushes(pushes),
+        call(&call),
+        build(build) {}
+
   // The global's "module.name"; a family row's spelling of its members
   // ("torch.<dtype>").
   absl::string_view name;
   // Family rows (dtypes, storage and tensor classes, TorchScript classes):
   // which globals belong. nullptr: exactly `name`.
-  GlobalFamilyFn family;
+  GlobalFamily* family;
   // Allowed only in TorchScript archives (UnpicklerOptions::torchscript).
   bool torchscript_only;
   GlobalPushes pushes;
-  // What calling it yields; never null (globals that are only names refuse
-  // to be called, which is their behaviour).
-  GlobalCallFn call;
-  // What BUILD does to the objects `call` makes; null where `call` makes no
-  // PyKind::kObject.
-  GlobalBuildFn build;
+  GlobalCall* call;  // never null
+  // What BUILD does to the objects `call` makes; nullptr where `call` makes
+  // no PyKind::kObject.
+  GlobalBuild* build;
 };
 
 // Every row, families after exact names.
