@@ -9,6 +9,7 @@
 #include "loader/common/status_macros.h"
 #include "loader/format/pickle.h"
 #include "loader/format/pytree.h"
+#include "loader/format/storage_ref.h"
 
 namespace weightd {
 namespace {
@@ -18,18 +19,6 @@ constexpr char kMagicDecimal[] = "119547037146038801333356";
 constexpr char kMagicLong1[] =
     "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
 constexpr int64_t kProtocolVersion = 1001;
-
-bool AsText(const PyValue* v, std::string* out) {
-  if (v->kind == PyKind::kStr || v->kind == PyKind::kBytes) {
-    *out = v->s;
-    return true;
-  }
-  if (v->kind == PyKind::kInt) {
-    *out = absl::StrCat(v->i);
-    return true;
-  }
-  return false;
-}
 
 struct LegacyStorage {
   std::string key;
@@ -73,90 +62,38 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
   std::vector<LegacyView> views;
   absl::flat_hash_map<std::string, size_t> view_by_key;
 
-  auto root_storage = [&](const std::string& key, const std::string& location,
-                          DType dtype,
-                          uint64_t numel) -> absl::StatusOr<size_t> {
-    auto it = root_by_key.find(key);
+  auto root_storage = [&](const StorageRef& ref) {
+    auto it = root_by_key.find(ref.key);
     if (it != root_by_key.end()) return roots[it->second].index;
     StorageInfo info;
-    info.key = key;
-    info.location = location;
-    info.dtype = dtype;
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(dtype)),
-                               &info.num_bytes)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("storage \"", key, "\" size overflows"));
-    }
+    info.key = ref.key;
+    info.location = ref.location;
+    info.dtype = ref.dtype;
+    info.num_bytes = ref.num_bytes;
     size_t index = ckpt.storages.size();
     ckpt.storages.push_back(std::move(info));
-    root_by_key.emplace(key, roots.size());
-    roots.push_back(LegacyStorage{key, location, dtype, numel, index});
+    root_by_key.emplace(ref.key, roots.size());
+    roots.push_back(
+        LegacyStorage{ref.key, ref.location, ref.dtype, ref.numel, index});
     return index;
   };
 
   PersistentLoader loader = [&](Unpickler& u,
                                 PyValue* pid) -> absl::StatusOr<PyValue*> {
-    if (pid->kind != PyKind::kTuple || pid->items.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("persistent id is a ", PyTypeName(pid)));
-    }
-    std::string type_name;
-    AsText(pid->items[0], &type_name);
-    if (type_name == "module") {
-      return absl::InvalidArgumentError(
-          "unsupported: pickled nn.Module (legacy 'module' persistent id); "
-          "save a state_dict instead");
-    }
-    if (type_name != "storage" || pid->items.size() != 6) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unsupported persistent id \"", type_name, "\" with ",
-                       pid->items.size(), " fields"));
-    }
-    const PyValue* type = pid->items[1];
-    std::string key, location;
-    if (!AsText(pid->items[2], &key) || !AsText(pid->items[3], &location)) {
-      return absl::InvalidArgumentError("bad storage key or location");
-    }
-    const PyValue* numel = pid->items[4];
-    if (numel->kind != PyKind::kInt || numel->i < 0) {
-      return absl::InvalidArgumentError(
-          "storage numel is not a non-negative int");
-    }
-    DType dtype;
-    if (type->kind == PyKind::kDType) {
-      dtype = type->dtype;
-    } else if (type->kind == PyKind::kGlobal) {
-      absl::string_view cls = type->s;
-      size_t dot = cls.rfind('.');
-      if (dot != absl::string_view::npos) cls = cls.substr(dot + 1);
-      ASSIGN_OR_RETURN(dtype, DTypeFromStorageClass(cls));
-    } else {
-      return absl::InvalidArgumentError("storage type is not a storage class");
-    }
-    ASSIGN_OR_RETURN(
-        size_t index,
-        root_storage(key, location, dtype, static_cast<uint64_t>(numel->i)));
-    const PyValue* view = pid->items[5];
-    if (view->kind != PyKind::kNone) {
-      // (view_key, offset, view_size), in elements of the root's dtype.
-      std::string view_key;
-      if (view->kind != PyKind::kTuple || view->items.size() != 3 ||
-          !AsText(view->items[0], &view_key) ||
-          view->items[1]->kind != PyKind::kInt ||
-          view->items[2]->kind != PyKind::kInt || view->items[1]->i < 0 ||
-          view->items[2]->i < 0) {
-        return absl::InvalidArgumentError("bad storage view metadata");
-      }
-      auto it = view_by_key.find(view_key);
+    ASSIGN_OR_RETURN(StorageRef ref,
+                     ParseStorageRef(pid, StorageRefLayout::kLegacy));
+    size_t index = root_storage(ref);
+    if (ref.view.has_value()) {
+      // A view of the root, in elements of the root's dtype.
+      const StorageRefView& view = *ref.view;
+      auto it = view_by_key.find(view.key);
       if (it == view_by_key.end()) {
         StorageInfo info = ckpt.storages[index];
-        info.key = view_key;
+        info.key = view.key;
         size_t vindex = ckpt.storages.size();
         ckpt.storages.push_back(std::move(info));
-        it = view_by_key.emplace(view_key, views.size()).first;
-        views.push_back(
-            LegacyView{key, static_cast<uint64_t>(view->items[1]->i),
-                       static_cast<uint64_t>(view->items[2]->i), vindex});
+        it = view_by_key.emplace(view.key, views.size()).first;
+        views.push_back(LegacyView{ref.key, view.offset, view.numel, vindex});
       }
       index = views[it->second].index;
     }
@@ -199,7 +136,7 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(absl::string_view file_bytes,
   uint64_t pos = u.offset();
   for (const PyValue* k : keys->items) {
     std::string key;
-    if (!AsText(k, &key))
+    if (!StorageKeyText(k, &key))
       return InvalidFile(options, "storage key is not a string");
     auto it = root_by_key.find(key);
     if (it == root_by_key.end()) {

@@ -1,8 +1,10 @@
-// A restricted unpickler: reads pickle protocols 0-5 into an inert value tree.
-// Nothing is ever called or imported. Globals are resolved against the
-// allowlist torch.load(weights_only=True) uses (plus a few inert builtins);
-// any other global is refused by its dotted name with its byte offset. Tensor
-// rebuild functions produce tensor records instead of tensors.
+// A restricted unpickler: the pickle machine (opcodes of protocols 0-5, stack,
+// marks, memo, PEP 3154 frames, bounds) reading into an inert value tree
+// (pickle_value.h). Nothing is ever called or imported: globals are resolved
+// and called through the torch globals table (pickle_globals.h), which
+// refuses any other global by its dotted name; the error gets its byte
+// offset here. Tensor rebuild functions produce tensor records instead of
+// tensors.
 #ifndef WEIGHTD_LOADER_FORMAT_PICKLE_H_
 #define WEIGHTD_LOADER_FORMAT_PICKLE_H_
 
@@ -18,93 +20,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "loader/format/dtype.h"
+#include "loader/format/pickle_globals.h"
+// PyTypeName and PyStr, which every reader's messages use.
+#include "loader/format/pickle_repr.h"
+#include "loader/format/pickle_value.h"
 
 namespace weightd {
-
-enum class PyKind : uint8_t {
-  kNone,
-  kBool,
-  kInt,
-  kBigInt,  // s: decimal digits (from the LONG1/LONG4 payload)
-  kFloat,
-  kComplex,  // f, f2
-  kStr,      // s: UTF-8
-  kBytes,    // s
-  kByteArray,
-  kTuple,  // items; s: "torch.Size" for one, else empty
-  kList,   // items
-  kDict,   // pairs (ordered); state: BUILD state (OrderedDict attributes);
-           // s: "collections.OrderedDict" / "collections.Counter", empty for
-           // a plain dict
-  kSet,    // items
-  kFrozenSet,
-  kGlobal,   // s: dotted name ("torch.FloatStorage", "__torch__.M")
-  kObject,   // s: class dotted name; pairs: attributes (when the BUILD
-             // state is a dict); state: raw BUILD state (nullptr: no BUILD)
-  kTensor,   // index: into PickleResult::tensors; b: a torch.nn.Parameter
-  kStorage,  // index: storage index chosen by the persistent loader
-  kDevice,   // s: "cuda:0"
-  kDType,    // dtype
-  kSlice,    // items: start, stop, step
-};
-
-struct PyValue {
-  PyKind kind = PyKind::kNone;
-  bool b = false;
-  DType dtype = DType::kUInt8;
-  int64_t i = 0;
-  int64_t index = 0;
-  double f = 0, f2 = 0;
-  std::string s;
-  std::vector<PyValue*> items;
-  std::vector<std::pair<PyValue*, PyValue*>> pairs;
-  PyValue* state = nullptr;
-  // Storages: set by the persistent loader. `untyped` storages hold bytes;
-  // tensors on them carry their own dtype (_rebuild_tensor_v3).
-  bool untyped = false;
-  uint64_t storage_nbytes = 0;
-};
-
-// Python's type name of a value ("int", "dict", "torch.Tensor", ...).
-std::string PyTypeName(const PyValue* v);
-// Python's str() of a dict key / scalar: ints decimal, floats repr, True,
-// None, tuples "(1, 'a')", bytes "b'x'".
-std::string PyStr(const PyValue* v);
-
-// Owns every value of an unpickling; values never move once created.
-class PyHeap {
- public:
-  PyValue* New() {
-    if (blocks_.empty() || used_ == kBlock) {
-      blocks_.emplace_back(new PyValue[kBlock]);
-      used_ = 0;
-    }
-    ++size_;
-    return &blocks_.back()[used_++];
-  }
-  size_t size() const { return size_; }
-
- private:
-  static constexpr size_t kBlock = 1024;
-  std::vector<std::unique_ptr<PyValue[]>> blocks_;
-  size_t used_ = 0;
-  size_t size_ = 0;
-};
-
-struct PickledTensor {
-  int64_t storage = 0;  // PyValue::index of the storage
-  DType dtype = DType::kFloat32;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> stride;
-  int64_t storage_offset = 0;
-  // One past the last element touched, times element size; 0 when empty.
-  uint64_t extent_bytes = 0;
-  bool requires_grad = false;
-  bool is_parameter = false;
-  bool is_conj = false;
-  bool is_neg = false;
-  size_t pickle_offset = 0;  // where the rebuild call appears
-};
 
 enum class StringEncoding { kUtf8, kLatin1, kBytes };
 
@@ -139,7 +60,7 @@ struct PickleResult {
   size_t bytes_consumed = 0;  // through STOP
 };
 
-class Unpickler {
+class Unpickler final : private GlobalContext {
  public:
   Unpickler(absl::string_view data, UnpicklerOptions options,
             PersistentLoader persistent_loader);
@@ -149,12 +70,17 @@ class Unpickler {
   // them live in the same heap and tensor table.
   absl::StatusOr<PyValue*> Load();
 
-  PyValue* NewValue(PyKind kind);
-  std::vector<PickledTensor>& tensors() { return tensors_; }
+  PyValue* NewValue(PyKind kind) override;
+  std::vector<PickledTensor>& tensors() override { return tensors_; }
   size_t offset() const { return pos_; }
   PickleResult Release();
 
  private:
+  // GlobalContext, for the globals' behaviours.
+  absl::Status SetItem(PyValue* dict, PyValue* key, PyValue* value) override;
+  size_t max_dims() const override { return options_.max_dims; }
+  size_t opcode_offset() const override { return op_pos_; }
+
   absl::Status Error(size_t at, absl::string_view what) const;
   absl::Status Step(uint8_t op, size_t op_pos, bool* stop);
   absl::StatusOr<PyValue*> Pop(size_t at);
@@ -163,14 +89,11 @@ class Unpickler {
   absl::Status CheckFrameHolds(size_t n);
   absl::Status ReadBytes(size_t n, absl::string_view* out);
   absl::Status ReadLine(absl::string_view* out);
-  absl::StatusOr<PyValue*> MakeGlobal(std::string module, std::string name,
-                                      size_t at);
+  absl::StatusOr<PyValue*> MakeGlobal(absl::string_view module,
+                                      absl::string_view name, size_t at);
   absl::StatusOr<PyValue*> Call(PyValue* callable, PyValue* args, size_t at);
   absl::Status Build(PyValue* inst, PyValue* state, size_t at);
   absl::Status SetItem(PyValue* dict, PyValue* key, PyValue* value, size_t at);
-  absl::StatusOr<PyValue*> RebuildTensor(const std::string& fn,
-                                         const std::vector<PyValue*>& args,
-                                         size_t at);
   absl::StatusOr<PyValue*> DecodePy2String(absl::string_view raw);
   absl::Status MemoPut(uint64_t id, PyValue* v, size_t at);
   absl::StatusOr<PyValue*> MemoGet(uint64_t id, size_t at);

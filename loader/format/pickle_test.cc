@@ -497,27 +497,19 @@ TEST(PickleTest, TorchScriptNonDictStateIsNotAttributes) {
   EXPECT_EQ((*root)->state->kind, PyKind::kTuple);
 }
 
-TEST(PickleTest, PyStrOfKeys) {
-  Unpickler u("", {}, nullptr);
-  PyValue* f = u.NewValue(PyKind::kFloat);
-  f->f = 0.1;
-  EXPECT_EQ(PyStr(f), "0.1");
-  f->f = 1e16;
-  EXPECT_EQ(PyStr(f), "1e+16");
-  f->f = 2.0;
-  EXPECT_EQ(PyStr(f), "2.0");
-  f->f = 1.5e-5;
-  EXPECT_EQ(PyStr(f), "1.5e-05");
-  PyValue* t = u.NewValue(PyKind::kTuple);
-  PyValue* i = u.NewValue(PyKind::kInt);
-  i->i = 2;
-  PyValue* s = u.NewValue(PyKind::kStr);
-  s->s = "x";
-  t->items = {i, s};
-  EXPECT_EQ(PyStr(t), "(2, 'x')");
-  PyValue* b = u.NewValue(PyKind::kBool);
-  b->b = true;
-  EXPECT_EQ(PyStr(b), "True");
+// _rebuild_from_type_v2(f, Tensor, L, {}) where L is that very argument list:
+// refused, not recursed into until the stack runs out.
+TEST(PickleTest, SelfReferentialRebuildFromTypeIsRefused) {
+  auto r =
+      ToJson(B("\x80\x02]q\x00("
+               "ctorch._tensor\n_rebuild_from_type_v2\n"
+               "ctorch\nTensor\nh\x00}e0"
+               "ctorch._tensor\n_rebuild_from_type_v2\nh\x00R."));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(
+      r.status().message(),
+      HasSubstr("unexpected arguments to "
+                "torch._tensor._rebuild_from_type_v2 (pickle byte 101)"));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "loader/common/status_macros.h"
 #include "loader/format/pickle.h"
 #include "loader/format/pytree.h"
+#include "loader/format/storage_ref.h"
 #include "loader/format/utf8.h"
 
 namespace weightd {
@@ -22,14 +23,6 @@ namespace {
 
 constexpr int64_t kMinVersion = 1;
 constexpr int64_t kMaxVersion = 10;
-
-bool AsText(const PyValue* v, std::string* out) {
-  if (v->kind == PyKind::kStr || v->kind == PyKind::kBytes) {
-    *out = v->s;
-    return true;
-  }
-  return false;
-}
 
 // Storage table shared by the pickles of one archive.
 class StorageTable {
@@ -46,75 +39,17 @@ class StorageTable {
 
   absl::StatusOr<PyValue*> Load(Unpickler& u, PyValue* pid,
                                 const std::vector<std::string>& dirs) {
-    if (pid->kind != PyKind::kTuple || pid->items.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("persistent id is a ", PyTypeName(pid),
-                       ", expected ('storage', type, key, location, numel)"));
-    }
-    std::string type_name;
-    if (!AsText(pid->items[0], &type_name) || type_name != "storage") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unsupported persistent id type \"", PyStr(pid->items[0]), "\""));
-    }
-    if (pid->items.size() != 5) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "storage persistent id has ", pid->items.size(), " fields, not 5"));
-    }
-    const PyValue* type = pid->items[1];
-    std::string key, location;
-    if (!AsText(pid->items[2], &key)) {
-      if (pid->items[2]->kind == PyKind::kInt) {
-        key = absl::StrCat(pid->items[2]->i);
-      } else {
-        return absl::InvalidArgumentError("storage key is not a string");
-      }
-    }
-    if (!AsText(pid->items[3], &location)) {
-      if (pid->items[3]->kind == PyKind::kDevice) {
-        location = pid->items[3]->s;
-      } else {
-        return absl::InvalidArgumentError("storage location is not a string");
-      }
-    }
-    const PyValue* numel_v = pid->items[4];
-    if (numel_v->kind != PyKind::kInt || numel_v->i < 0) {
-      return absl::InvalidArgumentError(
-          "storage numel is not a non-negative int");
-    }
-    DType dtype;
-    bool untyped = false;
-    if (type->kind == PyKind::kDType) {
-      dtype = type->dtype;
-    } else if (type->kind == PyKind::kGlobal) {
-      absl::string_view cls = type->s;
-      size_t dot = cls.rfind('.');
-      if (dot != absl::string_view::npos) cls = cls.substr(dot + 1);
-      if (cls == "UntypedStorage") {
-        dtype = DType::kUInt8;
-        untyped = true;
-      } else {
-        auto d = DTypeFromStorageClass(cls);
-        if (!d.ok()) return d.status();
-        dtype = *d;
-      }
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "storage type is a ", PyTypeName(type), ", not a storage class"));
-    }
-    uint64_t nbytes;
-    if (__builtin_mul_overflow(static_cast<uint64_t>(numel_v->i),
-                               static_cast<uint64_t>(DTypeSize(dtype)),
-                               &nbytes)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "storage \"", key, "\" size overflows (numel ", numel_v->i, ")"));
-    }
+    ASSIGN_OR_RETURN(StorageRef ref,
+                     ParseStorageRef(pid, StorageRefLayout::kZip));
+    const std::string& key = ref.key;
     std::string id = absl::StrCat(dirs.front(), key);
     auto it = by_id_.find(id);
     if (it != by_id_.end()) {
       PyValue* v = u.NewValue(PyKind::kStorage);
       v->index = static_cast<int64_t>(it->second);
-      v->dtype = untyped ? DType::kUInt8 : ckpt_->storages[it->second].dtype;
-      v->untyped = untyped;
+      v->dtype =
+          ref.untyped ? DType::kUInt8 : ckpt_->storages[it->second].dtype;
+      v->untyped = ref.untyped;
       return v;
     }
     const ZipEntry* entry = nullptr;
@@ -128,10 +63,10 @@ class StorageTable {
     }
     StorageInfo info;
     info.key = key;
-    info.location = location;
-    info.dtype = dtype;
+    info.location = ref.location;
+    info.dtype = ref.dtype;
     info.byte_order = byte_order_;
-    info.num_bytes = nbytes;
+    info.num_bytes = ref.num_bytes;
     info.file_offset = entry->data_offset;
     if (entry->method != 0) {
       ASSIGN_OR_RETURN(std::string inflated, zip_.Extract(*entry));
@@ -139,14 +74,14 @@ class StorageTable {
     }
     size_t index = ckpt_->storages.size();
     record_bytes_.push_back(entry->uncompressed_size);
-    untyped_.push_back(untyped);
+    untyped_.push_back(ref.untyped);
     ckpt_->storages.push_back(std::move(info));
     by_id_.emplace(std::move(id), index);
     PyValue* v = u.NewValue(PyKind::kStorage);
     v->index = static_cast<int64_t>(index);
-    v->dtype = dtype;
-    v->untyped = untyped;
-    v->storage_nbytes = nbytes;
+    v->dtype = ref.dtype;
+    v->untyped = ref.untyped;
+    v->storage_nbytes = ref.num_bytes;
     return v;
   }
 
