@@ -335,18 +335,21 @@ absl::Status Daemon::Readiness() const {
       static_cast<size_t>(queued) >= loader.max_queued_loads) {
     return absl::UnavailableError(absl::StrCat(
         "the load queue is full (", queued,
-        " loads wait, --max_queued_loads=", loader.max_queued_loads, ")"));
+        " waiting, --max_queued_loads=", loader.max_queued_loads, ")"));
   }
   for (const std::string& root : loader.model_roots) {
     struct stat info;
-    if (stat(root.c_str(), &info) != 0 ||
-        access(root.c_str(), R_OK | X_OK) != 0) {
+    if (stat(root.c_str(), &info) != 0) {
       return absl::UnavailableError(
           absl::StrCat("model root ", root, ": ", std::strerror(errno)));
     }
     if (!S_ISDIR(info.st_mode)) {
       return absl::UnavailableError(
           absl::StrCat("model root ", root, ": not a directory"));
+    }
+    if (access(root.c_str(), R_OK | X_OK) != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("model root ", root, ": ", std::strerror(errno)));
     }
   }
   return absl::OkStatus();
