@@ -16,18 +16,19 @@ int main(int argc, char** argv) {
   using namespace weightd;
   SetUpServerFlagsUsage();
   // absl answers --help and --version, and refuses unknown flags and values
-  // that do not parse (exit status 1); the rest is checked here.
+  // that do not parse (exit status 1, absl's); the config the flags make up is
+  // checked here (exit status 2, as bad configurations always were).
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
     std::fprintf(stderr, "weightd: unexpected argument \"%s\" (see --help)\n",
                  positional[1]);
-    return 1;
+    return 2;
   }
   absl::StatusOr<ServerConfig> config = ServerConfigFromFlags();
   if (!config.ok()) {
     std::fprintf(stderr, "weightd: %s (see --help)\n",
                  std::string(config.status().message()).c_str());
-    return 1;
+    return 2;
   }
   const std::string& level = config->log_level;
   SetMinLogLevel(level == "debug"     ? LogLevel::kDebug

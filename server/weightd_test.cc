@@ -305,13 +305,14 @@ TEST_F(WeightdTest, BadFlagsAreRefusedNamingTheFlag) {
   EXPECT_EQ(unknown.Wait(), 1);
   EXPECT_TRUE(absl::StrContains(unknown.err(), "Unknown command line flag"))
       << unknown.err();
+  // absl refuses what does not parse (1); the config is checked after (2).
   WeightdProcess no_root(dir_, {"--listen=unix:" + socket_});
-  EXPECT_EQ(no_root.Wait(), 1);
+  EXPECT_EQ(no_root.Wait(), 2);
   EXPECT_EQ(no_root.err(),
             "weightd: at least one --model_root directory is needed (see "
             "--help)\n");
   WeightdProcess positional(dir_, {"--model_root=" + root_, "serve"});
-  EXPECT_EQ(positional.Wait(), 1);
+  EXPECT_EQ(positional.Wait(), 2);
   EXPECT_TRUE(absl::StrContains(positional.err(), "unexpected argument"));
 }
 
@@ -320,13 +321,13 @@ TEST_F(WeightdTest, ConfigFileErrorsNameTheFileAndLine) {
   WriteFile(config, "# the daemon\n--listen=unix:" + socket_ +
                         "\n\n--model_root=" + root_ + "\n--max_modles=10\n");
   WeightdProcess process(dir_, {"--config_file=" + config});
-  EXPECT_EQ(process.Wait(), 1);
+  EXPECT_EQ(process.Wait(), 2);
   EXPECT_EQ(process.err(), absl::StrCat("weightd: ", config,
                                         ":5: unknown flag --max_modles (see "
                                         "--help)\n"));
   WriteFile(config, "--fake_gpus=99\n");
   WeightdProcess bad_value(dir_, {"--config_file=" + config});
-  EXPECT_EQ(bad_value.Wait(), 1);
+  EXPECT_EQ(bad_value.Wait(), 2);
   EXPECT_TRUE(absl::StrContains(
       bad_value.err(),
       absl::StrCat(config,
@@ -360,6 +361,24 @@ TEST_F(WeightdTest, ConfigFileConfiguresTheDaemonAndLaterFlagsOverrideIt) {
   int fake_gpus = 0;
   for (const v1::GpuInfo& gpu : info.gpus()) fake_gpus += gpu.fake();
   EXPECT_EQ(fake_gpus, 2);
+  daemon.Signal(SIGTERM);
+  EXPECT_EQ(daemon.Wait(), 0);
+}
+
+TEST_F(WeightdTest, TheSampleConfigFileStartsTheDaemon) {
+  // deploy/weightd.conf as the systemd unit uses it, with its socket and root
+  // replaced (an empty value drops a repeatable flag's earlier values).
+  WeightdProcess daemon(dir_, {"--config_file=deploy/weightd.conf",
+                               "--listen=", "--listen=unix:" + socket_,
+                               "--model_root=", "--model_root=" + root_,
+                               "--metrics_address=127.0.0.1:0"});
+  ASSERT_TRUE(daemon.WaitUntilReady());
+  EXPECT_TRUE(absl::StrContains(
+      daemon.err(), absl::StrCat("weightd ready: grpc on unix:", socket_,
+                                 "; metrics on http://127.0.0.1:")))
+      << daemon.err();
+  EXPECT_TRUE(absl::StrContains(daemon.err(), "model roots " + root_ + "\n"))
+      << daemon.err();
   daemon.Signal(SIGTERM);
   EXPECT_EQ(daemon.Wait(), 0);
 }
