@@ -1,4 +1,7 @@
-// The daemon's configuration, parsed from its command line.
+// The daemon's configuration: a plain struct that main fills from its flags
+// (server/config_flags.h) and tests build in code. The loader's own option
+// structs are members, so each default is written once, where the loader
+// declares it, and the daemon hands them to the loader as they are.
 #ifndef WEIGHTD_SERVER_CONFIG_H_
 #define WEIGHTD_SERVER_CONFIG_H_
 
@@ -6,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "loader/cache/device_set.h"
+#include "loader/cache/model_manager.h"
 
 namespace weightd {
 
@@ -14,21 +20,16 @@ struct ServerConfig {
   // "unix:PATH" or "HOST:PORT"; repeatable. TCP is served only when listed
   // here.
   std::vector<std::string> listen;
-  // Directories whose files may be loaded; repeatable.
-  std::vector<std::string> model_roots;
   // Prometheus /metrics plus /healthz and /readyz; empty disables.
   std::string metrics_address = "127.0.0.1:9464";
-  uint64_t host_budget_bytes = 0;  // 0: unlimited
-  uint64_t gpu_budget_bytes = 0;   // per GPU; 0: 90% of the GPU's memory
-  int max_concurrent_loads = 4;
-  int max_queued_loads = 256;  // loads waiting for a load thread
-  int max_models = 1024;       // cache entries
-  int worker_threads = 0;      // casts, ReadTensors; 0: cores, at most 8
-  int fake_gpus = 0;  // test GPUs with their own memory, after the real ones
-  int fake_gpu_copy_delay_us = 0;   // per staged chunk copied to a fake GPU
-  std::string io_backend = "auto";  // auto | io_uring | pread
-  uint64_t staging_chunk_bytes = 8ull << 20;
-  int staging_buffers = 4;
+
+  // Model roots, budgets, the load pool's bounds, worker threads: passed to
+  // ModelManager::Create untouched.
+  ModelManager::Options manager;
+  // Fake GPUs, the io backend, the staging ring: passed to DeviceSet::Create
+  // untouched.
+  DeviceSet::Options devices;
+
   uint32_t max_message_bytes = 64u << 20;
   uint32_t unix_socket_mode = 0660;
   std::string log_level = "info";  // debug | info | warning | error
@@ -71,21 +72,15 @@ inline constexpr int64_t kClientKeepaliveTimeMs = 30000;
 // True for a TCP (HOST:PORT) listen address, false for "unix:PATH".
 bool IsTcpListenAddress(const std::string& address);
 
-// The combinations a config needs: what ParseServerConfig checks after
-// parsing, and Daemon::Create again for configs built in code. A TCP listener
-// without TLS (or --insecure_tcp) is an error.
+// The combinations a config needs, checked by ServerConfigFromFlags and again
+// by Daemon::Create for configs built in code. A TCP listener without TLS (or
+// --insecure_tcp) is an error.
 absl::Status ValidateServerConfig(const ServerConfig& config);
-
-// Parses `--flag=value` / `--flag value`. Unknown flags and bad values are
-// errors naming the flag. `--help` yields a NotFound status whose message is
-// the usage text.
-absl::StatusOr<ServerConfig> ParseServerConfig(
-    const std::vector<std::string>& args);
-
-std::string ServerUsage();
 
 // "512M", "4G", "1073741824" -> bytes.
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);
+// The inverse: the largest of T, G, M, K that divides `bytes` ("8M", "4097").
+std::string FormatByteSize(uint64_t bytes);
 
 }  // namespace weightd
 

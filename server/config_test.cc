@@ -5,84 +5,80 @@
 namespace weightd {
 namespace {
 
-TEST(ServerConfigTest, ParsesRepeatableAndValuedFlags) {
-  auto config = ParseServerConfig(
-      {"--listen=unix:/tmp/a.sock", "--listen", "127.0.0.1:0",
-       "--model_root=/models", "--model_root=/more", "--host_budget=2G",
-       "--fake_gpus=2", "--io_backend=pread", "--insecure_tcp"});
-  ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_EQ(config->listen.size(), 2u);
-  EXPECT_EQ(config->listen[1], "127.0.0.1:0");
-  EXPECT_EQ(config->model_roots.size(), 2u);
-  EXPECT_EQ(config->host_budget_bytes, 2ull << 30);
-  EXPECT_EQ(config->fake_gpus, 2);
-  EXPECT_EQ(config->io_backend, "pread");
+ServerConfig UnixConfig() {
+  ServerConfig config;
+  config.listen = {"unix:/tmp/w.sock"};
+  config.manager.model_roots = {"/models"};
+  return config;
 }
 
-TEST(ServerConfigTest, RejectsUnknownAndBadValues) {
-  EXPECT_EQ(ParseServerConfig({"--bogus=1"}).status().message(),
-            "unknown flag --bogus");
-  auto bad_budget = ParseServerConfig(
-      {"--listen=unix:x", "--model_root=/m", "--host_budget=12Q"});
-  EXPECT_EQ(bad_budget.status().message(),
-            "--host_budget=12Q: bad size suffix in \"12Q\"");
-  EXPECT_EQ(ParseServerConfig({"--model_root=/m"}).status().message(),
+TEST(ServerConfigTest, NeedsAListenerAndAModelRoot) {
+  EXPECT_TRUE(ValidateServerConfig(UnixConfig()).ok());
+  ServerConfig no_listener = UnixConfig();
+  no_listener.listen.clear();
+  EXPECT_EQ(ValidateServerConfig(no_listener).message(),
             "at least one --listen address is needed");
-  EXPECT_EQ(ParseServerConfig({"--listen=unix:x"}).status().message(),
+  ServerConfig no_root = UnixConfig();
+  no_root.manager.model_roots.clear();
+  EXPECT_EQ(ValidateServerConfig(no_root).message(),
             "at least one --model_root directory is needed");
-  EXPECT_EQ(ParseServerConfig({"--listen"}).status().message(),
-            "--listen needs a value");
 }
 
 TEST(ServerConfigTest, TcpNeedsTlsAndAuthenticationOrTheInsecureFlag) {
-  auto plain = ParseServerConfig({"--listen=0.0.0.0:7000", "--model_root=/m"});
-  ASSERT_FALSE(plain.ok());
-  EXPECT_NE(plain.status().message().find("--insecure_tcp"),
-            absl::string_view::npos)
-      << plain.status();
-  auto tls_only =
-      ParseServerConfig({"--listen=0.0.0.0:7000", "--model_root=/m",
-                         "--tls_cert_file=c.pem", "--tls_key_file=k.pem"});
-  EXPECT_EQ(tls_only.status().message(),
+  ServerConfig plain = UnixConfig();
+  plain.listen.push_back("0.0.0.0:7000");
+  EXPECT_NE(ValidateServerConfig(plain).message().find("--insecure_tcp"),
+            absl::string_view::npos);
+  ServerConfig tls_only = plain;
+  tls_only.tls_cert_file = "c.pem";
+  tls_only.tls_key_file = "k.pem";
+  EXPECT_EQ(ValidateServerConfig(tls_only).message(),
             "TLS alone authenticates no client: add --auth_token_file and/or "
             "--tls_client_ca_file");
-  EXPECT_FALSE(ParseServerConfig({"--listen=0.0.0.0:7000", "--model_root=/m",
-                                  "--tls_cert_file=c.pem"})
-                   .ok());
-  EXPECT_FALSE(ParseServerConfig({"--listen=unix:x", "--model_root=/m",
-                                  "--auth_token_file=t"})
-                   .ok());
-  auto secure = ParseServerConfig(
-      {"--listen=0.0.0.0:7000", "--model_root=/m", "--tls_cert_file=c.pem",
-       "--tls_key_file=k.pem", "--auth_token_file=t", "--keepalive_time=2s",
-       "--keepalive_timeout=500ms", "--allow_uid=1000", "--allow_uid", "1001",
-       "--allow_gid=50", "--admin_uid=0"});
-  ASSERT_TRUE(secure.ok()) << secure.status();
-  EXPECT_EQ(secure->keepalive_time_ms, 2000);
-  EXPECT_EQ(secure->keepalive_timeout_ms, 500);
-  EXPECT_EQ(secure->allow_uids, (std::vector<uint32_t>{1000, 1001}));
-  EXPECT_EQ(secure->allow_gids, (std::vector<uint32_t>{50}));
-  EXPECT_EQ(secure->admin_uids, (std::vector<uint32_t>{0}));
-  EXPECT_FALSE(secure->insecure_tcp);
-  // A Unix socket alone needs none of it; the bool flag takes no value.
-  auto unix_only = ParseServerConfig(
-      {"--listen=unix:x", "--insecure_tcp", "--model_root=/m"});
-  ASSERT_TRUE(unix_only.ok()) << unix_only.status();
-  EXPECT_TRUE(unix_only->insecure_tcp);
-  EXPECT_EQ(unix_only->model_roots, (std::vector<std::string>{"/m"}));
-  EXPECT_FALSE(ParseServerConfig(
-                   {"--listen=unix:x", "--model_root=/m", "--keepalive_time=1"})
-                   .ok());
-  EXPECT_FALSE(ParseServerConfig(
-                   {"--listen=unix:x", "--model_root=/m", "--allow_uid=alice"})
-                   .ok());
+  ServerConfig half_tls = plain;
+  half_tls.tls_cert_file = "c.pem";
+  EXPECT_EQ(ValidateServerConfig(half_tls).message(),
+            "--tls_cert_file and --tls_key_file go together");
+  ServerConfig token_without_tls = UnixConfig();
+  token_without_tls.auth_token_file = "t";
+  EXPECT_FALSE(ValidateServerConfig(token_without_tls).ok());
+  ServerConfig secure = tls_only;
+  secure.auth_token_file = "t";
+  EXPECT_TRUE(ValidateServerConfig(secure).ok());
+  ServerConfig contradiction = secure;
+  contradiction.insecure_tcp = true;
+  EXPECT_EQ(ValidateServerConfig(contradiction).message(),
+            "--insecure_tcp contradicts --tls_cert_file: choose one");
+  ServerConfig insecure = plain;
+  insecure.insecure_tcp = true;
+  EXPECT_TRUE(ValidateServerConfig(insecure).ok());
+  EXPECT_TRUE(IsTcpListenAddress("[::1]:7000"));
+  EXPECT_FALSE(IsTcpListenAddress("unix:/run/w.sock"));
 }
 
 TEST(ServerConfigTest, ByteSizes) {
   EXPECT_EQ(*ParseByteSize("512M"), 512ull << 20);
   EXPECT_EQ(*ParseByteSize("17"), 17u);
+  EXPECT_EQ(*ParseByteSize("2GiB"), 2ull << 30);
+  EXPECT_EQ(ParseByteSize("12Q").status().message(),
+            "bad size suffix in \"12Q\"");
   EXPECT_FALSE(ParseByteSize("99999999999999T").ok());
   EXPECT_FALSE(ParseByteSize("").ok());
+  EXPECT_FALSE(ParseByteSize("G").ok());
+}
+
+TEST(ServerConfigTest, FormatByteSizeIsTheInverseOfParse) {
+  EXPECT_EQ(FormatByteSize(0), "0");
+  EXPECT_EQ(FormatByteSize(8ull << 20), "8M");
+  EXPECT_EQ(FormatByteSize(3ull << 40), "3T");
+  EXPECT_EQ(FormatByteSize(1536), "1536");  // 1.5K: not a whole number of K
+  EXPECT_EQ(FormatByteSize(4097), "4097");
+  EXPECT_EQ(FormatByteSize(~uint64_t{0}), "18446744073709551615");
+  for (uint64_t bytes :
+       {uint64_t{1}, uint64_t{1} << 10, uint64_t{65539}, uint64_t{5} << 30,
+        ~uint64_t{0}, (~uint64_t{0} >> 10) << 10}) {
+    EXPECT_EQ(*ParseByteSize(FormatByteSize(bytes)), bytes) << bytes;
+  }
 }
 
 }  // namespace

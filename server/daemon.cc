@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_posix.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,11 +26,10 @@
 #include "server/metrics.h"
 #include "server/peer_credentials.h"
 #include "server/request_validation.h"
+#include "server/version.h"
 #include "server/weight_service.h"
 
 namespace weightd {
-
-constexpr char kVersion[] = "0.1.0";
 
 // Everything the gRPC server dispatches to.
 class DaemonServices {
@@ -38,25 +38,10 @@ class DaemonServices {
       const ServerConfig& config, MetricsRegistry* metrics,
       const AccessPolicy* access_policy) {
     auto services = std::unique_ptr<DaemonServices>(new DaemonServices());
-    DeviceSet::Options device_options;
-    device_options.fake_gpus = config.fake_gpus;
-    device_options.fake_gpu_copy_delay =
-        absl::Microseconds(config.fake_gpu_copy_delay_us);
-    device_options.io_backend = config.io_backend;
-    device_options.staging_chunk_bytes = config.staging_chunk_bytes;
-    device_options.staging_buffers = config.staging_buffers;
     ASSIGN_OR_RETURN(std::unique_ptr<DeviceSet> devices,
-                     DeviceSet::Create(device_options));
-    ModelManager::Options options;
-    options.model_roots = config.model_roots;
-    options.host_budget_bytes = config.host_budget_bytes;
-    options.gpu_budget_bytes = config.gpu_budget_bytes;
-    options.max_concurrent_loads = config.max_concurrent_loads;
-    options.max_queued_loads = static_cast<size_t>(config.max_queued_loads);
-    options.max_models = static_cast<size_t>(config.max_models);
-    options.worker_threads = config.worker_threads;
+                     DeviceSet::Create(config.devices));
     ASSIGN_OR_RETURN(services->manager,
-                     ModelManager::Create(options, std::move(devices)));
+                     ModelManager::Create(config.manager, std::move(devices)));
     services->weight_service = std::make_unique<WeightServiceImpl>(
         services->manager.get(), metrics, access_policy, kVersion);
     services->RegisterMetrics(metrics);
@@ -301,14 +286,16 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
     });
   }
   daemon->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  daemon->serving_.store(true);
 
   if (!config.metrics_address.empty()) {
     MetricsRegistry* metrics = daemon->metrics_.get();
+    const Daemon* self = daemon.get();
     ASSIGN_OR_RETURN(
         daemon->http_,
         HttpEndpoint::Start(config.metrics_address,
                             {[metrics] { return metrics->RenderText(); },
-                             [] { return true; }}));
+                             [self] { return self->Readiness(); }}));
   }
   return daemon;
 }
@@ -335,8 +322,37 @@ std::string Daemon::ReadyLine() const {
                     http_->port(), "/metrics");
   }
   absl::StrAppend(&line, "; model roots ",
-                  absl::StrJoin(config_.model_roots, ", "));
+                  absl::StrJoin(config_.manager.model_roots, ", "));
   return line;
+}
+
+absl::Status Daemon::Readiness() const {
+  if (draining_.load()) return absl::UnavailableError("shutting down");
+  if (!serving_.load()) return absl::UnavailableError("gRPC is not serving");
+  const ModelManager::Options& loader = config_.manager;
+  const int queued = services_->manager->queued_loads();
+  if (loader.max_queued_loads > 0 &&
+      static_cast<size_t>(queued) >= loader.max_queued_loads) {
+    return absl::UnavailableError(absl::StrCat(
+        "the load queue is full (", queued,
+        " waiting, --max_queued_loads=", loader.max_queued_loads, ")"));
+  }
+  for (const std::string& root : loader.model_roots) {
+    struct stat info;
+    if (stat(root.c_str(), &info) != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("model root ", root, ": ", std::strerror(errno)));
+    }
+    if (!S_ISDIR(info.st_mode)) {
+      return absl::UnavailableError(
+          absl::StrCat("model root ", root, ": not a directory"));
+    }
+    if (access(root.c_str(), R_OK | X_OK) != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("model root ", root, ": ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 int Daemon::metrics_port() const {
@@ -344,6 +360,8 @@ int Daemon::metrics_port() const {
 }
 
 void Daemon::Shutdown() {
+  // Not ready from here on: /readyz answers 503 while running calls drain.
+  draining_.store(true);
   for (const auto& listener : unix_listeners_) listener->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);

@@ -3,10 +3,12 @@
 #ifndef WEIGHTD_SERVER_DAEMON_H_
 #define WEIGHTD_SERVER_DAEMON_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/config.h"
 
@@ -36,6 +38,10 @@ class Daemon {
   std::string ReadyLine() const;
   // Port of the HTTP endpoint (0 when disabled).
   int metrics_port() const;
+  // What /readyz answers: OK while gRPC serves, no shutdown has begun, and the
+  // loader can take work (its load queue has room, every model root is a
+  // readable directory); otherwise UNAVAILABLE with the reason. Thread-safe.
+  absl::Status Readiness() const;
   // Ports bound for the TCP listen addresses, in order (useful with HOST:0).
   const std::vector<int>& tcp_ports() const { return tcp_ports_; }
   // Stops accepting, lets running calls finish (within the shutdown grace;
@@ -57,6 +63,8 @@ class Daemon {
   std::unique_ptr<HttpEndpoint> http_;
   std::vector<std::string> unix_socket_paths_;
   std::vector<int> tcp_ports_;
+  std::atomic<bool> serving_{false};   // the gRPC server has started
+  std::atomic<bool> draining_{false};  // Shutdown() has begun
 };
 
 }  // namespace weightd

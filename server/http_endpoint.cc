@@ -55,9 +55,12 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
              });
   server.Get("/readyz", [handlers](const httplib::Request&,
                                    httplib::Response& response) {
-    bool ready = handlers.ready();
-    response.status = ready ? 200 : 503;
-    response.set_content(ready ? "ready\n" : "not ready\n", "text/plain");
+    const absl::Status readiness = handlers.readiness();
+    response.status = readiness.ok() ? 200 : 503;
+    response.set_content(
+        readiness.ok() ? "ready\n"
+                       : absl::StrCat("not ready: ", readiness.message(), "\n"),
+        "text/plain");
   });
   if (port == 0) {
     endpoint->port_ = server.bind_to_any_port(host);

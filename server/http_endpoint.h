@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace httplib {
@@ -21,7 +22,8 @@ class HttpEndpoint {
  public:
   struct Handlers {
     std::function<std::string()> metrics_text;
-    std::function<bool()> ready;
+    // OK: /readyz answers 200 "ready". Otherwise 503 "not ready: <message>".
+    std::function<absl::Status()> readiness;
   };
   // Binds `address` ("HOST:PORT"; port 0 picks one) and serves in a background
   // thread.

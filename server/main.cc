@@ -6,22 +6,28 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/parse.h"
 #include "loader/common/logging.h"
 #include "server/config.h"
+#include "server/config_flags.h"
 #include "server/daemon.h"
 
 int main(int argc, char** argv) {
   using namespace weightd;
-  std::vector<std::string> args(argv + 1, argv + argc);
-  auto config = ParseServerConfig(args);
+  SetUpServerFlagsUsage();
+  // absl answers --help and --version, and refuses unknown flags and values
+  // that do not parse (exit status 1, absl's); the config the flags make up is
+  // checked here (exit status 2, as bad configurations always were).
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::fprintf(stderr, "weightd: unexpected argument \"%s\" (see --help)\n",
+                 positional[1]);
+    return 2;
+  }
+  absl::StatusOr<ServerConfig> config = ServerConfigFromFlags();
   if (!config.ok()) {
-    if (config.status().code() == absl::StatusCode::kNotFound) {
-      std::fputs(std::string(config.status().message()).c_str(), stdout);
-      return 0;
-    }
-    std::fprintf(stderr, "weightd: %s\n%s",
-                 std::string(config.status().message()).c_str(),
-                 ServerUsage().c_str());
+    std::fprintf(stderr, "weightd: %s (see --help)\n",
+                 std::string(config.status().message()).c_str());
     return 2;
   }
   const std::string& level = config->log_level;

@@ -173,19 +173,19 @@ class DaemonTest : public ::testing::Test {
     socket_path_ = socket_dir_ + "/w.sock";
     config.listen = {"unix:" + socket_path_, "127.0.0.1:0"};
     config.insecure_tcp = true;  // TLS is access_test's
-    config.model_roots = {root_.string()};
+    config.manager.model_roots = {root_.string()};
     // Runfiles are symlinks into the source tree; the daemon (rightly) refuses
     // symlinks that leave a root, so the root is the fixtures' real directory.
     if (fs::exists("tests/fixtures/data/many.pt")) {
-      config.model_roots.push_back(
+      config.manager.model_roots.push_back(
           fs::canonical("tests/fixtures/data/many.pt").parent_path().string());
     }
     config.metrics_address = "127.0.0.1:0";
-    config.fake_gpus = 1;
+    config.devices.fake_gpus = 1;
     // A small odd-sized ring: storages span many chunks, and generated
     // (converted) chunks must round down to whole elements.
-    config.staging_chunk_bytes = kStagingChunk;
-    config.staging_buffers = 4;
+    config.devices.staging_chunk_bytes = kStagingChunk;
+    config.devices.staging_buffers = 4;
     auto daemon = Daemon::Create(config);
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     daemon_ = *std::move(daemon);
@@ -206,7 +206,7 @@ class DaemonTest : public ::testing::Test {
     daemon_.reset();
     ServerConfig config;
     config.listen = {address_};
-    config.model_roots = {root_.string()};
+    config.manager.model_roots = {root_.string()};
     config.metrics_address = "";
     if (adjust) adjust(config);
     auto daemon = Daemon::Create(config);
@@ -491,9 +491,9 @@ TEST_F(DaemonTest, ClientThatGoesAwayMidLoadStopsItAndLeavesNothing) {
   // A slow fake GPU: 16 MiB in 64 KiB chunks at 2 ms each takes over half a
   // second, so the load is still running when the client cancels.
   ASSERT_NO_FATAL_FAILURE(RestartDaemon([](ServerConfig& config) {
-    config.fake_gpus = 1;
-    config.fake_gpu_copy_delay_us = 2000;
-    config.staging_chunk_bytes = 64 << 10;
+    config.devices.fake_gpus = 1;
+    config.devices.fake_gpu_copy_delay = absl::Microseconds(2000);
+    config.devices.staging_chunk_bytes = 64 << 10;
   }));
   const std::string path = (root_ / "slow.safetensors").string();
   WriteBigSafetensors(path, 4u << 20);
@@ -529,8 +529,8 @@ TEST_F(DaemonTest, ClientThatGoesAwayMidLoadStopsItAndLeavesNothing) {
 
 TEST_F(DaemonTest, OverBudgetIsResourceExhaustedAndLeavesNothingBehind) {
   ASSERT_NO_FATAL_FAILURE(RestartDaemon([](ServerConfig& config) {
-    config.fake_gpus = 1;
-    config.gpu_budget_bytes =
+    config.devices.fake_gpus = 1;
+    config.manager.gpu_budget_bytes =
         512;  // the model needs three 256-byte-aligned storages
   }));
   auto client = Connect();
