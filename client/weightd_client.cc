@@ -12,14 +12,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "loader/common/status_macros.h"
-#include "loader/device/cuda_device.h"
+#include "loader/device/arena_handle.h"
 #include "loader/device/shared_memory.h"
 #include "loader/format/tensor_bytes.h"
 #include "loader/io/mapped_file.h"
-
-#ifdef WEIGHTD_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 namespace weightd {
 
@@ -122,59 +118,37 @@ absl::StatusOr<OpenedBuffer> OpenSegment(const std::string& name,
   return HostBuffer(std::move(mapping), size);
 }
 
+// A GPU arena, opened by its handle kind alone.
 absl::StatusOr<OpenedBuffer> OpenGpuArena(const v1::GpuArena& arena) {
-  if (arena.fake()) {
-    // The fake GPU's memory is a shared-memory segment named in its handle.
-    ASSIGN_OR_RETURN(IpcHandle handle,
-                     IpcHandle::FromString(arena.ipc_handle()));
-    ASSIGN_OR_RETURN(std::unique_ptr<SharedMapping> mapping,
-                     OpenSharedHandle(handle));
-    return HostBuffer(std::move(mapping), arena.size());
+  ArenaHandle handle;
+  switch (arena.handle_kind()) {
+    case v1::GpuArena::CUDA_IPC:
+      handle.kind = ArenaHandleKind::kCudaIpc;
+      break;
+    case v1::GpuArena::SHARED_MEMORY:
+      handle.kind = ArenaHandleKind::kSharedMemory;
+      break;
+    case v1::GpuArena::HANDLE_KIND_UNSPECIFIED:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the GPU arena on ", arena.gpu_uuid(),
+          " names no handle kind (a weightd older than this client); "
+          "upgrade the daemon"));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the GPU arena on ", arena.gpu_uuid(), " has handle kind ",
+          static_cast<int>(arena.handle_kind()),
+          ", which this client does not know; upgrade the client"));
   }
-#ifdef WEIGHTD_HAVE_CUDA
-  if (arena.ipc_handle().size() != sizeof(cudaIpcMemHandle_t)) {
-    return absl::InvalidArgumentError(
-        "GPU arena handle is not a cudaIpcMemHandle_t");
-  }
-  int count = 0;
-  cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess) {
-    return absl::UnavailableError(
-        absl::StrCat("cudaGetDeviceCount: ", cudaGetErrorString(error)));
-  }
-  int device = -1;
-  for (int i = 0; i < count && device < 0; ++i) {
-    cudaDeviceProp props;
-    if (cudaGetDeviceProperties(&props, i) != cudaSuccess) continue;
-    const std::string uuid =
-        FormatGpuUuid(reinterpret_cast<const uint8_t*>(props.uuid.bytes));
-    if (arena.gpu_uuid() == uuid) device = i;
-  }
-  if (device < 0) {
-    return absl::NotFoundError(absl::StrCat("GPU ", arena.gpu_uuid(),
-                                            " is not visible to this process"));
-  }
-  RETURN_IF_ERROR(cudaSetDevice(device) == cudaSuccess
-                      ? absl::OkStatus()
-                      : absl::InternalError("cudaSetDevice failed"));
-  cudaIpcMemHandle_t handle;
-  std::memcpy(&handle, arena.ipc_handle().data(), sizeof(handle));
-  void* pointer = nullptr;
-  error =
-      cudaIpcOpenMemHandle(&pointer, handle, cudaIpcMemLazyEnablePeerAccess);
-  if (error != cudaSuccess) {
-    return absl::InternalError(
-        absl::StrCat("cudaIpcOpenMemHandle: ", cudaGetErrorString(error)));
-  }
+  ASSIGN_OR_RETURN(handle.bytes, IpcHandle::FromString(arena.ipc_handle()));
+  ASSIGN_OR_RETURN(std::unique_ptr<OpenedArena> opened,
+                   OpenArenaHandle(handle, arena.size(), arena.gpu_uuid()));
   OpenedBuffer buffer;
-  buffer.device = pointer;
+  buffer.host = opened->host_data();
+  buffer.device = opened->device_pointer();
   buffer.size = arena.size();
-  buffer.owner = std::shared_ptr<void>(
-      pointer, [](void* opened) { cudaIpcCloseMemHandle(opened); });
+  buffer.arena = opened.get();
+  buffer.owner = std::shared_ptr<OpenedArena>(std::move(opened));
   return buffer;
-#else
-  return absl::UnimplementedError("this client was built without CUDA support");
-#endif
 }
 
 }  // namespace
@@ -248,21 +222,11 @@ absl::StatusOr<std::string> ClientModel::ReadTensorBytes(
   if (buffer->host != nullptr) {
     storage = buffer->host + tensor.storage_byte_offset();
   } else {
-#ifdef WEIGHTD_HAVE_CUDA
+    // Device memory: copied out by the arena that opened it.
     storage_copy.resize(extent);
-    cudaError_t error = cudaMemcpy(storage_copy.data(),
-                                   static_cast<const uint8_t*>(buffer->device) +
-                                       tensor.storage_byte_offset(),
-                                   extent, cudaMemcpyDeviceToHost);
-    if (error != cudaSuccess) {
-      return absl::InternalError(
-          absl::StrCat("cudaMemcpy: ", cudaGetErrorString(error)));
-    }
+    RETURN_IF_ERROR(buffer->arena->CopyToHost(tensor.storage_byte_offset(),
+                                              extent, storage_copy.data()));
     storage = reinterpret_cast<const uint8_t*>(storage_copy.data());
-#else
-    return absl::UnimplementedError(
-        "this client was built without CUDA support");
-#endif
   }
   std::string out;
   RETURN_IF_ERROR(

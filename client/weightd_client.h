@@ -1,7 +1,7 @@
 // The C++ client: connect to weightd, load models (with progress), hold leases,
 // and reach tensor bytes: host tensors by mapping the checkpoint file or a
-// shared-memory segment, GPU tensors by opening each arena's CUDA IPC handle
-// once.
+// shared-memory segment, GPU tensors by opening each arena once by its handle
+// kind (OpenArenaHandle: CUDA IPC, or shared memory for the fake GPU).
 #ifndef WEIGHTD_CLIENT_WEIGHTD_CLIENT_H_
 #define WEIGHTD_CLIENT_WEIGHTD_CLIENT_H_
 
@@ -23,13 +23,16 @@ namespace weightd {
 
 class LeaseSession;
 
-// One opened buffer of a model: host bytes (mapped file or segment) or a device
-// pointer.
+class OpenedArena;
+
+// One opened buffer of a model: host bytes (mapped file, segment, or a
+// shared-memory GPU arena) or a device pointer.
 struct OpenedBuffer {
-  // Readable by this process; null for a real GPU arena.
+  // Readable by this process; null for an arena in device memory.
   const uint8_t* host = nullptr;
-  void* device = nullptr;  // CUDA device pointer in this process (real GPUs)
+  void* device = nullptr;  // CUDA device pointer in this process (CUDA IPC)
   uint64_t size = 0;
+  const OpenedArena* arena = nullptr;  // GPU arenas: what opened it (in owner)
   std::shared_ptr<void> owner;  // releasing it unmaps or closes the buffer
 };
 

@@ -79,7 +79,20 @@ void FillModelDescription(const std::string& model_id, const LoadedModel& model,
         gpu->set_gpu_index(buffer.gpu_index);
         gpu->set_ipc_handle(buffer.ipc_handle);
         gpu->set_size(buffer.size);
-        gpu->set_fake(buffer.fake_gpu);
+        switch (buffer.handle_kind) {
+          case ArenaHandleKind::kCudaIpc:
+            gpu->set_handle_kind(v1::GpuArena::CUDA_IPC);
+            break;
+          case ArenaHandleKind::kSharedMemory:
+            gpu->set_handle_kind(v1::GpuArena::SHARED_MEMORY);
+            // The deprecated field, still written for clients from before
+            // handle_kind (they open shared-memory arenas when it is set).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+            gpu->set_fake(true);
+#pragma GCC diagnostic pop
+            break;
+        }
         break;
       }
     }

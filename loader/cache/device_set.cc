@@ -92,9 +92,10 @@ class RegistryDeviceSet : public DeviceSet {
     file.name = file_name;
     ASSIGN_OR_RETURN(std::unique_ptr<DeviceArena> arena,
                      pipeline->Load(size, file, ranges, cancel, progress));
-    ASSIGN_OR_RETURN(IpcHandle handle, device->ExportHandle(*arena));
+    ASSIGN_OR_RETURN(ArenaHandle handle, device->ExportHandle(*arena));
     FilledArena filled;
-    filled.ipc_handle = handle.ToString();
+    filled.handle_kind = handle.kind;
+    filled.ipc_handle = handle.bytes.ToString();
     filled.owner = std::make_unique<ArenaOwner>(std::move(arena));
     return filled;
   }

@@ -26,7 +26,8 @@ using ProgressFn =
 
 struct FilledArena {
   std::unique_ptr<LoadedModel::Owned> owner;  // frees the arena
-  std::string ipc_handle;                     // 64 bytes
+  ArenaHandleKind handle_kind = ArenaHandleKind::kCudaIpc;
+  std::string ipc_handle;  // 64 bytes
 };
 
 struct HostSegment {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "loader/common/test_child.h"
 #include "loader/device/shared_memory.h"
 
 namespace weightd {
@@ -25,34 +26,17 @@ bool InDevShm(const std::string& file) {
 // A child makes host segments in /dev/shm and is SIGKILLed: its files stay.
 // Returns them (lock file first).
 std::vector<std::string> FilesOfAKilledProcess() {
-  int fds[2];
-  if (pipe(fds) != 0) return {};
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
+  testing::LingeringChild child([](testing::ReportAndWait report) {
     auto a = SharedMemorySegment::Create(4096);
     auto b = SharedMemorySegment::Create(1 << 16, "weightd-fake0");
     auto instance = SharedMemoryInstance::Default();
-    if (!a.ok() || !b.ok() || !instance.ok()) _exit(1);
-    std::string report =
-        absl::StrCat("weightd-", (*instance)->id(), ".lock ",
-                     (*a)->name().substr(1), " ", (*b)->name().substr(1), "\n");
-    if (write(fds[1], report.data(), report.size()) < 0) _exit(2);
-    for (;;) pause();
-  }
-  close(fds[1]);
-  std::string report;
-  char buffer[256];
-  ssize_t n;
-  while (report.find('\n') == std::string::npos &&
-         (n = read(fds[0], buffer, sizeof(buffer))) > 0) {
-    report.append(buffer, n);
-  }
-  close(fds[0]);
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  if (report.empty()) return {};
-  return absl::StrSplit(absl::StripSuffix(report, "\n"), ' ');
+    if (!a.ok() || !b.ok() || !instance.ok()) return;
+    report(absl::StrCat("weightd-", (*instance)->id(), ".lock ",
+                        (*a)->name().substr(1), " ", (*b)->name().substr(1)));
+  });
+  child.Kill();
+  if (child.report().empty()) return {};
+  return absl::StrSplit(child.report(), ' ');
 }
 
 TEST(DeviceSetTest, StartReclaimsWhatAKilledDaemonLeftInDevShm) {

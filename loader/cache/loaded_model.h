@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "loader/cache/checkpoint_cache.h"
+#include "loader/device/device.h"
 #include "loader/format/checkpoint.h"
 #include "loader/io/mapped_file.h"
 
@@ -28,11 +29,11 @@ struct PlacedBuffer {
   FileIdentity identity;
   // kSharedMemory: a POSIX shared-memory segment name.
   std::string shm_name;
-  // kGpu: the arena's device and IPC handle.
+  // kGpu: the arena's device and exported handle (how clients open it).
   std::string gpu_uuid;
   int gpu_index = -1;
+  ArenaHandleKind handle_kind = ArenaHandleKind::kCudaIpc;
   std::string ipc_handle;  // 64 bytes
-  bool fake_gpu = false;
   // The daemon's own host view of the bytes (file mapping or segment); null for
   // GPU arenas.
   const uint8_t* host_data = nullptr;

@@ -218,8 +218,8 @@ class Placer {
       buffer.size = size;
       buffer.gpu_uuid = gpus[gpu].uuid;
       buffer.gpu_index = gpu;
+      buffer.handle_kind = arena.handle_kind;
       buffer.ipc_handle = arena.ipc_handle;
-      buffer.fake_gpu = gpus[gpu].fake;
       const int index = AddBuffer(std::move(buffer));
       for (size_t i = 0; i < storages.size(); ++i)
         storage_place_[storages[i]->index] = {index, offsets[i]};

@@ -9,7 +9,8 @@
 #include "gtest/gtest.h"
 #include "loader/cache/device_set.h"
 #include "loader/cache/load_plan.h"
-#include "loader/device/shared_memory.h"
+#include "loader/device/arena_handle.h"
+#include "loader/device/device.h"
 #include "loader/format/reader.h"
 #include "loader/format/tensor_bytes.h"
 #include "loader/io/mapped_file.h"
@@ -162,21 +163,25 @@ TEST_F(PlacementTest, GpuArenaHoldsThePlannedBytes) {
     const PlacedBuffer& arena = (*model)->buffers[0];
     EXPECT_EQ(arena.kind, PlacedBuffer::Kind::kGpu);
     EXPECT_EQ(PlacedHashes(**model), OfflineHashes(source)) << name;
-    // The arena's own bytes (the fake GPU shares them through its handle)
-    // are each storage as placed.
-    auto handle = IpcHandle::FromString(arena.ipc_handle);
-    ASSERT_TRUE(handle.ok());
-    auto mapping = OpenSharedHandle(*handle);
-    ASSERT_TRUE(mapping.ok()) << mapping.status();
+    // The arena's own bytes, opened as a client opens them (the fake GPU
+    // shares them through a shared-memory handle), are each storage as
+    // placed.
+    EXPECT_EQ(arena.handle_kind, ArenaHandleKind::kSharedMemory);
+    auto bytes = IpcHandle::FromString(arena.ipc_handle);
+    ASSERT_TRUE(bytes.ok());
+    auto opened = OpenArenaHandle({arena.handle_kind, *bytes}, arena.size,
+                                  arena.gpu_uuid);
+    ASSERT_TRUE(opened.ok()) << opened.status();
     for (const PlacedTensor& tensor : (*model)->tensors) {
       const StorageInfo& storage =
           source.checkpoint.storages[tensor.info.storage_index];
       if (storage.byte_order == ByteOrder::kBig || storage.inflated) continue;
       ASSERT_LE(tensor.storage_byte_offset + storage.num_bytes,
-                (*mapping)->size());
-      EXPECT_EQ(0, std::memcmp((*mapping)->data() + tensor.storage_byte_offset,
-                               source.file->data() + storage.file_offset,
-                               storage.num_bytes))
+                (*opened)->size());
+      EXPECT_EQ(0,
+                std::memcmp((*opened)->host_data() + tensor.storage_byte_offset,
+                            source.file->data() + storage.file_offset,
+                            storage.num_bytes))
           << name << " " << tensor.info.name;
     }
   }

@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include "loader/common/logging.h"
+#include "loader/device/cuda_status.h"
 #endif
 
 namespace weightd {
@@ -38,47 +39,9 @@ absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(
       "built without the CUDA toolkit: no GPU support");
 }
 
-absl::Status CudaCopyArenaToHost(const DeviceArena& arena, uint64_t offset,
-                                 uint64_t length, void* dst) {
-  return absl::UnimplementedError(
-      "built without the CUDA toolkit: no GPU support");
-}
-
-absl::Status ReadCudaIpcHandle(const IpcHandle& handle, int ordinal,
-                               uint64_t offset, uint64_t length, void* dst) {
-  return absl::UnimplementedError(
-      "built without the CUDA toolkit: no GPU support");
-}
-
 #else  // WEIGHTD_HAVE_CUDA
 
 namespace {
-
-absl::Status CudaError(cudaError_t err, const std::string& call) {
-  std::string message = absl::StrCat(call, ": ", cudaGetErrorString(err), " (",
-                                     cudaGetErrorName(err), ")");
-  switch (err) {
-    case cudaErrorMemoryAllocation:
-      return absl::ResourceExhaustedError(message);
-    case cudaErrorInvalidValue:
-    case cudaErrorInvalidDevicePointer:
-    case cudaErrorInvalidDevice:
-      return absl::InvalidArgumentError(message);
-    case cudaErrorNoDevice:
-    case cudaErrorInsufficientDriver:
-      return absl::UnavailableError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
-#define WEIGHTD_CUDA_RETURN_IF_ERROR(call)        \
-  do {                                            \
-    cudaError_t weightd_cuda_err_ = (call);       \
-    if (weightd_cuda_err_ != cudaSuccess) {       \
-      return CudaError(weightd_cuda_err_, #call); \
-    }                                             \
-  } while (0)
 
 class CudaArena : public DeviceArena {
  public:
@@ -132,7 +95,7 @@ class CudaEvent : public DeviceEvent {
     cudaError_t err = cudaEventQuery(event_);
     if (err == cudaSuccess) return true;
     if (err == cudaErrorNotReady) return false;
-    return CudaError(err, "cudaEventQuery");
+    return CudaStatus(err, "cudaEventQuery");
   }
   absl::Status Wait() override {
     WEIGHTD_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(event_));
@@ -198,8 +161,8 @@ class CudaDevice : public Device {
     if (bytes > 0) {
       cudaError_t err = cudaMalloc(&ptr, static_cast<size_t>(bytes));
       if (err != cudaSuccess) {
-        return CudaError(err, absl::StrCat("cudaMalloc(", bytes,
-                                           " bytes on GPU ", ordinal_, ")"));
+        return CudaStatus(err, absl::StrCat("cudaMalloc(", bytes,
+                                            " bytes on GPU ", ordinal_, ")"));
       }
     }
     return std::unique_ptr<DeviceArena>(new CudaArena(ordinal_, ptr, bytes));
@@ -212,7 +175,7 @@ class CudaDevice : public Device {
     cudaError_t err = cudaHostAlloc(
         &ptr, static_cast<size_t>(bytes ? bytes : 1), cudaHostAllocPortable);
     if (err != cudaSuccess) {
-      return CudaError(err, absl::StrCat("cudaHostAlloc(", bytes, " bytes)"));
+      return CudaStatus(err, absl::StrCat("cudaHostAlloc(", bytes, " bytes)"));
     }
     return std::unique_ptr<PinnedBuffer>(
         new CudaPinnedBuffer(static_cast<uint8_t*>(ptr), bytes));
@@ -236,8 +199,8 @@ class CudaDevice : public Device {
         static_cast<uint8_t*>(arena->device_pointer()) + offset, src,
         static_cast<size_t>(length), cudaMemcpyHostToDevice, streams_[stream]);
     if (err != cudaSuccess) {
-      return CudaError(err, absl::StrCat("cudaMemcpyAsync(", length,
-                                         " bytes to GPU ", ordinal_, ")"));
+      return CudaStatus(err, absl::StrCat("cudaMemcpyAsync(", length,
+                                          " bytes to GPU ", ordinal_, ")"));
     }
     return absl::OkStatus();
   }
@@ -272,7 +235,7 @@ class CudaDevice : public Device {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<IpcHandle> ExportHandle(const DeviceArena& arena) override {
+  absl::StatusOr<ArenaHandle> ExportHandle(const DeviceArena& arena) override {
     if (dynamic_cast<const CudaArena*>(&arena) == nullptr ||
         arena.device_index() != ordinal_) {
       return absl::InvalidArgumentError(
@@ -287,8 +250,9 @@ class CudaDevice : public Device {
         cudaIpcGetMemHandle(&handle, arena.device_pointer()));
     static_assert(sizeof(handle) == kIpcHandleBytes,
                   "cudaIpcMemHandle_t is 64 bytes");
-    IpcHandle out;
-    std::memcpy(out.bytes.data(), &handle, kIpcHandleBytes);
+    ArenaHandle out;
+    out.kind = ArenaHandleKind::kCudaIpc;
+    std::memcpy(out.bytes.bytes.data(), &handle, kIpcHandleBytes);
     return out;
   }
 
@@ -308,7 +272,7 @@ CudaEnumeration EnumerateCudaDevices() {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
-    e.status = CudaError(err, "cudaGetDeviceCount").ToString();
+    e.status = CudaStatus(err, "cudaGetDeviceCount").ToString();
     cudaGetLastError();  // clear it
     return e;
   }
@@ -323,8 +287,8 @@ absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(
   cudaDeviceProp prop;
   cudaError_t err = cudaGetDeviceProperties(&prop, ordinal);
   if (err != cudaSuccess) {
-    return CudaError(err,
-                     absl::StrCat("cudaGetDeviceProperties(", ordinal, ")"));
+    return CudaStatus(err,
+                      absl::StrCat("cudaGetDeviceProperties(", ordinal, ")"));
   }
   auto device = std::make_unique<CudaDevice>(
       ordinal, FormatGpuUuid(reinterpret_cast<const uint8_t*>(prop.uuid.bytes)),
@@ -332,40 +296,6 @@ absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(
   absl::Status s = device->Init(options);
   if (!s.ok()) return s;
   return std::unique_ptr<Device>(std::move(device));
-}
-
-absl::Status CudaCopyArenaToHost(const DeviceArena& arena, uint64_t offset,
-                                 uint64_t length, void* dst) {
-  if (dynamic_cast<const CudaArena*>(&arena) == nullptr) {
-    return absl::InvalidArgumentError("not a CUDA arena");
-  }
-  absl::Status s = CheckArenaRange(arena.size(), offset, length);
-  if (!s.ok()) return s;
-  if (length == 0) return absl::OkStatus();
-  WEIGHTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(arena.device_index()));
-  WEIGHTD_CUDA_RETURN_IF_ERROR(cudaMemcpy(
-      dst, static_cast<const uint8_t*>(arena.device_pointer()) + offset,
-      static_cast<size_t>(length), cudaMemcpyDeviceToHost));
-  return absl::OkStatus();
-}
-
-absl::Status ReadCudaIpcHandle(const IpcHandle& handle, int ordinal,
-                               uint64_t offset, uint64_t length, void* dst) {
-  WEIGHTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(ordinal));
-  cudaIpcMemHandle_t h;
-  std::memcpy(&h, handle.bytes.data(), kIpcHandleBytes);
-  void* ptr = nullptr;
-  WEIGHTD_CUDA_RETURN_IF_ERROR(
-      cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess));
-  cudaError_t err =
-      cudaMemcpy(dst, static_cast<uint8_t*>(ptr) + offset,
-                 static_cast<size_t>(length), cudaMemcpyDeviceToHost);
-  cudaError_t close_err = cudaIpcCloseMemHandle(ptr);
-  if (err != cudaSuccess) return CudaError(err, "cudaMemcpy(device to host)");
-  if (close_err != cudaSuccess) {
-    return CudaError(close_err, "cudaIpcCloseMemHandle");
-  }
-  return absl::OkStatus();
 }
 
 #endif  // WEIGHTD_HAVE_CUDA

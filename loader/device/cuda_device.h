@@ -5,8 +5,9 @@
 //
 // One cudaMalloc arena per checkpoint per GPU; cudaHostAlloc staging buffers;
 // copies are cudaMemcpyAsync on non-blocking streams; events are
-// cudaEventDisableTiming events; ExportHandle is cudaIpcGetMemHandle (64
-// bytes). GPUs are identified by the UUID from cudaGetDeviceProperties.
+// cudaEventDisableTiming events; ExportHandle is cudaIpcGetMemHandle (a
+// kCudaIpc handle; other processes open it with OpenArenaHandle()). GPUs are
+// identified by the UUID from cudaGetDeviceProperties.
 #ifndef WEIGHTD_LOADER_DEVICE_CUDA_DEVICE_H_
 #define WEIGHTD_LOADER_DEVICE_CUDA_DEVICE_H_
 
@@ -41,16 +42,6 @@ absl::StatusOr<std::unique_ptr<Device>> CreateCudaDevice(
 
 // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" from the 16 UUID bytes.
 std::string FormatGpuUuid(const uint8_t bytes[16]);
-
-// Copies [offset, offset + length) of a CUDA arena back to host memory
-// (tests, checks). INVALID_ARGUMENT for arenas of other devices.
-absl::Status CudaCopyArenaToHost(const DeviceArena& arena, uint64_t offset,
-                                 uint64_t length, void* dst);
-
-// Client side, for tests and tools in another process: opens a CUDA IPC
-// handle on GPU `ordinal` and copies [offset, offset + length) to `dst`.
-absl::Status ReadCudaIpcHandle(const IpcHandle& handle, int ordinal,
-                               uint64_t offset, uint64_t length, void* dst);
 
 }  // namespace weightd
 

@@ -1,6 +1,7 @@
 // Needs a real GPU: every test skips with the reason where there is none.
-// The IPC test re-runs this binary as a child (CUDA does not survive fork)
-// with WEIGHTD_TEST_IPC_HANDLE set.
+// The arena's bytes are checked the way a client sees them: this binary re-runs
+// itself as a child (CUDA does not survive fork) with WEIGHTD_TEST_IPC_HANDLE
+// set, which opens the exported handle with OpenArenaHandle().
 #include "loader/device/cuda_device.h"
 
 #include <spawn.h>
@@ -13,8 +14,11 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "loader/device/arena_handle.h"
 #include "loader/device/staging_pipeline.h"
 #include "loader/io/mapped_file.h"
 #include "loader/io/reader_factory.h"
@@ -95,17 +99,15 @@ TEST_F(CudaDeviceTest, CopiesEventsAndPipeline) {
                                    CopyRange::FromFile(0, 4097, kSize - 4097)};
   auto arena = (*pipeline)->Load(kSize, source, ranges, nullptr, nullptr);
   ASSERT_TRUE(arena.ok()) << arena.status();
-  std::vector<uint8_t> back(kSize);
-  ASSERT_TRUE(CudaCopyArenaToHost(**arena, 0, kSize, back.data()).ok());
-  EXPECT_EQ(FirstPatternMismatch(back.data(), kSize - 4097, 4097, 21), -1);
-  EXPECT_EQ(FirstPatternMismatch(back.data() + kSize - 4097, 4097, 0, 21), -1);
 
-  // IPC: a child process opens the handle and checks the bytes.
+  // A child process opens the handle by its kind and checks every byte.
   auto handle = device_->ExportHandle(**arena);
   ASSERT_TRUE(handle.ok()) << handle.status();
-  std::string env = absl::StrCat(
-      "WEIGHTD_TEST_IPC_HANDLE=", absl::BytesToHexString(handle->ToString()),
-      ":", path);
+  EXPECT_EQ(handle->kind, ArenaHandleKind::kCudaIpc);
+  std::string env =
+      absl::StrCat("WEIGHTD_TEST_IPC_HANDLE=",
+                   absl::BytesToHexString(handle->bytes.ToString()), ":",
+                   device_->uuid(), ":", kSize);
   std::vector<char*> envp;
   for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
   envp.push_back(env.data());
@@ -123,18 +125,37 @@ TEST_F(CudaDeviceTest, CopiesEventsAndPipeline) {
   unlink(path.c_str());
 }
 
+TEST_F(CudaDeviceTest, OpeningNamesTheMissingGpu) {
+  IpcHandle bytes;
+  auto opened = OpenArenaHandle({ArenaHandleKind::kCudaIpc, bytes}, 16,
+                                "GPU-00000000-0000-0000-0000-000000000000");
+  EXPECT_TRUE(absl::IsNotFound(opened.status())) << opened.status();
+  EXPECT_NE(opened.status().message().find(device_->uuid()), std::string::npos)
+      << opened.status();
+}
+
 TEST(CudaIpcChild, ReadsArenaThroughHandle) {
   const char* env = std::getenv("WEIGHTD_TEST_IPC_HANDLE");
   if (env == nullptr) GTEST_SKIP() << "runs only as the IPC child";
-  std::string value(env);
-  size_t colon = value.find(':');
-  std::string hex = value.substr(0, colon);
-  std::string path = value.substr(colon + 1);
-  auto handle = IpcHandle::FromString(absl::HexStringToBytes(hex));
-  ASSERT_TRUE(handle.ok());
-  std::vector<uint8_t> back(1 << 20);
-  ASSERT_TRUE(ReadCudaIpcHandle(*handle, 0, 0, back.size(), back.data()).ok());
-  EXPECT_EQ(FirstPatternMismatch(back.data(), back.size(), 4097, 21), -1);
+  std::vector<std::string> parts = absl::StrSplit(env, ':');
+  ASSERT_EQ(parts.size(), 3u) << env;
+  uint64_t size = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(parts[2], &size));
+  ASSERT_GT(size, 4097u);
+  auto bytes = IpcHandle::FromString(absl::HexStringToBytes(parts[0]));
+  ASSERT_TRUE(bytes.ok());
+  auto opened =
+      OpenArenaHandle({ArenaHandleKind::kCudaIpc, *bytes}, size, parts[1]);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ((*opened)->host_data(), nullptr);
+  EXPECT_NE((*opened)->device_pointer(), nullptr);
+  std::vector<uint8_t> back(size);
+  ASSERT_TRUE((*opened)->CopyToHost(0, size, back.data()).ok());
+  // The layout CopiesEventsAndPipeline loaded: the file rotated by 4097.
+  EXPECT_EQ(FirstPatternMismatch(back.data(), size - 4097, 4097, 21), -1);
+  EXPECT_EQ(FirstPatternMismatch(back.data() + size - 4097, 4097, 0, 21), -1);
+  EXPECT_TRUE(
+      absl::IsOutOfRange((*opened)->CopyToHost(size - 1, 2, back.data())));
 }
 
 }  // namespace

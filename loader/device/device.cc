@@ -11,10 +11,18 @@ const char* DeviceKindName(DeviceKind kind) {
   switch (kind) {
     case DeviceKind::kCuda:
       return "cuda";
-    case DeviceKind::kHost:
-      return "host";
     case DeviceKind::kFakeGpu:
       return "fake";
+  }
+  return "?";
+}
+
+const char* ArenaHandleKindName(ArenaHandleKind kind) {
+  switch (kind) {
+    case ArenaHandleKind::kCudaIpc:
+      return "cuda_ipc";
+    case ArenaHandleKind::kSharedMemory:
+      return "shared_memory";
   }
   return "?";
 }

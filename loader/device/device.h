@@ -1,9 +1,11 @@
-// The device a checkpoint's bytes are placed on: a CUDA GPU, host shared
-// memory, or a fake GPU for tests. One arena per checkpoint per device; bytes
-// arrive through asynchronous host-to-device copies on stream slots, whose
-// completion is observed through events; an arena exports a 64-byte handle
-// another process opens (cudaIpcMemHandle_t for CUDA, a shared-memory name for
-// host and fake devices).
+// The GPU a checkpoint's bytes are placed on: a CUDA GPU, or a fake GPU (CI,
+// demos) whose memory is host shared memory. One arena per checkpoint per
+// device; bytes arrive through asynchronous host-to-device copies on stream
+// slots, whose completion is observed through events; an arena exports a
+// handle of a kind (a CUDA IPC handle, a shared-memory segment's) and 64
+// bytes, which another process opens with OpenArenaHandle() (arena_handle.h).
+// (Host placements are shared-memory segments, not a device: see
+// loader/cache/placement.cc.)
 //
 // Devices are thread-safe: several loads may allocate, copy and record events
 // concurrently. An arena must outlive the copies into it (wait on their
@@ -21,8 +23,17 @@
 
 namespace weightd {
 
-enum class DeviceKind { kCuda, kHost, kFakeGpu };
-const char* DeviceKindName(DeviceKind kind);  // "cuda", "host", "fake"
+enum class DeviceKind { kCuda, kFakeGpu };
+const char* DeviceKindName(DeviceKind kind);  // "cuda", "fake"
+
+// How another process opens an exported arena: what the 64 handle bytes are.
+// Clients choose how to open an arena by this kind alone, never by the kind
+// of device behind it.
+enum class ArenaHandleKind {
+  kCudaIpc,       // a cudaIpcMemHandle_t (cudaIpcOpenMemHandle)
+  kSharedMemory,  // a shared-memory handle (shared_memory.h: magic, size, name)
+};
+const char* ArenaHandleKindName(ArenaHandleKind kind);  // "cuda_ipc", ...
 
 inline constexpr size_t kIpcHandleBytes = 64;
 
@@ -39,6 +50,13 @@ struct IpcHandle {
   bool operator==(const IpcHandle& o) const { return bytes == o.bytes; }
 };
 
+// What Device::ExportHandle() gives another process: the handle's kind and
+// its bytes.
+struct ArenaHandle {
+  ArenaHandleKind kind = ArenaHandleKind::kCudaIpc;
+  IpcHandle bytes;
+};
+
 struct MemoryInfo {
   uint64_t free_bytes = 0;
   uint64_t total_bytes = 0;
@@ -49,14 +67,11 @@ class DeviceArena {
  public:
   virtual ~DeviceArena() = default;
   virtual uint64_t size() const = 0;
-  // The device's index (the n in "cuda:n"; 0 for host).
+  // The device's index (the n in "cuda:n").
   virtual int device_index() const = 0;
-  // The arena's address on its device (a CUDA device pointer, or the host
-  // mapping for host arenas).
+  // The arena's address on its device (a CUDA device pointer; the fake GPU's
+  // shared-memory mapping).
   virtual void* device_pointer() const = 0;
-  // Host-writable bytes of the arena when the host can address it directly
-  // (host arenas): the pipeline then reads straight into it. Null otherwise.
-  virtual uint8_t* host_data() const { return nullptr; }
 };
 
 // Page-aligned host memory for staging: pinned (page-locked) where the device
@@ -86,10 +101,10 @@ class Device {
 
   virtual DeviceKind kind() const = 0;
   virtual int index() const = 0;
-  // "cuda:0", "cpu", or "cuda:1" for the second fake GPU.
+  // "cuda:0", or "cuda:1" for the second (fake) GPU.
   virtual std::string placement() const = 0;
   // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (CUDA), "GPU-fake-0000-..."
-  // (fake), "host".
+  // (fake).
   virtual std::string uuid() const = 0;
   virtual std::string name() const = 0;
   virtual absl::StatusOr<MemoryInfo> GetMemoryInfo() const = 0;
@@ -116,11 +131,12 @@ class Device {
   virtual absl::Status Synchronize() = 0;
 
   // The arena's handle for another process.
-  virtual absl::StatusOr<IpcHandle> ExportHandle(const DeviceArena& arena) = 0;
+  virtual absl::StatusOr<ArenaHandle> ExportHandle(
+      const DeviceArena& arena) = 0;
 };
 
-// Page-aligned ordinary host memory as a PinnedBuffer (host and fake
-// devices; no page locking). RESOURCE_EXHAUSTED when allocation fails.
+// Page-aligned ordinary host memory as a PinnedBuffer (the fake GPU; no page
+// locking). RESOURCE_EXHAUSTED when allocation fails.
 absl::StatusOr<std::unique_ptr<PinnedBuffer>> AllocateAlignedHostBuffer(
     uint64_t bytes);
 

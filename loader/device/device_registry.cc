@@ -1,8 +1,5 @@
 #include "loader/device/device_registry.h"
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "loader/common/logging.h"
@@ -16,9 +13,6 @@ absl::StatusOr<std::unique_ptr<DeviceRegistry>> DeviceRegistry::Create(
         absl::StrCat("fake_gpus must be in [0, 64], got ", options.fake_gpus));
   }
   std::unique_ptr<DeviceRegistry> registry(new DeviceRegistry());
-  auto host = HostDevice::Create(options.host);
-  if (!host.ok()) return host.status();
-  registry->host_ = std::move(*host);
 
   if (options.use_cuda) {
     CudaEnumeration e = EnumerateCudaDevices();
@@ -57,43 +51,6 @@ absl::StatusOr<std::unique_ptr<DeviceRegistry>> DeviceRegistry::Create(
     registry->owned_.push_back(std::move(*device));
   }
   return registry;
-}
-
-absl::StatusOr<Device*> DeviceRegistry::Find(absl::string_view spec) const {
-  std::string s = absl::AsciiStrToLower(spec);
-  if (s == "cpu" || s == "host") return host_.get();
-  absl::string_view rest = spec;
-  if (absl::StartsWithIgnoreCase(rest, "cuda")) {
-    rest.remove_prefix(4);
-    if (rest.empty())
-      rest = "0";
-    else if (rest[0] == ':')
-      rest.remove_prefix(1);
-    else
-      rest = spec;  // not "cuda" / "cuda:..."
-  }
-  int index = -1;
-  if (absl::StartsWith(rest, "GPU-")) {
-    for (Device* d : gpus_) {
-      if (d->uuid() == rest) return d;
-    }
-  } else if (absl::SimpleAtoi(rest, &index) && index >= 0 &&
-             index < static_cast<int>(gpus_.size())) {
-    return gpus_[index];
-  }
-  std::vector<std::string> have;
-  for (Device* d : gpus_)
-    have.push_back(absl::StrCat(d->placement(), "=", d->uuid()));
-  return absl::NotFoundError(
-      absl::StrCat("no device '", spec, "' (GPUs: ",
-                   have.empty() ? absl::StrCat("none; ", cuda_status_)
-                                : absl::StrJoin(have, ", "),
-                   ")"));
-}
-
-FakeDevice* DeviceRegistry::fake_gpu(int index) const {
-  if (index < 0 || index >= static_cast<int>(gpus_.size())) return nullptr;
-  return dynamic_cast<FakeDevice*>(gpus_[index]);
 }
 
 }  // namespace weightd

@@ -1,6 +1,6 @@
-// The devices this process places checkpoints on: the host, the CUDA GPUs
-// (none when built without CUDA or when there is no driver/GPU, with the
-// reason kept), and optionally N fake GPUs (fake_gpus=N) numbered after them.
+// The GPUs this process places checkpoints on: the CUDA GPUs (none when built
+// without CUDA or when there is no driver/GPU, with the reason kept), and
+// optionally N fake GPUs (fake_gpus=N) numbered after them.
 #ifndef WEIGHTD_LOADER_DEVICE_DEVICE_REGISTRY_H_
 #define WEIGHTD_LOADER_DEVICE_DEVICE_REGISTRY_H_
 
@@ -9,11 +9,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "loader/device/cuda_device.h"
 #include "loader/device/device.h"
 #include "loader/device/fake_device.h"
-#include "loader/device/host_device.h"
 
 namespace weightd {
 
@@ -22,7 +20,6 @@ struct DeviceRegistryOptions {
   CudaDeviceOptions cuda;
   int fake_gpus = 0;
   FakeDevice::Options fake;  // `index` is assigned per fake GPU
-  HostDevice::Options host;
 };
 
 class DeviceRegistry {
@@ -30,7 +27,6 @@ class DeviceRegistry {
   static absl::StatusOr<std::unique_ptr<DeviceRegistry>> Create(
       const DeviceRegistryOptions& options);
 
-  Device* host() const { return host_.get(); }
   // Real GPUs by CUDA ordinal, then the fake ones; gpus()[i]->index() == i.
   const std::vector<Device*>& gpus() const { return gpus_; }
   int num_cuda_gpus() const { return num_cuda_; }
@@ -38,16 +34,9 @@ class DeviceRegistry {
   // "cudaGetDeviceCount: ...", "2 CUDA device(s)".
   const std::string& cuda_status() const { return cuda_status_; }
 
-  // "cpu"/"host"; "cuda" (GPU 0); "cuda:N"; "cuda:GPU-<uuid>" or "GPU-<uuid>".
-  // NOT_FOUND naming the spec and the GPUs there are.
-  absl::StatusOr<Device*> Find(absl::string_view spec) const;
-  // The fake GPU with this index, or null (tests).
-  FakeDevice* fake_gpu(int index) const;
-
  private:
   DeviceRegistry() = default;
 
-  std::unique_ptr<HostDevice> host_;
   std::vector<std::unique_ptr<Device>> owned_;
   std::vector<Device*> gpus_;
   int num_cuda_ = 0;

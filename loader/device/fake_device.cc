@@ -20,7 +20,7 @@ struct FakeDevice::State {
     const void* src = nullptr;
     uint64_t length = 0;
     uint64_t seq = 0;
-    bool fail = false;
+    absl::Status error;  // injected: the copy fails with it when it runs
   };
   struct Stream {
     std::deque<Copy> queue;
@@ -34,13 +34,8 @@ struct FakeDevice::State {
   Mutex mu;
   CondVar work_cv;
   CondVar done_cv;
-  Faults faults ABSL_GUARDED_BY(mu);
-  absl::Duration copy_delay ABSL_GUARDED_BY(mu);
   std::vector<Stream> streams ABSL_GUARDED_BY(mu);
   bool stop ABSL_GUARDED_BY(mu) = false;
-  uint64_t allocations ABSL_GUARDED_BY(mu) = 0;
-  uint64_t copy_submits ABSL_GUARDED_BY(mu) = 0;
-  uint64_t copies ABSL_GUARDED_BY(mu) = 0;
   uint64_t allocated_bytes ABSL_GUARDED_BY(mu) = 0;
   int live_arenas ABSL_GUARDED_BY(mu) = 0;
   // Failures already reported by Synchronize(), per stream.
@@ -61,20 +56,17 @@ struct FakeDevice::State {
   void Worker(int index) {
     for (;;) {
       Copy copy;
-      absl::Duration delay;
       {
         MutexLock lock(&mu);
         while (streams[index].queue.empty() && !stop) work_cv.Wait(&mu);
         if (streams[index].queue.empty()) return;
         copy = streams[index].queue.front();
-        delay = copy_delay;
       }
-      if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
-      absl::Status error;
-      if (copy.fail) {
-        MutexLock lock(&mu);
-        error = faults.copy_error;
-      } else if (copy.length > 0) {
+      if (options.copy_delay > absl::ZeroDuration()) {
+        absl::SleepFor(options.copy_delay);
+      }
+      const absl::Status error = copy.error;
+      if (error.ok() && copy.length > 0) {
         std::memcpy(copy.dst, copy.src, copy.length);
       }
       MutexLock lock(&mu);
@@ -170,7 +162,7 @@ class FakeEvent : public DeviceEvent {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<FakeDevice>> FakeDevice::Create(
+absl::StatusOr<std::shared_ptr<FakeDevice::State>> FakeDevice::Start(
     const Options& options) {
   if (options.num_streams < 1 || options.num_streams > 64) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -183,8 +175,6 @@ absl::StatusOr<std::unique_ptr<FakeDevice>> FakeDevice::Create(
   state->options = options;
   {
     MutexLock lock(&state->mu);
-    state->faults = options.faults;
-    state->copy_delay = options.copy_delay;
     state->streams.resize(options.num_streams);
     state->synchronized.assign(options.num_streams, 0);
   }
@@ -192,8 +182,19 @@ absl::StatusOr<std::unique_ptr<FakeDevice>> FakeDevice::Create(
     State* raw = state.get();
     state->threads.emplace_back([raw, i] { raw->Worker(i); });
   }
-  return std::unique_ptr<FakeDevice>(
-      new FakeDevice(options.index, options.num_streams, std::move(state)));
+  return state;
+}
+
+FakeDevice::FakeDevice(const Options& options, std::shared_ptr<State> state)
+    : index_(options.index),
+      num_streams_(options.num_streams),
+      state_(std::move(state)) {}
+
+absl::StatusOr<std::unique_ptr<FakeDevice>> FakeDevice::Create(
+    const Options& options) {
+  absl::StatusOr<std::shared_ptr<State>> state = Start(options);
+  if (!state.ok()) return state.status();
+  return std::unique_ptr<FakeDevice>(new FakeDevice(options, *state));
 }
 
 FakeDevice::~FakeDevice() {
@@ -204,16 +205,6 @@ FakeDevice::~FakeDevice() {
   }
   for (std::thread& t : state_->threads) t.join();
   state_->threads.clear();
-}
-
-void FakeDevice::SetFaults(const Faults& faults) {
-  MutexLock lock(&state_->mu);
-  state_->faults = faults;
-}
-
-void FakeDevice::SetCopyDelay(absl::Duration delay) {
-  MutexLock lock(&state_->mu);
-  state_->copy_delay = delay;
 }
 
 std::string FakeDevice::placement() const {
@@ -229,11 +220,9 @@ std::string FakeDevice::name() const {
 }
 
 absl::StatusOr<MemoryInfo> FakeDevice::GetMemoryInfo() const {
+  absl::Status fault = MemoryInfoFault();
+  if (!fault.ok()) return fault;
   MutexLock lock(&state_->mu);
-  if (state_->faults.fail_memory_info) {
-    return absl::UnavailableError(
-        absl::StrCat("fake GPU ", index_, ": injected memory info failure"));
-  }
   MemoryInfo info;
   info.total_bytes = state_->options.total_memory;
   info.free_bytes = info.total_bytes - state_->allocated_bytes;
@@ -242,17 +231,10 @@ absl::StatusOr<MemoryInfo> FakeDevice::GetMemoryInfo() const {
 
 absl::StatusOr<std::unique_ptr<DeviceArena>> FakeDevice::Allocate(
     uint64_t bytes) {
+  absl::Status fault = AllocationFault(bytes);
+  if (!fault.ok()) return fault;
   {
     MutexLock lock(&state_->mu);
-    uint64_t n = ++state_->allocations;
-    const Faults& f = state_->faults;
-    if (f.fail_allocation != 0 &&
-        (n == f.fail_allocation ||
-         (f.fail_all_allocations && n > f.fail_allocation))) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("fake GPU ", index_, ": injected failure allocating ",
-                       bytes, " bytes"));
-    }
     uint64_t total = state_->options.total_memory;
     if (bytes > total - state_->allocated_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -297,22 +279,17 @@ absl::Status FakeDevice::CopyToDeviceAsync(DeviceArena* arena, uint64_t offset,
   if (src == nullptr && length > 0) {
     return absl::InvalidArgumentError("copy from a null host pointer");
   }
+  s = SubmitFault();
+  if (!s.ok()) return s;
+  absl::Status copy_error = CopyFault();
   MutexLock lock(&state_->mu);
-  uint64_t n = ++state_->copy_submits;
-  if (state_->faults.fail_copy_submit != 0 &&
-      n == state_->faults.fail_copy_submit) {
-    return absl::InternalError(absl::StrCat(
-        "fake GPU ", index_, ": injected failure submitting copy ", n));
-  }
-  uint64_t copy_number = ++state_->copies;
   State::Stream& st = state_->streams[stream];
   State::Copy copy;
   copy.dst = fake->segment()->data() + offset;
   copy.src = src;
   copy.length = length;
   copy.seq = ++st.submitted;
-  copy.fail =
-      state_->faults.fail_copy != 0 && copy_number == state_->faults.fail_copy;
+  copy.error = std::move(copy_error);
   st.queue.push_back(copy);
   state_->work_cv.SignalAll();
   return absl::OkStatus();
@@ -350,7 +327,7 @@ absl::Status FakeDevice::Synchronize() {
   return first;
 }
 
-absl::StatusOr<IpcHandle> FakeDevice::ExportHandle(const DeviceArena& arena) {
+absl::StatusOr<ArenaHandle> FakeDevice::ExportHandle(const DeviceArena& arena) {
   const FakeArena* fake = dynamic_cast<const FakeArena*>(&arena);
   if (fake == nullptr || fake->state() != state_.get()) {
     return absl::InvalidArgumentError(
@@ -361,27 +338,14 @@ absl::StatusOr<IpcHandle> FakeDevice::ExportHandle(const DeviceArena& arena) {
   info.device_index = index_;
   info.size = fake->segment()->size();
   info.name = fake->segment()->name();
-  return EncodeSharedHandle(info);
-}
-
-const uint8_t* FakeDevice::ArenaBytes(const DeviceArena& arena) {
-  const FakeArena* fake = dynamic_cast<const FakeArena*>(&arena);
-  return fake == nullptr ? nullptr : fake->segment()->data();
-}
-
-uint64_t FakeDevice::allocated_bytes() const {
-  MutexLock lock(&state_->mu);
-  return state_->allocated_bytes;
+  absl::StatusOr<IpcHandle> bytes = EncodeSharedHandle(info);
+  if (!bytes.ok()) return bytes.status();
+  return ArenaHandle{ArenaHandleKind::kSharedMemory, *bytes};
 }
 
 int FakeDevice::live_arenas() const {
   MutexLock lock(&state_->mu);
   return state_->live_arenas;
-}
-
-uint64_t FakeDevice::copies_started() const {
-  MutexLock lock(&state_->mu);
-  return state_->copies;
 }
 
 }  // namespace weightd

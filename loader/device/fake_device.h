@@ -1,9 +1,11 @@
-// A fake GPU for CI: its memory is a shared-memory segment per arena (so a
-// second process can read an arena through the exported 64-byte handle with
-// OpenSharedHandle()), copies run asynchronously on one worker thread per
-// stream with a configurable delay, and failures can be injected: the Nth
-// allocation, the Nth copy (fails when it runs, reported by events), the Nth
-// copy submission, memory info.
+// A fake GPU for CI and demos (the daemon's --fake_gpus): its memory is a
+// shared-memory segment per arena, exported as a shared-memory handle (so a
+// second process opens an arena with OpenArenaHandle()), and copies run
+// asynchronously on one worker thread per stream with a fixed delay.
+//
+// Failures are injected only by a test subclass
+// (fault_injecting_fake_device.h, testonly) through the protected seams
+// below; the daemon's fake GPUs never fail on purpose.
 #ifndef WEIGHTD_LOADER_DEVICE_FAKE_DEVICE_H_
 #define WEIGHTD_LOADER_DEVICE_FAKE_DEVICE_H_
 
@@ -20,37 +22,17 @@ namespace weightd {
 
 class FakeDevice : public Device {
  public:
-  struct Faults {
-    // Allocate() call number N (from 1) fails; with fail_all_allocations,
-    // every call from N on. 0: never.
-    uint64_t fail_allocation = 0;
-    bool fail_all_allocations = false;
-    // Copy number N (from 1, counted over accepted copies) fails when the
-    // worker runs it. The first event recorded on its stream after it (and
-    // Synchronize()) report `copy_error`.
-    uint64_t fail_copy = 0;
-    absl::Status copy_error = absl::InternalError("injected copy failure");
-    // CopyToDeviceAsync call number N returns an error at once.
-    uint64_t fail_copy_submit = 0;
-    // GetMemoryInfo() fails.
-    bool fail_memory_info = false;
-  };
-
   struct Options {
     int index = 0;
     uint64_t total_memory = 16ull << 30;
     int num_streams = 4;
+    // Each copy takes at least this long (--fake_gpu_copy_delay_us).
     absl::Duration copy_delay = absl::ZeroDuration();
-    Faults faults;
   };
 
   static absl::StatusOr<std::unique_ptr<FakeDevice>> Create(
       const Options& options);
   ~FakeDevice() override;
-
-  // Replaces the injected faults; counters keep running.
-  void SetFaults(const Faults& faults);
-  void SetCopyDelay(absl::Duration delay);
 
   DeviceKind kind() const override { return DeviceKind::kFakeGpu; }
   int index() const override { return index_; }
@@ -71,22 +53,35 @@ class FakeDevice : public Device {
   absl::StatusOr<std::unique_ptr<DeviceEvent>> CreateEvent() override;
   absl::Status RecordEvent(DeviceEvent* event, int stream) override;
   absl::Status Synchronize() override;
-  absl::StatusOr<IpcHandle> ExportHandle(const DeviceArena& arena) override;
+  // A shared-memory handle naming the arena's segment.
+  absl::StatusOr<ArenaHandle> ExportHandle(const DeviceArena& arena) override;
 
-  // Test access to an arena's bytes (null if not a fake arena).
-  static const uint8_t* ArenaBytes(const DeviceArena& arena);
+  struct State;  // shared with arenas, events and the stream workers
 
-  // Bookkeeping for leak checks.
-  uint64_t allocated_bytes() const;
+ protected:
+  // Starts the stream workers; the subclass's Create() passes the result to
+  // the constructor.
+  static absl::StatusOr<std::shared_ptr<State>> Start(const Options& options);
+  FakeDevice(const Options& options, std::shared_ptr<State> state);
+
+  // Seams for fault injection, called on the caller's thread (never from a
+  // stream worker); each returns the failure to inject, OK for none.
+  // Allocate() fails with it.
+  virtual absl::Status AllocationFault(uint64_t bytes) {
+    return absl::OkStatus();
+  }
+  // CopyToDeviceAsync() (arguments already checked) fails with it at once.
+  virtual absl::Status SubmitFault() { return absl::OkStatus(); }
+  // The accepted copy fails with it when its worker runs it: the first event
+  // recorded on its stream after it, and Synchronize(), report it.
+  virtual absl::Status CopyFault() { return absl::OkStatus(); }
+  // GetMemoryInfo() fails with it.
+  virtual absl::Status MemoryInfoFault() const { return absl::OkStatus(); }
+
+  // Arenas not yet destroyed (leak checks of the subclass).
   int live_arenas() const;
-  uint64_t copies_started() const;
-
-  struct State;  // shared with arenas and events
 
  private:
-  FakeDevice(int index, int num_streams, std::shared_ptr<State> state)
-      : index_(index), num_streams_(num_streams), state_(std::move(state)) {}
-
   const int index_;
   const int num_streams_;
   std::shared_ptr<State> state_;

@@ -17,6 +17,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -35,28 +36,6 @@ constexpr size_t kInstanceIdLength = 12;
 constexpr char kHostMagic[4] = {'W', 'D', 'S', 'H'};
 constexpr char kFakeMagic[4] = {'W', 'D', 'F', 'G'};
 constexpr uint8_t kVersion = 1;
-
-absl::Status ErrnoError(int err, const std::string& what) {
-  std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    case ENOMEM:
-    case ENOSPC:
-    case EMFILE:
-    case ENFILE:
-    case EFBIG:
-      return absl::ResourceExhaustedError(message);
-    case EINVAL:
-    case ENAMETOOLONG:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
 
 // The file names of the naming scheme in shared_memory.h.
 std::string LockFileName(absl::string_view id) {
@@ -136,7 +115,8 @@ absl::StatusOr<std::string> RandomInstanceId() {
     ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoError(errno, "getrandom for a shared-memory instance id");
+      return absl::ErrnoToStatus(errno,
+                                 "getrandom for a shared-memory instance id");
     }
     got += static_cast<size_t>(n);
   }
@@ -201,7 +181,7 @@ absl::Status ReserveError(int err, int fd, const std::string& path,
                     "memory budget)");
     return absl::ResourceExhaustedError(message);
   }
-  return ErrnoError(err, message);
+  return absl::Status(absl::ErrnoToStatusCode(err), message);
 }
 
 bool SameFile(const struct stat& a, const struct stat& b) {
@@ -250,8 +230,9 @@ SharedMemoryInstance::Create(const Options& options) {
       open(options.directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!directory.valid()) {
     int err = errno;
-    return ErrnoError(err, absl::StrCat("opening shared-memory directory ",
-                                        options.directory));
+    return absl::ErrnoToStatus(
+        err,
+        absl::StrCat("opening shared-memory directory ", options.directory));
   }
   constexpr int kAttempts = 8;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
@@ -266,7 +247,8 @@ SharedMemoryInstance::Create(const Options& options) {
     if (!lock.valid()) {
       int err = errno;
       if (err == EEXIST) continue;
-      return ErrnoError(err, absl::StrCat("creating lock file ", lock_path));
+      return absl::ErrnoToStatus(
+          err, absl::StrCat("creating lock file ", lock_path));
     }
     if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
       // A reclaimer starting now took the fresh file for a dead instance's;
@@ -274,14 +256,14 @@ SharedMemoryInstance::Create(const Options& options) {
       if (errno == EWOULDBLOCK || errno == EINTR) continue;
       int err = errno;
       unlinkat(directory.get(), lock_name.c_str(), 0);
-      return ErrnoError(err, absl::StrCat("flock(", lock_path, ")"));
+      return absl::ErrnoToStatus(err, absl::StrCat("flock(", lock_path, ")"));
     }
     // Such a reclaimer may also have unlinked it before our flock: then we
     // hold a lock nobody can find. Keep it only if the name is still ours.
     struct stat held, named;
     if (fstat(lock.get(), &held) != 0) {
       int err = errno;
-      return ErrnoError(err, absl::StrCat("fstat(", lock_path, ")"));
+      return absl::ErrnoToStatus(err, absl::StrCat("fstat(", lock_path, ")"));
     }
     if (fstatat(directory.get(), lock_name.c_str(), &named,
                 AT_SYMLINK_NOFOLLOW) != 0 ||
@@ -340,8 +322,8 @@ SharedMemoryInstance::CreateSegment(uint64_t size, absl::string_view prefix,
   }
   const std::string path = absl::StrCat(directory_, "/", file_name);
   if (!fd.valid()) {
-    return ErrnoError(open_error,
-                      absl::StrCat("creating shared-memory segment ", path));
+    return absl::ErrnoToStatus(
+        open_error, absl::StrCat("creating shared-memory segment ", path));
   }
   // From here on the segment owns the name: any failure unlinks it.
   std::unique_ptr<SharedMemorySegment> segment(new SharedMemorySegment());
@@ -359,7 +341,8 @@ SharedMemoryInstance::CreateSegment(uint64_t size, absl::string_view prefix,
                    flags, fd.get(), 0);
     if (p == MAP_FAILED) {
       int err = errno;
-      return ErrnoError(err, absl::StrCat("mmap(", path, ", ", size, ")"));
+      return absl::ErrnoToStatus(err,
+                                 absl::StrCat("mmap(", path, ", ", size, ")"));
     }
     segment->data_ = static_cast<uint8_t*>(p);
     segment->size_ = size;
@@ -381,7 +364,7 @@ SharedMemoryInstance::ReclaimDeadInstances() const {
     if (dir == nullptr) {
       int err = errno;
       if (listing_fd >= 0) close(listing_fd);
-      return ErrnoError(err, absl::StrCat("listing ", directory_));
+      return absl::ErrnoToStatus(err, absl::StrCat("listing ", directory_));
     }
     while (struct dirent* entry = readdir(dir)) {
       std::optional<ShmFileName> parsed = ParseShmFileName(entry->d_name);
@@ -479,13 +462,13 @@ absl::StatusOr<std::unique_ptr<SharedMapping>> OpenSharedSegment(
   int fd = shm_open(name.c_str(), O_RDONLY | O_CLOEXEC, 0);
   if (fd < 0) {
     int err = errno;
-    return ErrnoError(err, absl::StrCat("shm_open(", name, ")"));
+    return absl::ErrnoToStatus(err, absl::StrCat("shm_open(", name, ")"));
   }
   struct stat st;
   if (fstat(fd, &st) != 0) {
     int err = errno;
     close(fd);
-    return ErrnoError(err, absl::StrCat("fstat(", name, ")"));
+    return absl::ErrnoToStatus(err, absl::StrCat("fstat(", name, ")"));
   }
   if (static_cast<uint64_t>(st.st_size) < size) {
     close(fd);
@@ -501,7 +484,7 @@ absl::StatusOr<std::unique_ptr<SharedMapping>> OpenSharedSegment(
     if (p == MAP_FAILED) {
       int err = errno;
       close(fd);
-      return ErrnoError(err, absl::StrCat("mmap(", name, ")"));
+      return absl::ErrnoToStatus(err, absl::StrCat("mmap(", name, ")"));
     }
     mapping->data_ = static_cast<const uint8_t*>(p);
     mapping->size_ = size;
@@ -556,13 +539,6 @@ absl::StatusOr<SharedHandleInfo> DecodeSharedHandle(const IpcHandle& handle) {
     return absl::InvalidArgumentError("handle carries a bad segment name");
   }
   return info;
-}
-
-absl::StatusOr<std::unique_ptr<SharedMapping>> OpenSharedHandle(
-    const IpcHandle& handle) {
-  absl::StatusOr<SharedHandleInfo> info = DecodeSharedHandle(handle);
-  if (!info.ok()) return info.status();
-  return OpenSharedSegment(info->name, info->size);
 }
 
 }  // namespace weightd

@@ -1,6 +1,8 @@
-// POSIX shared-memory segments: the host arenas (and the fake GPU's memory),
-// their 64-byte handles, the client-side read-only mapping, and the
-// bookkeeping that lets a restarted daemon reclaim what a killed one left.
+// POSIX shared-memory segments: host copies of checkpoints (casts, byte
+// swaps) and the fake GPU's memory, the 64-byte handles of shared-memory
+// arenas (opened with OpenArenaHandle(), arena_handle.h), the client-side
+// read-only mapping, and the bookkeeping that lets a restarted daemon reclaim
+// what a killed one left.
 //
 // Handle layout (little-endian): bytes 0-3 magic ("WDSH" host, "WDFG" fake
 // GPU), 4 version (1), 5 device index, 6-7 zero, 8-15 size, 16-63 the segment
@@ -152,11 +154,6 @@ absl::StatusOr<IpcHandle> EncodeSharedHandle(const SharedHandleInfo& info);
 // INVALID_ARGUMENT for anything that is not a host or fake-GPU handle (a
 // CUDA handle, garbage).
 absl::StatusOr<SharedHandleInfo> DecodeSharedHandle(const IpcHandle& handle);
-
-// The client side: decodes a host or fake-GPU handle and maps the arena's
-// bytes read-only.
-absl::StatusOr<std::unique_ptr<SharedMapping>> OpenSharedHandle(
-    const IpcHandle& handle);
 
 }  // namespace weightd
 

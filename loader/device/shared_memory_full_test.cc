@@ -17,8 +17,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "loader/device/fake_device.h"
-#include "loader/device/host_device.h"
+#include "loader/device/arena_handle.h"
+#include "loader/device/fault_injecting_fake_device.h"
 #include "loader/device/shared_memory.h"
 
 namespace weightd {
@@ -127,31 +127,11 @@ TEST_F(SmallDevShmTest, SecondSegmentThatNoLongerFits) {
   std::memset((*third)->data(), 9, 2 << 20);
 }
 
-TEST_F(SmallDevShmTest, HostArena) {
-  auto device = HostDevice::Create();
-  ASSERT_TRUE(device.ok());
-  auto arena = (*device)->Allocate(64 << 20);
-  ExpectNamesTheSizes(arena.status(), 64 << 20, kShmBytes);
-  HostDevice::Options populated;
-  populated.populate_arenas = true;
-  device = HostDevice::Create(populated);
-  ASSERT_TRUE(device.ok());
-  arena = (*device)->Allocate(9 << 20);
-  ExpectNamesTheSizes(arena.status(), 9 << 20, kShmBytes);
-  arena = (*device)->Allocate(1 << 20);
-  ASSERT_TRUE(arena.ok()) << arena.status();
-  std::vector<uint8_t> bytes(1 << 20, 3);
-  ASSERT_TRUE(
-      (*device)
-          ->CopyToDeviceAsync(arena->get(), 0, bytes.data(), bytes.size(), 0)
-          .ok());
-}
-
 // The fake GPU's own budget (16 GiB) is far above what /dev/shm holds.
 TEST_F(SmallDevShmTest, FakeGpuArena) {
-  auto device = FakeDevice::Create(FakeDevice::Options());
+  auto device = FaultInjectingFakeDevice::Create(FakeDevice::Options());
   ASSERT_TRUE(device.ok());
-  FakeDevice& gpu = **device;
+  FaultInjectingFakeDevice& gpu = **device;
   auto arena = gpu.Allocate(16 << 20);
   ExpectNamesTheSizes(arena.status(), 16 << 20, kShmBytes);
   EXPECT_TRUE(absl::StartsWith(arena.status().message(), "fake GPU 0: "))
@@ -169,7 +149,11 @@ TEST_F(SmallDevShmTest, FakeGpuArena) {
       gpu.CopyToDeviceAsync(arena->get(), 0, bytes.data(), bytes.size(), 0)
           .ok());
   ASSERT_TRUE(gpu.Synchronize().ok());
-  EXPECT_EQ(FakeDevice::ArenaBytes(**arena)[(6 << 20) - 1], 5);
+  auto handle = gpu.ExportHandle(**arena);
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  auto opened = OpenArenaHandle(*handle, 6 << 20, gpu.uuid());
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ((*opened)->host_data()[(6 << 20) - 1], 5);
   auto more = gpu.Allocate(6 << 20);
   EXPECT_TRUE(absl::IsResourceExhausted(more.status())) << more.status();
   EXPECT_EQ(gpu.allocated_bytes(), 6u << 20);

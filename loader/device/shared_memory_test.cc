@@ -18,19 +18,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "loader/common/test_child.h"
+#include "loader/device/arena_handle.h"
 
 namespace weightd {
 namespace {
 
-// Runs `check` in a child process; returns its exit code.
-template <typename F>
-int InChild(F check) {
-  pid_t pid = fork();
-  if (pid == 0) _exit(check());
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
-}
+using testing::LingeringChild;
+using testing::ReportAndWait;
+using testing::RunInChild;
 
 TEST(SharedMemoryTest, AnotherProcessReadsTheSegment) {
   auto segment = SharedMemorySegment::Create(1 << 20);
@@ -46,7 +42,7 @@ TEST(SharedMemoryTest, AnotherProcessReadsTheSegment) {
   EXPECT_EQ((*instance)->id().size(), 12u);
   for (size_t i = 0; i < seg.size(); ++i) seg.data()[i] = i * 7 + 3;
   std::string name = seg.name();
-  EXPECT_EQ(InChild([&] {
+  EXPECT_EQ(RunInChild([&] {
               auto m = OpenSharedSegment(name, 1 << 20);
               if (!m.ok()) return 1;
               for (size_t i = 0; i < (1 << 20); ++i) {
@@ -79,9 +75,10 @@ TEST(SharedMemoryTest, HandleRoundTripAndOpen) {
   auto again = IpcHandle::FromString(handle->ToString());
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, *handle);
-  auto mapping = OpenSharedHandle(*handle);
-  ASSERT_TRUE(mapping.ok()) << mapping.status();
-  EXPECT_EQ((*mapping)->data()[4095], 0xab);
+  auto opened =
+      OpenArenaHandle({ArenaHandleKind::kSharedMemory, *handle}, 4096, "");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ((*opened)->host_data()[4095], 0xab);
 }
 
 TEST(SharedMemoryTest, Errors) {
@@ -175,62 +172,37 @@ void WriteFile(const std::string& path, const std::string& bytes) {
 class InstanceProcess {
  public:
   InstanceProcess(const std::string& directory,
-                  const std::vector<uint64_t>& sizes) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      close(fds[0]);
-      SharedMemoryInstance::Options options;
-      options.directory = directory;
-      auto instance = SharedMemoryInstance::Create(options);
-      if (!instance.ok()) _exit(1);
-      std::string report = (*instance)->id();
-      std::vector<std::unique_ptr<SharedMemorySegment>> segments;
-      for (uint64_t size : sizes) {
-        auto segment = (*instance)->CreateSegment(size);
-        if (!segment.ok()) _exit(2);
-        if (size > 0) std::memset((*segment)->data(), 0x5a, size);
-        absl::StrAppend(&report, " ", (*segment)->name().substr(1));
-        segments.push_back(std::move(*segment));
-      }
-      report += "\n";
-      if (write(fds[1], report.data(), report.size()) !=
-          static_cast<ssize_t>(report.size())) {
-        _exit(3);
-      }
-      for (;;) pause();
-    }
-    close(fds[1]);
-    std::string report;
-    char buffer[512];
-    ssize_t n;
-    while (report.find('\n') == std::string::npos &&
-           (n = read(fds[0], buffer, sizeof(buffer))) > 0) {
-      report.append(buffer, n);
-    }
-    close(fds[0]);
-    std::vector<std::string> words =
-        absl::StrSplit(absl::StripSuffix(report, "\n"), ' ');
+                  const std::vector<uint64_t>& sizes)
+      : child_([&](ReportAndWait report_and_wait) {
+          SharedMemoryInstance::Options options;
+          options.directory = directory;
+          auto instance = SharedMemoryInstance::Create(options);
+          if (!instance.ok()) return;
+          std::string report = (*instance)->id();
+          std::vector<std::unique_ptr<SharedMemorySegment>> segments;
+          for (uint64_t size : sizes) {
+            auto segment = (*instance)->CreateSegment(size);
+            if (!segment.ok()) return;
+            if (size > 0) std::memset((*segment)->data(), 0x5a, size);
+            absl::StrAppend(&report, " ", (*segment)->name().substr(1));
+            segments.push_back(std::move(*segment));
+          }
+          report_and_wait(report);
+        }) {
+    std::vector<std::string> words = absl::StrSplit(child_.report(), ' ');
     if (words.empty() || words[0].empty()) return;
     id_ = words[0];
     files_.assign(words.begin() + 1, words.end());
   }
-  ~InstanceProcess() { Kill(); }
 
   bool ok() const { return !id_.empty(); }
   const std::string& id() const { return id_; }
   // The segments' file names, without the leading '/'.
   const std::vector<std::string>& files() const { return files_; }
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
+  void Kill() { child_.Kill(); }
 
  private:
-  pid_t pid_ = -1;
+  LingeringChild child_;
   std::string id_;
   std::vector<std::string> files_;
 };

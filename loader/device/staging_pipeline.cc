@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
-#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "loader/common/logging.h"
@@ -205,9 +204,6 @@ absl::Status StagingPipeline::Run(DeviceArena* arena, const FileSource& file,
     return absl::FailedPreconditionError(
         "staging pipeline unusable after an earlier reader failure");
   }
-  if (arena->host_data() != nullptr && options_.direct_host_reads) {
-    return RunDirect(arena, file, ranges, total, cancel, progress, stats);
-  }
   return RunStaged(arena, file, ranges, total, cancel, progress, stats);
 }
 
@@ -234,7 +230,6 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
                                         const CancellationToken* cancel,
                                         const StagingProgressFn& progress,
                                         StagingStats* stats) {
-  stats->staged = true;
   absl::Status status = EnsureBuffers();
   if (!status.ok()) return status;
   ChunkCursor cursor(ranges, options_.chunk_bytes);
@@ -422,102 +417,6 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       --copies;
       release(i);
     }
-  }
-  if (status.ok()) stats->bytes = done;
-  return status;
-}
-
-absl::Status StagingPipeline::RunDirect(DeviceArena* arena,
-                                        const FileSource& file,
-                                        absl::Span<const CopyRange> ranges,
-                                        uint64_t total,
-                                        const CancellationToken* cancel,
-                                        const StagingProgressFn& progress,
-                                        StagingStats* stats) {
-  stats->staged = false;
-  ChunkCursor cursor(ranges, options_.chunk_bytes);
-  absl::Status status;
-  uint64_t done = 0;
-  uint64_t next_tag = 0;
-  std::map<uint64_t, Chunk> in_flight;
-  std::vector<ReadResult> results;
-  const size_t depth = static_cast<size_t>(reader_->queue_depth());
-  uint8_t* base = arena->host_data();
-  auto fail = [&](absl::Status s) {
-    if (status.ok()) status = std::move(s);
-  };
-  auto chunk_done = [&](uint64_t length) {
-    done += length;
-    ++stats->chunks;
-    if (progress && !(cancel != nullptr && cancel->cancelled())) {
-      progress(done, total);
-    }
-  };
-
-  for (;;) {
-    while (status.ok() && !cursor.done() && in_flight.size() < depth) {
-      if (cancel != nullptr && cancel->cancelled()) break;
-      Chunk c = cursor.Next();
-      if (c.generated()) {
-        absl::Status s = c.Generate(base + c.arena_offset());
-        if (!s.ok()) {
-          fail(s);
-          break;
-        }
-        chunk_done(c.length);
-        continue;
-      }
-      if (!c.from_file()) {
-        std::memcpy(base + c.arena_offset(), c.memory(), c.length);
-        chunk_done(c.length);
-        continue;
-      }
-      ReadRequest req;
-      req.fd = file.fd;
-      req.direct_fd = file.direct_fd;
-      req.offset = c.file_offset();
-      req.buffer = base + c.arena_offset();
-      req.length = static_cast<size_t>(c.length);
-      req.tag = next_tag++;
-      absl::Status s = reader_->Submit(req);
-      if (!s.ok()) {
-        fail(Annotate(
-            s, absl::StrCat("reading ", file.name, " at offset ", req.offset)));
-        break;
-      }
-      in_flight[req.tag] = c;
-      stats->max_reads_in_flight = std::max(stats->max_reads_in_flight,
-                                            static_cast<int>(in_flight.size()));
-    }
-    if (status.ok() && cancel != nullptr && cancel->cancelled()) {
-      fail(absl::CancelledError(absl::StrCat("load of ", file.name,
-                                             " cancelled after ", done, " of ",
-                                             total, " bytes")));
-    }
-    if (in_flight.empty()) break;
-    absl::Status s = reader_->Wait(1, &results);
-    if (!s.ok()) {
-      // The arena may still be written: the caller must not free it while
-      // the reader lives; mark the pipeline broken so it is not reused.
-      broken_ = true;
-      fail(Annotate(s, "reader"));
-      break;
-    }
-    for (const ReadResult& r : results) {
-      auto it = in_flight.find(r.tag);
-      if (it == in_flight.end()) continue;
-      Chunk c = it->second;
-      in_flight.erase(it);
-      if (!r.status.ok()) {
-        fail(Annotate(r.status, absl::StrCat("reading ", file.name,
-                                             " at offset ", c.file_offset())));
-      } else if (r.bytes_read != c.length) {
-        fail(ShortRead(file, c.file_offset(), c.length, r.bytes_read));
-      } else if (status.ok()) {
-        chunk_done(c.length);
-      }
-    }
-    results.clear();
   }
   if (status.ok()) stats->bytes = done;
   return status;

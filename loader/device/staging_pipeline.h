@@ -9,8 +9,6 @@
 // filled buffer's host-to-device copy is queued asynchronously on a stream
 // and an event recorded after it; a buffer is reused once its event has
 // completed, so reads of later chunks overlap copies of earlier ones.
-// Host-addressable arenas (the host device) skip staging: file bytes are
-// read straight into the arena, up to the reader's queue depth at once.
 //
 // The cancellation token is checked between chunks. Any read or copy error,
 // a short read, or cancellation stops issuing work, waits for everything in
@@ -100,14 +98,11 @@ struct CopyRange {
 struct StagingOptions {
   uint64_t chunk_bytes = 8ull << 20;
   int num_buffers = 4;
-  // Read straight into host-addressable arenas instead of staging.
-  bool direct_host_reads = true;
 };
 
 struct StagingStats {
   uint64_t bytes = 0;
   uint64_t chunks = 0;
-  bool staged = false;  // false: read straight into the arena
   int max_reads_in_flight = 0;
   int max_copies_in_flight = 0;
 };
@@ -115,7 +110,7 @@ struct StagingStats {
 class StagingPipeline {
  public:
   // Takes the reader (created by CreateReader(), possibly wrapped for fault
-  // injection). Staging buffers are allocated on the first staged Run().
+  // injection). Staging buffers are allocated on the first Run().
   static absl::StatusOr<std::unique_ptr<StagingPipeline>> Create(
       Device* device, std::unique_ptr<Reader> reader,
       const StagingOptions& options);
@@ -139,7 +134,7 @@ class StagingPipeline {
   Device* device() const { return device_; }
   Reader* reader() const { return reader_.get(); }
   const StagingOptions& options() const { return options_; }
-  // Host memory held for staging now (0 until the first staged Run()).
+  // Host memory held for staging now (0 until the first Run()).
   uint64_t staging_bytes() const;
 
  private:
@@ -148,11 +143,6 @@ class StagingPipeline {
                   const StagingOptions& options);
   absl::Status EnsureBuffers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunStaged(DeviceArena* arena, const FileSource& file,
-                         absl::Span<const CopyRange> ranges, uint64_t total,
-                         const CancellationToken* cancel,
-                         const StagingProgressFn& progress, StagingStats* stats)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RunDirect(DeviceArena* arena, const FileSource& file,
                          absl::Span<const CopyRange> ranges, uint64_t total,
                          const CancellationToken* cancel,
                          const StagingProgressFn& progress, StagingStats* stats)

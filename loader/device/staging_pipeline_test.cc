@@ -1,7 +1,6 @@
-// The staging pipeline on the fake GPU and on host, over every reader backend.
+// The staging pipeline on the fake GPU, over every reader backend.
 #include "loader/device/staging_pipeline.h"
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,9 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "loader/device/fake_device.h"
-#include "loader/device/host_device.h"
-#include "loader/device/shared_memory.h"
+#include "loader/common/test_child.h"
+#include "loader/device/arena_handle.h"
+#include "loader/device/fault_injecting_fake_device.h"
 #include "loader/io/fault_injecting_reader.h"
 #include "loader/io/io_uring_reader.h"
 #include "loader/io/mapped_file.h"
@@ -127,7 +126,6 @@ void ExpectArena(const uint8_t* arena, const Layout& l) {
 
 struct Param {
   std::string label;
-  DeviceKind device;
   IoBackend backend;
   uint64_t chunk;
   int buffers;
@@ -155,20 +153,20 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
     source_.fd = file_->fd();
     source_.size = file_->size();
     source_.name = *path_;
-    if (GetParam().device == DeviceKind::kHost) {
-      auto d = HostDevice::Create();
-      ASSERT_TRUE(d.ok());
-      device_ = std::move(*d);
-    } else {
-      FakeDevice::Options o;
-      o.total_memory = 64 << 20;
-      o.num_streams = 2;
-      auto d = FakeDevice::Create(o);
-      ASSERT_TRUE(d.ok());
-      fake_ = d->get();
-      device_ = std::move(*d);
-    }
+    UseDevice(absl::ZeroDuration());
     layout_ = MakeLayout(kFileSize, GetParam().chunk);
+  }
+
+  // A fresh fake GPU whose copies take `copy_delay` each.
+  void UseDevice(absl::Duration copy_delay) {
+    FakeDevice::Options o;
+    o.total_memory = 64 << 20;
+    o.num_streams = 2;
+    o.copy_delay = copy_delay;
+    auto d = FaultInjectingFakeDevice::Create(o);
+    ASSERT_TRUE(d.ok());
+    fake_ = d->get();
+    device_ = std::move(*d);
   }
 
   std::unique_ptr<Reader> NewReader(int queue_depth = 8) {
@@ -189,8 +187,14 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
     return p.ok() ? std::move(*p) : nullptr;
   }
 
-  const uint8_t* ArenaBytes(const DeviceArena& arena) {
-    return fake_ != nullptr ? FakeDevice::ArenaBytes(arena) : arena.host_data();
+  // The arena opened the way a client opens it: by its exported handle.
+  std::unique_ptr<OpenedArena> Open(const DeviceArena& arena) {
+    auto handle = device_->ExportHandle(arena);
+    EXPECT_TRUE(handle.ok()) << handle.status();
+    if (!handle.ok()) return nullptr;
+    auto opened = OpenArenaHandle(*handle, arena.size(), device_->uuid());
+    EXPECT_TRUE(opened.ok()) << opened.status();
+    return opened.ok() ? std::move(*opened) : nullptr;
   }
 
   // A full load of the layout succeeds with every byte in place (a pipeline
@@ -199,21 +203,21 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
     auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
                                 nullptr, nullptr);
     ASSERT_TRUE(arena.ok()) << arena.status();
-    ExpectArena(ArenaBytes(**arena), layout_);
+    auto opened = Open(**arena);
+    ASSERT_NE(opened, nullptr);
+    ExpectArena(opened->host_data(), layout_);
   }
 
   void ExpectNoLeaks() {
-    if (fake_ != nullptr) {
-      EXPECT_EQ(fake_->live_arenas(), 0);
-      EXPECT_EQ(fake_->allocated_bytes(), 0u);
-    }
+    EXPECT_EQ(fake_->live_arenas(), 0);
+    EXPECT_EQ(fake_->allocated_bytes(), 0u);
   }
 
   static std::string* path_;
   std::unique_ptr<MappedFile> file_;
   FileSource source_;
   std::unique_ptr<Device> device_;
-  FakeDevice* fake_ = nullptr;
+  FaultInjectingFakeDevice* fake_ = nullptr;
   Layout layout_;
 };
 
@@ -231,7 +235,11 @@ TEST_P(StagingPipelineTest, ByteIdenticalAtEveryOffset) {
       },
       &stats);
   ASSERT_TRUE(arena.ok()) << arena.status();
-  ExpectArena(ArenaBytes(**arena), layout_);
+  {
+    auto opened = Open(**arena);
+    ASSERT_NE(opened, nullptr);
+    ExpectArena(opened->host_data(), layout_);
+  }
   uint64_t total = 0;
   for (const CopyRange& r : layout_.ranges) total += r.length;
   ASSERT_FALSE(progress.empty());
@@ -241,37 +249,34 @@ TEST_P(StagingPipelineTest, ByteIdenticalAtEveryOffset) {
     if (i > 0) EXPECT_GT(progress[i].first, progress[i - 1].first);
   }
   EXPECT_EQ(stats.bytes, total);
-  EXPECT_EQ(stats.staged, GetParam().device != DeviceKind::kHost);
-  if (stats.staged) {
-    // Bounded memory: the ring, whatever the checkpoint size.
-    EXPECT_EQ(pipeline->staging_bytes(), GetParam().chunk * GetParam().buffers);
-    EXPECT_LE(stats.max_reads_in_flight, GetParam().buffers);
-    EXPECT_LE(stats.max_copies_in_flight, GetParam().buffers);
-  } else {
-    EXPECT_EQ(pipeline->staging_bytes(), 0u);
-  }
-  // The exported handle opens elsewhere with the same bytes.
+  // Bounded memory: the ring, whatever the checkpoint size.
+  EXPECT_EQ(pipeline->staging_bytes(), GetParam().chunk * GetParam().buffers);
+  EXPECT_LE(stats.max_reads_in_flight, GetParam().buffers);
+  EXPECT_LE(stats.max_copies_in_flight, GetParam().buffers);
+  // The exported handle opens in another process with the same bytes.
   auto handle = device_->ExportHandle(**arena);
   ASSERT_TRUE(handle.ok()) << handle.status();
-  IpcHandle h = *handle;
+  const ArenaHandle h = *handle;
   const Layout& l = layout_;
-  pid_t pid = fork();
-  if (pid == 0) {
-    auto m = OpenSharedHandle(h);
-    if (!m.ok()) _exit(1);
-    for (const CopyRange& r : l.ranges) {
-      if (!RangeMatches((*m)->data(), r)) _exit(2);
-    }
-    _exit(0);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  const uint64_t size = (*arena)->size();
+  EXPECT_EQ(testing::RunInChild([&] {
+              auto opened = OpenArenaHandle(h, size, "");
+              if (!opened.ok()) return 1;
+              for (const CopyRange& r : l.ranges) {
+                if (!RangeMatches((*opened)->host_data(), r)) return 2;
+              }
+              return 0;
+            }),
+            0);
   // Reused for a second load.
   auto again = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
                               nullptr, nullptr);
   ASSERT_TRUE(again.ok()) << again.status();
-  ExpectArena(ArenaBytes(**again), layout_);
+  {
+    auto opened = Open(**again);
+    ASSERT_NE(opened, nullptr);
+    ExpectArena(opened->host_data(), layout_);
+  }
   arena->reset();
   again->reset();
   ExpectNoLeaks();
@@ -320,9 +325,8 @@ TEST_P(StagingPipelineTest, ShortReadAndSubmitFailure) {
 }
 
 TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
-  if (fake_ == nullptr) GTEST_SKIP() << "faults are injected on the fake GPU";
   auto pipeline = NewPipeline(NewReader());
-  FakeDevice::Faults f;
+  FaultInjectingFakeDevice::Faults f;
   f.fail_copy = fake_->copies_started() + 4;
   fake_->SetFaults(f);
   auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
@@ -333,9 +337,9 @@ TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
       << arena.status();
   ExpectNoLeaks();
 
-  FakeDevice::Options o;
-  o.faults.fail_copy_submit = 3;
-  auto fresh = FakeDevice::Create(o);
+  FaultInjectingFakeDevice::Faults submit;
+  submit.fail_copy_submit = 3;
+  auto fresh = FaultInjectingFakeDevice::Create(FakeDevice::Options(), submit);
   ASSERT_TRUE(fresh.ok());
   {
     StagingOptions so;
@@ -350,7 +354,7 @@ TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
   }
   EXPECT_EQ((*fresh)->live_arenas(), 0);
 
-  f = FakeDevice::Faults();
+  f = FaultInjectingFakeDevice::Faults();
   f.fail_allocation = 1;
   f.fail_all_allocations = true;
   fake_->SetFaults(f);
@@ -358,7 +362,7 @@ TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
                          nullptr);
   EXPECT_TRUE(absl::IsResourceExhausted(arena.status())) << arena.status();
   EXPECT_NE(arena.status().message().find("allocating"), std::string::npos);
-  fake_->SetFaults(FakeDevice::Faults());
+  fake_->SetFaults(FaultInjectingFakeDevice::Faults());
   // Too big for the device.
   arena = pipeline->Load(1ull << 40, source_, layout_.ranges, nullptr, nullptr);
   EXPECT_TRUE(absl::IsResourceExhausted(arena.status())) << arena.status();
@@ -367,7 +371,7 @@ TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
 }
 
 TEST_P(StagingPipelineTest, CancelMidLoad) {
-  if (fake_ != nullptr) fake_->SetCopyDelay(absl::Milliseconds(1));
+  UseDevice(absl::Milliseconds(1));
   FaultInjectingReader::Faults f;
   f.submit_delay = absl::Microseconds(200);
   auto pipeline =
@@ -470,9 +474,9 @@ TEST_P(StagingPipelineTest, RejectsBadRanges) {
   EXPECT_TRUE(a.ok()) << a.status();
   a = absl::CancelledError("");
   ExpectNoLeaks();
-  EXPECT_FALSE(StagingPipeline::Create(device_.get(), NewReader(),
-                                       StagingOptions{0, 4, true})
-                   .ok());
+  EXPECT_FALSE(
+      StagingPipeline::Create(device_.get(), NewReader(), StagingOptions{0, 4})
+          .ok());
 }
 
 TEST_P(StagingPipelineTest, ManyThreadsLoadingAtOnce) {
@@ -493,9 +497,13 @@ TEST_P(StagingPipelineTest, ManyThreadsLoadingAtOnce) {
           ++bad;
           continue;
         }
-        const uint8_t* bytes = ArenaBytes(**arena);
+        std::unique_ptr<OpenedArena> opened = Open(**arena);
+        if (opened == nullptr) {
+          ++bad;
+          continue;
+        }
         for (const CopyRange& r : layout_.ranges) {
-          if (!RangeMatches(bytes, r)) ++bad;
+          if (!RangeMatches(opened->host_data(), r)) ++bad;
         }
       }
     });
@@ -511,18 +519,12 @@ std::string Label(const ::testing::TestParamInfo<Param>& info) {
 
 INSTANTIATE_TEST_SUITE_P(
     All, StagingPipelineTest,
-    ::testing::Values(Param{"fake_uring_64k_x3", DeviceKind::kFakeGpu,
-                            IoBackend::kIoUring, 64 << 10, 3},
-                      Param{"fake_pread_64k_x3", DeviceKind::kFakeGpu,
-                            IoBackend::kPread, 64 << 10, 3},
-                      Param{"fake_uring_1m_x1", DeviceKind::kFakeGpu,
-                            IoBackend::kIoUring, 1 << 20, 1},
-                      Param{"fake_pread_odd_x4", DeviceKind::kFakeGpu,
-                            IoBackend::kPread, 100003, 4},
-                      Param{"host_uring_64k", DeviceKind::kHost,
-                            IoBackend::kIoUring, 64 << 10, 2},
-                      Param{"host_pread_1m", DeviceKind::kHost,
-                            IoBackend::kPread, 1 << 20, 2}),
+    ::testing::Values(
+        Param{"fake_uring_64k_x3", IoBackend::kIoUring, 64 << 10, 3},
+        Param{"fake_pread_64k_x3", IoBackend::kPread, 64 << 10, 3},
+        Param{"fake_uring_1m_x1", IoBackend::kIoUring, 1 << 20, 1},
+        Param{"fake_pread_odd_x4", IoBackend::kPread, 100003, 4},
+        Param{"fake_uring_1m_x2", IoBackend::kIoUring, 1 << 20, 2}),
     Label);
 
 }  // namespace

@@ -197,35 +197,20 @@ class InotifyFileWatcher : public FileWatcher {
 
   absl::Status AddWatchError(int err, const std::string& path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    std::string message =
-        absl::StrCat("inotify_add_watch(", path, "): ", std::strerror(err));
-    switch (err) {
-      case ENOSPC: {
-        absl::StrAppend(
-            &message,
-            ": the user's inotify watch limit (fs.inotify."
-            "max_user_watches = ",
-            InotifyLimit("/proc/sys/user/max_inotify_watches",
-                         "/proc/sys/fs/inotify/max_user_watches"),
-            ") is reached; models load, but changes to their files are "
-            "not seen until they are looked up");
-        if (!logged_limit_) {
-          LogWarning("file watcher: %s", message);
-          logged_limit_ = true;
-        }
-        return absl::ResourceExhaustedError(message);
-      }
-      case ENOMEM:
-        return absl::ResourceExhaustedError(message);
-      case ENOENT:
-      case ENOTDIR:
-        return absl::NotFoundError(message);
-      case EACCES:
-      case EPERM:
-        return absl::PermissionDeniedError(message);
-      default:
-        return absl::InternalError(message);
+    const std::string call = absl::StrCat("inotify_add_watch(", path, ")");
+    if (err != ENOSPC) return absl::ErrnoToStatus(err, call);
+    std::string message = absl::StrCat(
+        call, ": ", std::strerror(err),
+        ": the user's inotify watch limit (fs.inotify.max_user_watches = ",
+        InotifyLimit("/proc/sys/user/max_inotify_watches",
+                     "/proc/sys/fs/inotify/max_user_watches"),
+        ") is reached; models load, but changes to their files are not seen "
+        "until they are looked up");
+    if (!logged_limit_) {
+      LogWarning("file watcher: %s", message);
+      logged_limit_ = true;
     }
+    return absl::ResourceExhaustedError(message);
   }
 
   // Removes the inotify watch `wd` once no watch of ours uses it.

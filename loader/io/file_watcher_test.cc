@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,6 +15,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "loader/common/mutex.h"
+#include "loader/common/test_child.h"
 #include "loader/io/fake_file_watcher.h"
 #include "loader/io/test_util.h"
 
@@ -382,45 +382,40 @@ bool WriteProc(const char* path, const char* value) {
 TEST(FileWatcherLimitsTest, InotifyLimitsDegradeToNoWatching) {
   std::string path = testing::WritePatternFile("limited", 10, 1);
   ASSERT_FALSE(path.empty());
-  pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (unshare(CLONE_NEWUSER) != 0) _exit(77);
-    if (!WriteProc("/proc/sys/user/max_inotify_watches", "1")) _exit(77);
+  const int status = testing::RunInChild([&] {
+    if (unshare(CLONE_NEWUSER) != 0) return 77;
+    if (!WriteProc("/proc/sys/user/max_inotify_watches", "1")) return 77;
     auto watcher = CreateInotifyFileWatcher({}, [](const Change&) {});
-    if (!watcher.ok()) _exit(10);
+    if (!watcher.ok()) return 10;
     auto identity = StatFileIdentity(path);
-    if (!identity.ok()) _exit(11);
+    if (!identity.ok()) return 11;
     // The file's watch fits, its directory's does not.
     auto refused = (*watcher)->Watch(path, *identity, "");
-    if (!absl::IsResourceExhausted(refused.status())) _exit(12);
+    if (!absl::IsResourceExhausted(refused.status())) return 12;
     if (refused.status().message().find("max_user_watches") ==
         std::string::npos) {
-      _exit(13);
+      return 13;
     }
-    if ((*watcher)->active_watches() != 0) _exit(14);
-    if (!WriteProc("/proc/sys/user/max_inotify_watches", "10")) _exit(15);
-    if (!(*watcher)->Watch(path, *identity, "").ok()) _exit(16);
-    if (!WriteProc("/proc/sys/user/max_inotify_instances", "0")) _exit(17);
-    if (CreateInotifyFileWatcher({}, [](const Change&) {}).ok()) _exit(18);
+    if ((*watcher)->active_watches() != 0) return 14;
+    if (!WriteProc("/proc/sys/user/max_inotify_watches", "10")) return 15;
+    if (!(*watcher)->Watch(path, *identity, "").ok()) return 16;
+    if (!WriteProc("/proc/sys/user/max_inotify_instances", "0")) return 17;
+    if (CreateInotifyFileWatcher({}, [](const Change&) {}).ok()) return 18;
     std::unique_ptr<FileWatcher> off =
         CreateFileWatcher({}, [](const Change&) {});
     auto unavailable = off->Watch(path, *identity, "");
-    if (!absl::IsUnavailable(unavailable.status())) _exit(19);
+    if (!absl::IsUnavailable(unavailable.status())) return 19;
     if (unavailable.status().message().find("inotify_init1") ==
         std::string::npos) {
-      _exit(20);
+      return 20;
     }
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
+    return 0;
+  });
   unlink(path.c_str());
-  ASSERT_TRUE(WIFEXITED(status)) << status;
-  if (WEXITSTATUS(status) == 77) {
+  if (status == 77) {
     GTEST_SKIP() << "no user namespace with its own inotify limits here";
   }
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "failed check, see the _exit codes";
+  EXPECT_EQ(status, 0) << "failed check, see the child's return codes";
 }
 
 TEST(FakeFileWatcherTest, FiresEachWatchOfAPathOnce) {

@@ -15,27 +15,6 @@
 namespace weightd {
 namespace {
 
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  std::string message = absl::StrCat(what, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    case EINVAL:
-    case EISDIR:
-      return absl::InvalidArgumentError(message);
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-      return absl::ResourceExhaustedError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
-
 FileIdentity IdentityOf(const struct stat& st) {
   FileIdentity id;
   id.device = static_cast<uint64_t>(st.st_dev);
@@ -78,7 +57,7 @@ absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path, int flags,
   // effects (a watchdog starts counting, a tape rewinds).
   struct stat before;
   if (::stat(path.c_str(), &before) != 0) {
-    return ErrnoStatus(errno, absl::StrCat(what, "(", path, ")"));
+    return absl::ErrnoToStatus(errno, absl::StrCat(what, "(", path, ")"));
   }
   if (absl::Status s = RequireRegularFile(path, before.st_mode); !s.ok()) {
     return s;
@@ -88,10 +67,11 @@ absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path, int flags,
     raw = ::open(path.c_str(),
                  O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | flags);
   } while (raw < 0 && errno == EINTR);
-  if (raw < 0) return ErrnoStatus(errno, absl::StrCat(what, "(", path, ")"));
+  if (raw < 0)
+    return absl::ErrnoToStatus(errno, absl::StrCat(what, "(", path, ")"));
   ScopedFd fd(raw);
   if (::fstat(fd.get(), st_out) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("fstat(", path, ")"));
+    return absl::ErrnoToStatus(errno, absl::StrCat("fstat(", path, ")"));
   }
   // The path may have been swapped between the stat and the open.
   if (absl::Status s = RequireRegularFile(path, st_out->st_mode); !s.ok()) {
@@ -100,7 +80,8 @@ absl::StatusOr<ScopedFd> OpenRegularFile(const std::string& path, int flags,
   int status_flags = ::fcntl(fd.get(), F_GETFL);
   if (status_flags < 0 ||
       ::fcntl(fd.get(), F_SETFL, status_flags & ~O_NONBLOCK) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("fcntl(", path, ", F_SETFL)"));
+    return absl::ErrnoToStatus(errno,
+                               absl::StrCat("fcntl(", path, ", F_SETFL)"));
   }
   return fd;
 }
@@ -122,7 +103,7 @@ void ScopedFd::Reset() {
 absl::StatusOr<FileIdentity> StatFileIdentity(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("stat(", path, ")"));
+    return absl::ErrnoToStatus(errno, absl::StrCat("stat(", path, ")"));
   }
   if (absl::Status s = RequireRegularFile(path, st.st_mode); !s.ok()) return s;
   return IdentityOf(st);
@@ -145,7 +126,7 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     void* p = ::mmap(nullptr, static_cast<size_t>(file->identity_.size),
                      PROT_READ, MAP_SHARED, fd.get(), 0);
     if (p == MAP_FAILED) {
-      return ErrnoStatus(errno, absl::StrCat("mmap(", path, ")"));
+      return absl::ErrnoToStatus(errno, absl::StrCat("mmap(", path, ")"));
     }
     file->data_ = static_cast<uint8_t*>(p);
   }

@@ -1,7 +1,8 @@
 // Host load from page cache: raw sequential read() throughput of a file vs
-// the staging pipeline reading the same file into a host (shared-memory)
-// arena through each Reader backend. Prints a table; ratios are against the
-// read() baseline measured in the same run.
+// each Reader backend reading the same file, queue_depth chunks in flight,
+// into a shared-memory segment (where host copies of a checkpoint live).
+// Prints a table; ratios are against the read() baseline measured in the
+// same run.
 //
 //   bazel run -c opt //tests/bench:io_bench -- --size_mb=1024 [--file=PATH]
 #include <fcntl.h>
@@ -17,8 +18,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
-#include "loader/device/host_device.h"
-#include "loader/device/staging_pipeline.h"
+#include "loader/device/shared_memory.h"
 #include "loader/io/io_uring_reader.h"
 #include "loader/io/mapped_file.h"
 #include "loader/io/reader_factory.h"
@@ -39,6 +39,38 @@ using bench::GiBps;
 using bench::Now;
 
 using bench::Row;
+
+// Reads the whole file into `dst` in `chunk`-byte reads, as many in flight as
+// the reader allows.
+absl::Status ReadIntoSegment(Reader* reader, int fd, uint64_t size,
+                             uint64_t chunk, uint8_t* dst) {
+  uint64_t next = 0;
+  std::vector<ReadResult> results;
+  while (next < size || reader->in_flight() > 0) {
+    while (next < size &&
+           reader->in_flight() < static_cast<size_t>(reader->queue_depth())) {
+      ReadRequest request;
+      request.fd = fd;
+      request.offset = next;
+      request.buffer = dst + next;
+      request.length = static_cast<size_t>(std::min(chunk, size - next));
+      request.tag = next;
+      absl::Status s = reader->Submit(request);
+      if (!s.ok()) return s;
+      next += request.length;
+    }
+    results.clear();
+    absl::Status s = reader->Wait(1, &results);
+    if (!s.ok()) return s;
+    for (const ReadResult& r : results) {
+      if (!r.status.ok()) return r.status;
+      if (r.bytes_read != std::min(chunk, size - r.tag)) {
+        return absl::DataLossError(absl::StrCat("short read at ", r.tag));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
 
 int Main() {
   std::string path = absl::GetFlag(FLAGS_file);
@@ -95,13 +127,7 @@ int Main() {
   }
   rows.push_back(fresh_baseline);
 
-  auto host = HostDevice::Create();
-  if (!host.ok()) return 1;
-  FileSource source;
-  source.fd = (*file)->fd();
-  source.size = size;
-  source.name = path;
-  std::vector<CopyRange> ranges = {CopyRange::FromFile(0, size, 0)};
+  const int fd = (*file)->fd();
 
   std::vector<IoBackend> backends = {IoBackend::kPread};
   if (IoUringReader::Probe().ok()) {
@@ -123,36 +149,33 @@ int Main() {
     }
     notes +=
         absl::StrCat("  ", (*reader)->name(), ": ", (*reader)->reason(), "\n");
-    StagingOptions so;
-    so.chunk_bytes = chunk;
-    auto pipeline =
-        StagingPipeline::Create(host->get(), std::move(*reader), so);
-    if (!pipeline.ok()) return 1;
-    // The arena's pages are faulted in once (as a long-lived daemon's arenas
+    // The segment's pages are faulted in once (as a long-lived daemon's
     // are); the "incl. allocation" row pays for a fresh segment every run.
-    auto arena = (*host)->Allocate(size);
-    if (!arena.ok()) {
-      std::fprintf(stderr, "%s\n", arena.status().ToString().c_str());
+    auto segment = SharedMemorySegment::Create(size, "weightd", true);
+    if (!segment.ok()) {
+      std::fprintf(stderr, "%s\n", segment.status().ToString().c_str());
       return 1;
     }
     absl::Status s =
-        (*pipeline)->Run(arena->get(), source, ranges, nullptr, nullptr);
-    Row warm{absl::StrCat("pipeline -> host arena, ", IoBackendName(backend)),
-             1e30, size};
-    Row fresh{absl::StrCat("pipeline -> host arena, ", IoBackendName(backend),
-                           ", incl. allocation"),
+        ReadIntoSegment(reader->get(), fd, size, chunk, (*segment)->data());
+    Row warm{absl::StrCat(IoBackendName(backend), " -> shared memory"), 1e30,
+             size};
+    Row fresh{absl::StrCat(IoBackendName(backend),
+                           " -> shared memory, incl. allocation"),
               1e30, size};
     for (int i = 0; i < repeats && s.ok(); ++i) {
       double start = Now();
-      s = (*pipeline)->Run(arena->get(), source, ranges, nullptr, nullptr);
+      s = ReadIntoSegment(reader->get(), fd, size, chunk, (*segment)->data());
       warm.seconds = std::min(warm.seconds, Now() - start);
     }
-    arena->reset();
+    segment->reset();
     for (int i = 0; i < repeats && s.ok(); ++i) {
       double start = Now();
-      auto a = (*pipeline)->Load(size, source, ranges, nullptr, nullptr);
+      auto fresh_segment = SharedMemorySegment::Create(size, "weightd", true);
+      s = fresh_segment.ok() ? ReadIntoSegment(reader->get(), fd, size, chunk,
+                                               (*fresh_segment)->data())
+                             : fresh_segment.status();
       fresh.seconds = std::min(fresh.seconds, Now() - start);
-      s = a.status();
     }
     if (!s.ok()) {
       std::fprintf(stderr, "%s\n", s.ToString().c_str());

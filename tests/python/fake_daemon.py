@@ -100,14 +100,14 @@ class Fixture:
             name="/" + name, size=(8 + 9) * 2)))
         tensor("s.half_t", "float16", 2, [3, 3], [1, 3], 0, 1, 16, half.T)
 
-        # The daemon's fake GPU: a "WDFG" shared-memory handle naming the segment.
+        # The daemon's fake GPU: a SHARED_MEMORY arena, its "WDFG" handle naming the segment.
         gpu = np.array([[10, 20], [30, 40]], dtype="<f4")
         name = self.segment(gpu.tobytes())
         handle = (b"WDFG" + bytes([1, 0, 0, 0]) + (16).to_bytes(8, "little") +
                   ("/" + name).encode().ljust(48, b"\0"))
         self.buffers.append(pb.Buffer(gpu=pb.GpuArena(
             gpu_uuid="GPU-00000000-0000-0000-0000-000000000000", gpu_index=0,
-            ipc_handle=handle, size=16, fake=True)))
+            ipc_handle=handle, size=16, handle_kind=pb.GpuArena.SHARED_MEMORY)))
         tensor("g.gpu", "float32", 4, [2, 2], [2, 1], 0, 2, 0, gpu)
         self.tensors[-1].placed_location = "cuda:0"
 

@@ -100,7 +100,8 @@ class TorchLoadTest(ClientTestBase):
         with open("/dev/shm/" + self.fixture.segments[1], "r+b") as f:
             f.write(np.array([-3.0], dtype="<f4").tobytes())
         self.assertEqual(model["g.gpu"][0, 0].item(), -3.0)
-        self.assertEqual(model["g.gpu"].device.type, "cpu")  # fake GPU: CPU tensors
+        # A SHARED_MEMORY arena (the fake GPU's): CPU tensors.
+        self.assertEqual(model["g.gpu"].device.type, "cpu")
 
     def test_requires_grad_and_model_attributes(self):
         model = self.load()

@@ -83,11 +83,11 @@ class PureTest(unittest.TestCase):
     def test_handles(self):
         handle = (b"WDFG\x01\x00\x00\x00" + (16).to_bytes(8, "little") +
                   b"/weightd-gpu0-3".ljust(48, b"\0"))
-        self.assertEqual(_cuda.fake_segment_name(handle), "/weightd-gpu0-3")
+        self.assertEqual(_cuda.shared_memory_segment(handle), ("/weightd-gpu0-3", 16))
         with self.assertRaises(weightd.WeightdError):
-            _cuda.fake_segment_name(b"\0" * 64)
+            _cuda.shared_memory_segment(b"\0" * 64)
         with self.assertRaises(weightd.WeightdError):  # a bare name is not a handle
-            _cuda.fake_segment_name(b"/weightd-gpu0-3".ljust(64, b"\0"))
+            _cuda.shared_memory_segment(b"/weightd-gpu0-3".ljust(64, b"\0"))
         self.assertEqual(_cuda.check_ipc_handle(b"x" * 64), b"x" * 64)
         with self.assertRaises(weightd.WeightdError) as caught:
             _cuda.check_ipc_handle(b"x" * 63)
@@ -176,8 +176,10 @@ class ArenaTest(unittest.TestCase):
             get_device_properties=lambda i: props[i]))
         d = pb.ModelDescription(model_id="m1")
         handle = bytes(range(64))
+        # `fake` (deprecated) is not read: the handle kind alone says CUDA IPC.
         d.buffers.add().gpu.CopyFrom(pb.GpuArena(gpu_uuid=UUID1, gpu_index=0, ipc_handle=handle,
-                                                 size=128))
+                                                 size=128, handle_kind=pb.GpuArena.CUDA_IPC,
+                                                 fake=True))
         d.tensors.add(name="w", dtype="float32", shape=[2, 4], stride=[4, 1], byte_size=32,
                       buffer_index=0, storage_byte_offset=64)
         d.tensors.add(name="w_t", dtype="float32", shape=[4, 2], stride=[1, 4], byte_size=32,
@@ -214,13 +216,50 @@ class ArenaTest(unittest.TestCase):
 
     def test_gpu_arena_without_cuda(self):
         d = pb.ModelDescription(model_id="m1")
-        d.buffers.add().gpu.CopyFrom(pb.GpuArena(gpu_uuid=UUID1, ipc_handle=b"x" * 64, size=8))
+        d.buffers.add().gpu.CopyFrom(pb.GpuArena(gpu_uuid=UUID1, ipc_handle=b"x" * 64, size=8,
+                                                 handle_kind=pb.GpuArena.CUDA_IPC))
         d.tensors.add(name="w", dtype="float32", shape=[2], stride=[1], byte_size=8,
                       buffer_index=0)
         no_cuda = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False))
         with self.assertRaises(weightd.WeightdError) as caught:
             _model.materialize(d, _model.TorchBackend(torch), torch=no_cuda)
         self.assertIn("no torch with CUDA", str(caught.exception))
+
+    def test_arenas_open_by_handle_kind_only(self):
+        cuda = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: True))
+        for kind, code, text in [
+                (pb.GpuArena.HANDLE_KIND_UNSPECIFIED, grpc.StatusCode.FAILED_PRECONDITION,
+                 "names no handle kind"),
+                (7, grpc.StatusCode.INVALID_ARGUMENT, "handle kind 7")]:
+            d = pb.ModelDescription(model_id="m1")
+            # Even with the deprecated `fake` set: it is never read.
+            d.buffers.add().gpu.CopyFrom(pb.GpuArena(gpu_uuid=UUID1, ipc_handle=b"x" * 64,
+                                                     size=8, handle_kind=kind, fake=True))
+            d.tensors.add(name="w", dtype="float32", shape=[2], stride=[1], byte_size=8,
+                          buffer_index=0)
+            d.tensors.add(name="none", dtype="float32", shape=[0], stride=[1], byte_size=0,
+                          buffer_index=0)
+            with self.assertRaises(weightd.WeightdError) as caught:
+                _model.materialize(d, _model.TorchBackend(torch), torch=cuda)
+            self.assertEqual(caught.exception.code, code)
+            self.assertIn(text, str(caught.exception))
+            del d.tensors[0]  # a tensor without elements asks the kind too
+            with self.assertRaises(weightd.WeightdError) as caught:
+                _model.materialize(d, _model.TorchBackend(torch), torch=cuda)
+            self.assertEqual(caught.exception.code, code)
+
+    def test_shared_memory_arena_smaller_than_described(self):
+        handle = (b"WDFG\x01\x00\x00\x00" + (16).to_bytes(8, "little") +
+                  b"/weightd-gpu0-3".ljust(48, b"\0"))
+        d = pb.ModelDescription(model_id="m1")
+        d.buffers.add().gpu.CopyFrom(pb.GpuArena(
+            gpu_uuid=UUID1, ipc_handle=handle, size=32,
+            handle_kind=pb.GpuArena.SHARED_MEMORY))
+        d.tensors.add(name="w", dtype="float32", shape=[8], stride=[1], byte_size=32,
+                      buffer_index=0)
+        with self.assertRaises(weightd.WeightdError) as caught:
+            _model.materialize(d, _model.TorchBackend(torch), torch=None)
+        self.assertIn("segment holds 16", str(caught.exception))
 
 
 class DtypeTest(unittest.TestCase):

@@ -57,7 +57,7 @@ class GpuIpcTest(unittest.TestCase):
         d = pb.ModelDescription(model_id="gpu-model", path=path, format="torch-zip")
         d.buffers.add().gpu.CopyFrom(pb.GpuArena(
             gpu_uuid="GPU-" + share["uuid"], gpu_index=0, ipc_handle=bytes.fromhex(share["handle"]),
-            size=share["offset"] + share["size"]))
+            size=share["offset"] + share["size"], handle_kind=pb.GpuArena.CUDA_IPC))
         d.tensors.add(name="all", dtype="float32", shape=[N], stride=[1], byte_size=N * 4,
                       buffer_index=0, storage_byte_offset=share["offset"],
                       placed_location="cuda:0")

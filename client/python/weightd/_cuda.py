@@ -35,20 +35,22 @@ def normalize_uuid(uuid):
     return text.replace("-", "")
 
 
-def fake_segment_name(handle):
-    """The shared-memory segment behind a fake GPU arena's handle.
+def shared_memory_segment(handle):
+    """(name, size) of the segment a SHARED_MEMORY arena handle names.
 
     Layout (loader/device/shared_memory.h): bytes 0-3 magic "WDFG" (fake GPU) or "WDSH"
-    (host), 4 version (1), 5 device index, 8-15 size, 16-63 the NUL-padded segment name.
+    (host), 4 version (1), 5 device index, 8-15 size (little-endian), 16-63 the NUL-padded
+    segment name.
     """
     handle = bytes(handle)
     if len(handle) != IPC_HANDLE_SIZE or handle[:4] not in (b"WDFG", b"WDSH") or handle[4] != 1:
-        raise _error("fake GPU arena handle is not a weightd shared-memory handle",
+        raise _error("shared-memory arena handle is not a weightd shared-memory handle",
                      grpc.StatusCode.INVALID_ARGUMENT)
     name = handle[16:].split(b"\0", 1)[0]
     if not name:
-        raise _error("fake GPU arena handle holds no segment name", grpc.StatusCode.INVALID_ARGUMENT)
-    return name.decode("utf-8", "strict")
+        raise _error("shared-memory arena handle holds no segment name",
+                     grpc.StatusCode.INVALID_ARGUMENT)
+    return name.decode("utf-8", "strict"), int.from_bytes(handle[8:16], "little")
 
 
 def check_ipc_handle(handle):

@@ -7,6 +7,7 @@ import warnings
 import grpc
 
 from . import _cuda, _dtypes, _host
+from ._proto import weightd_pb2 as pb
 from .errors import WeightdError
 
 
@@ -203,10 +204,14 @@ def materialize(description, backend, torch=None):
             elif kind == "shared_memory":
                 size = buffer.shared_memory.size
                 mapping = _host.map_segment(buffer.shared_memory.name, size)
-            elif kind == "gpu" and buffer.gpu.fake:
+            elif kind == "gpu" and _handle_kind(buffer.gpu) == pb.GpuArena.SHARED_MEMORY:
+                name, held = _cuda.shared_memory_segment(buffer.gpu.ipc_handle)
                 size = buffer.gpu.size
-                mapping = _host.map_segment(_cuda.fake_segment_name(buffer.gpu.ipc_handle), size)
-            elif kind == "gpu":
+                if size > held:
+                    raise _bad("buffer %d: %d bytes described, the handle's segment holds %d"
+                               % (index, size, held))
+                mapping = _host.map_segment(name, size)
+            elif kind == "gpu":  # CUDA_IPC (_handle_kind refused every other kind)
                 if torch is None or not torch.cuda.is_available():
                     raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
                                        "model %s lives on GPU %s; this process has no torch "
@@ -258,9 +263,26 @@ def materialize(description, backend, torch=None):
     return entries, anchors
 
 
+def _handle_kind(arena):
+    """The arena's handle kind, which alone says how to open it; an error for a kind this
+    client cannot open (none: a daemon older than handle kinds; a newer kind)."""
+    kind = arena.handle_kind
+    if kind in (pb.GpuArena.CUDA_IPC, pb.GpuArena.SHARED_MEMORY):
+        return kind
+    if kind == pb.GpuArena.HANDLE_KIND_UNSPECIFIED:
+        raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "the GPU arena on %s names no handle kind (a weightd older than "
+                           "this client); upgrade the daemon" % arena.gpu_uuid)
+    raise WeightdError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "the GPU arena on %s has handle kind %d, which this client does not "
+                       "know; upgrade the client" % (arena.gpu_uuid, kind))
+
+
 def _empty_device(buffer, t, torch):
-    """Where a tensor without elements goes: its arena's GPU (as this process numbers it)."""
-    if buffer.WhichOneof("kind") != "gpu" or buffer.gpu.fake:
+    """Where a tensor without elements goes: the host for host-visible buffers, else its
+    arena's GPU (as this process numbers it)."""
+    if (buffer.WhichOneof("kind") != "gpu" or
+            _handle_kind(buffer.gpu) == pb.GpuArena.SHARED_MEMORY):
         return "cpu"
     if torch is None or not torch.cuda.is_available():
         raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,

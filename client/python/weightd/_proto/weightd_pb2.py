@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/weightd/v1/weightd.proto\x12\nweightd.v1\"z\n\tPlacement\x12\x0e\n\x06target\x18\x01 \x01(\t\x12/\n\x05remap\x18\x02 \x03(\x0b\x32 .weightd.v1.Placement.RemapEntry\x1a,\n\nRemapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\x0bLoadRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ormat_hint\x18\x02 \x01(\t\x12(\n\tplacement\x18\x03 \x01(\x0b\x32\x15.weightd.v1.Placement\x12\x12\n\ncast_dtype\x18\x04 \x01(\t\x12\x15\n\rtensor_filter\x18\x05 \x03(\t\x12\x15\n\rlease_session\x18\x06 \x01(\t\x12\x11\n\thost_copy\x18\x07 \x01(\x08\"7\n\x0cLoadProgress\x12\x12\n\nbytes_done\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x02 \x01(\x04\"q\n\tLoadEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.weightd.v1.LoadProgressH\x00\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1c.weightd.v1.ModelDescriptionH\x00\x42\x07\n\x05\x65vent\"_\n\x0c\x46ileIdentity\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\x04\x12\r\n\x05inode\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x04 \x01(\x03\x12\x10\n\x08\x63time_ns\x18\x05 \x01(\x03\"\x97\x01\n\x06\x42uffer\x12&\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.weightd.v1.FileRegionH\x00\x12\x38\n\rshared_memory\x18\x02 \x01(\x0b\x32\x1f.weightd.v1.SharedMemorySegmentH\x00\x12#\n\x03gpu\x18\x03 \x01(\x0b\x32\x14.weightd.v1.GpuArenaH\x00\x42\x06\n\x04kind\"F\n\nFileRegion\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x08identity\x18\x02 \x01(\x0b\x32\x18.weightd.v1.FileIdentity\"1\n\x13SharedMemorySegment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"_\n\x08GpuArena\x12\x10\n\x08gpu_uuid\x18\x01 \x01(\t\x12\x11\n\tgpu_index\x18\x02 \x01(\x05\x12\x12\n\nipc_handle\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0c\n\x04\x66\x61ke\x18\x05 \x01(\x08\"\xea\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06stride\x18\x04 \x03(\x03\x12\x16\n\x0estorage_offset\x18\x05 \x01(\x03\x12\x11\n\tbyte_size\x18\x06 \x01(\x04\x12\x16\n\x0esaved_location\x18\x07 \x01(\t\x12\x17\n\x0fplaced_location\x18\x08 \x01(\t\x12\x14\n\x0c\x62uffer_index\x18\t \x01(\x05\x12\x1b\n\x13storage_byte_offset\x18\n \x01(\x04\x12\x15\n\rrequires_grad\x18\x0b \x01(\x08\"\x98\x03\n\x10ModelDescription\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12*\n\x08identity\x18\x03 \x01(\x0b\x32\x18.weightd.v1.FileIdentity\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12#\n\x07tensors\x18\x05 \x03(\x0b\x32\x12.weightd.v1.Tensor\x12#\n\x07\x62uffers\x18\x06 \x03(\x0b\x32\x12.weightd.v1.Buffer\x12\x41\n\x0b\x65xtra_files\x18\x07 \x03(\x0b\x32,.weightd.v1.ModelDescription.ExtraFilesEntry\x12\x15\n\rmetadata_json\x18\x08 \x01(\t\x12\x16\n\x0eresident_bytes\x18\t \x01(\x04\x12\x13\n\x0blease_count\x18\n \x01(\x05\x12\x11\n\tcache_hit\x18\x0b \x01(\x08\x12\x11\n\tplacement\x18\x0c \x01(\t\x1a\x31\n\x0f\x45xtraFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"#\n\x0f\x44\x65scribeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\r\n\x0bListRequest\"\xa3\x01\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x11\n\tplacement\x18\x04 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x05 \x01(\x04\x12\x14\n\x0ctensor_count\x18\x06 \x01(\x05\x12\x13\n\x0blease_count\x18\x07 \x01(\x05\x12\r\n\x05stale\x18\x08 \x01(\x08\"8\n\x0cListResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.weightd.v1.ModelSummary\"0\n\rUnloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"%\n\x0eUnloadResponse\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"C\n\tTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x12\n\nused_bytes\x18\x02 \x01(\x04\x12\x14\n\x0c\x62udget_bytes\x18\x03 \x01(\x04\"\xd5\x01\n\rStatsResponse\x12\r\n\x05loads\x18\x01 \x01(\x04\x12\x12\n\ncache_hits\x18\x02 \x01(\x04\x12\x15\n\rload_failures\x18\x03 \x01(\x04\x12\x11\n\tevictions\x18\x04 \x01(\x04\x12\x12\n\nbytes_read\x18\x05 \x01(\x04\x12\x0e\n\x06models\x18\x06 \x01(\x05\x12\x15\n\ractive_leases\x18\x07 \x01(\x05\x12\x16\n\x0elease_sessions\x18\x08 \x01(\x05\x12$\n\x05tiers\x18\t \x03(\x0b\x32\x15.weightd.v1.TierStats\"\x13\n\x11ServerInfoRequest\"k\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x66\x61ke\x18\x06 \x01(\x08\"\xd5\x01\n\x12ServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.weightd.v1.GpuInfo\x12\x12\n\ngpu_status\x18\x03 \x01(\t\x12\x12\n\nio_backend\x18\x04 \x01(\t\x12\x19\n\x11io_backend_reason\x18\x05 \x01(\t\x12\x19\n\x11host_budget_bytes\x18\x06 \x01(\x04\x12\x18\n\x10gpu_budget_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmodel_roots\x18\x08 \x03(\t\"Q\n\x0cLeaseRequest\x12\x1a\n\x10\x61\x63quire_model_id\x18\x01 \x01(\tH\x00\x12\x1a\n\x10release_model_id\x18\x02 \x01(\tH\x00\x42\t\n\x07request\"\xa7\x01\n\nLeaseEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12)\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.weightd.v1.LeaseEvent.Kind\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"9\n\x04Kind\x12\n\n\x06OPENED\x10\x00\x12\x0c\n\x08\x41\x43QUIRED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x12\t\n\x05\x45RROR\x10\x03\"J\n\x12ReadTensorsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\"]\n\x0bTensorChunk\x12\"\n\x06tensor\x18\x01 \x01(\x0b\x32\x12.weightd.v1.Tensor\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\x32\xa0\x04\n\rWeightService\x12\x38\n\x04Load\x12\x17.weightd.v1.LoadRequest\x1a\x15.weightd.v1.LoadEvent0\x01\x12\x45\n\x08\x44\x65scribe\x12\x1b.weightd.v1.DescribeRequest\x1a\x1c.weightd.v1.ModelDescription\x12\x39\n\x04List\x12\x17.weightd.v1.ListRequest\x1a\x18.weightd.v1.ListResponse\x12?\n\x06Unload\x12\x19.weightd.v1.UnloadRequest\x1a\x1a.weightd.v1.UnloadResponse\x12<\n\x05Stats\x12\x18.weightd.v1.StatsRequest\x1a\x19.weightd.v1.StatsResponse\x12K\n\nServerInfo\x12\x1d.weightd.v1.ServerInfoRequest\x1a\x1e.weightd.v1.ServerInfoResponse\x12=\n\x05Lease\x12\x18.weightd.v1.LeaseRequest\x1a\x16.weightd.v1.LeaseEvent(\x01\x30\x01\x12H\n\x0bReadTensors\x12\x1e.weightd.v1.ReadTensorsRequest\x1a\x17.weightd.v1.TensorChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/weightd/v1/weightd.proto\x12\nweightd.v1\"z\n\tPlacement\x12\x0e\n\x06target\x18\x01 \x01(\t\x12/\n\x05remap\x18\x02 \x03(\x0b\x32 .weightd.v1.Placement.RemapEntry\x1a,\n\nRemapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\x0bLoadRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ormat_hint\x18\x02 \x01(\t\x12(\n\tplacement\x18\x03 \x01(\x0b\x32\x15.weightd.v1.Placement\x12\x12\n\ncast_dtype\x18\x04 \x01(\t\x12\x15\n\rtensor_filter\x18\x05 \x03(\t\x12\x15\n\rlease_session\x18\x06 \x01(\t\x12\x11\n\thost_copy\x18\x07 \x01(\x08\"7\n\x0cLoadProgress\x12\x12\n\nbytes_done\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x02 \x01(\x04\"q\n\tLoadEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.weightd.v1.LoadProgressH\x00\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1c.weightd.v1.ModelDescriptionH\x00\x42\x07\n\x05\x65vent\"_\n\x0c\x46ileIdentity\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\x04\x12\r\n\x05inode\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x04 \x01(\x03\x12\x10\n\x08\x63time_ns\x18\x05 \x01(\x03\"\x97\x01\n\x06\x42uffer\x12&\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.weightd.v1.FileRegionH\x00\x12\x38\n\rshared_memory\x18\x02 \x01(\x0b\x32\x1f.weightd.v1.SharedMemorySegmentH\x00\x12#\n\x03gpu\x18\x03 \x01(\x0b\x32\x14.weightd.v1.GpuArenaH\x00\x42\x06\n\x04kind\"F\n\nFileRegion\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x08identity\x18\x02 \x01(\x0b\x32\x18.weightd.v1.FileIdentity\"1\n\x13SharedMemorySegment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xe5\x01\n\x08GpuArena\x12\x10\n\x08gpu_uuid\x18\x01 \x01(\t\x12\x11\n\tgpu_index\x18\x02 \x01(\x05\x12\x12\n\nipc_handle\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x10\n\x04\x66\x61ke\x18\x05 \x01(\x08\x42\x02\x18\x01\x12\x34\n\x0bhandle_kind\x18\x06 \x01(\x0e\x32\x1f.weightd.v1.GpuArena.HandleKind\"J\n\nHandleKind\x12\x1b\n\x17HANDLE_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43UDA_IPC\x10\x01\x12\x11\n\rSHARED_MEMORY\x10\x02\"\xea\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06stride\x18\x04 \x03(\x03\x12\x16\n\x0estorage_offset\x18\x05 \x01(\x03\x12\x11\n\tbyte_size\x18\x06 \x01(\x04\x12\x16\n\x0esaved_location\x18\x07 \x01(\t\x12\x17\n\x0fplaced_location\x18\x08 \x01(\t\x12\x14\n\x0c\x62uffer_index\x18\t \x01(\x05\x12\x1b\n\x13storage_byte_offset\x18\n \x01(\x04\x12\x15\n\rrequires_grad\x18\x0b \x01(\x08\"\x98\x03\n\x10ModelDescription\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12*\n\x08identity\x18\x03 \x01(\x0b\x32\x18.weightd.v1.FileIdentity\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12#\n\x07tensors\x18\x05 \x03(\x0b\x32\x12.weightd.v1.Tensor\x12#\n\x07\x62uffers\x18\x06 \x03(\x0b\x32\x12.weightd.v1.Buffer\x12\x41\n\x0b\x65xtra_files\x18\x07 \x03(\x0b\x32,.weightd.v1.ModelDescription.ExtraFilesEntry\x12\x15\n\rmetadata_json\x18\x08 \x01(\t\x12\x16\n\x0eresident_bytes\x18\t \x01(\x04\x12\x13\n\x0blease_count\x18\n \x01(\x05\x12\x11\n\tcache_hit\x18\x0b \x01(\x08\x12\x11\n\tplacement\x18\x0c \x01(\t\x1a\x31\n\x0f\x45xtraFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"#\n\x0f\x44\x65scribeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\r\n\x0bListRequest\"\xa3\x01\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x11\n\tplacement\x18\x04 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x05 \x01(\x04\x12\x14\n\x0ctensor_count\x18\x06 \x01(\x05\x12\x13\n\x0blease_count\x18\x07 \x01(\x05\x12\r\n\x05stale\x18\x08 \x01(\x08\"8\n\x0cListResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.weightd.v1.ModelSummary\"0\n\rUnloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"%\n\x0eUnloadResponse\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"C\n\tTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x12\n\nused_bytes\x18\x02 \x01(\x04\x12\x14\n\x0c\x62udget_bytes\x18\x03 \x01(\x04\"\xd5\x01\n\rStatsResponse\x12\r\n\x05loads\x18\x01 \x01(\x04\x12\x12\n\ncache_hits\x18\x02 \x01(\x04\x12\x15\n\rload_failures\x18\x03 \x01(\x04\x12\x11\n\tevictions\x18\x04 \x01(\x04\x12\x12\n\nbytes_read\x18\x05 \x01(\x04\x12\x0e\n\x06models\x18\x06 \x01(\x05\x12\x15\n\ractive_leases\x18\x07 \x01(\x05\x12\x16\n\x0elease_sessions\x18\x08 \x01(\x05\x12$\n\x05tiers\x18\t \x03(\x0b\x32\x15.weightd.v1.TierStats\"\x13\n\x11ServerInfoRequest\"k\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x66\x61ke\x18\x06 \x01(\x08\"\xd5\x01\n\x12ServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.weightd.v1.GpuInfo\x12\x12\n\ngpu_status\x18\x03 \x01(\t\x12\x12\n\nio_backend\x18\x04 \x01(\t\x12\x19\n\x11io_backend_reason\x18\x05 \x01(\t\x12\x19\n\x11host_budget_bytes\x18\x06 \x01(\x04\x12\x18\n\x10gpu_budget_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmodel_roots\x18\x08 \x03(\t\"Q\n\x0cLeaseRequest\x12\x1a\n\x10\x61\x63quire_model_id\x18\x01 \x01(\tH\x00\x12\x1a\n\x10release_model_id\x18\x02 \x01(\tH\x00\x42\t\n\x07request\"\xa7\x01\n\nLeaseEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12)\n\x04kind\x18\x03 \x01(\x0e\x32\x1b.weightd.v1.LeaseEvent.Kind\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"9\n\x04Kind\x12\n\n\x06OPENED\x10\x00\x12\x0c\n\x08\x41\x43QUIRED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x12\t\n\x05\x45RROR\x10\x03\"J\n\x12ReadTensorsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\r\"]\n\x0bTensorChunk\x12\"\n\x06tensor\x18\x01 \x01(\x0b\x32\x12.weightd.v1.Tensor\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\x32\xa0\x04\n\rWeightService\x12\x38\n\x04Load\x12\x17.weightd.v1.LoadRequest\x1a\x15.weightd.v1.LoadEvent0\x01\x12\x45\n\x08\x44\x65scribe\x12\x1b.weightd.v1.DescribeRequest\x1a\x1c.weightd.v1.ModelDescription\x12\x39\n\x04List\x12\x17.weightd.v1.ListRequest\x1a\x18.weightd.v1.ListResponse\x12?\n\x06Unload\x12\x19.weightd.v1.UnloadRequest\x1a\x1a.weightd.v1.UnloadResponse\x12<\n\x05Stats\x12\x18.weightd.v1.StatsRequest\x1a\x19.weightd.v1.StatsResponse\x12K\n\nServerInfo\x12\x1d.weightd.v1.ServerInfoRequest\x1a\x1e.weightd.v1.ServerInfoResponse\x12=\n\x05Lease\x12\x18.weightd.v1.LeaseRequest\x1a\x16.weightd.v1.LeaseEvent(\x01\x30\x01\x12H\n\x0bReadTensors\x12\x1e.weightd.v1.ReadTensorsRequest\x1a\x17.weightd.v1.TensorChunk0\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.weightd.v1.weightd_pb2', globals())
@@ -22,6 +22,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _PLACEMENT_REMAPENTRY._options = None
   _PLACEMENT_REMAPENTRY._serialized_options = b'8\001'
+  _GPUARENA.fields_by_name['fake']._options = None
+  _GPUARENA.fields_by_name['fake']._serialized_options = b'\030\001'
   _MODELDESCRIPTION_EXTRAFILESENTRY._options = None
   _MODELDESCRIPTION_EXTRAFILESENTRY._serialized_options = b'8\001'
   _PLACEMENT._serialized_start=46
@@ -42,48 +44,50 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _FILEREGION._serialized_end=841
   _SHAREDMEMORYSEGMENT._serialized_start=843
   _SHAREDMEMORYSEGMENT._serialized_end=892
-  _GPUARENA._serialized_start=894
-  _GPUARENA._serialized_end=989
-  _TENSOR._serialized_start=992
-  _TENSOR._serialized_end=1226
-  _MODELDESCRIPTION._serialized_start=1229
-  _MODELDESCRIPTION._serialized_end=1637
-  _MODELDESCRIPTION_EXTRAFILESENTRY._serialized_start=1588
-  _MODELDESCRIPTION_EXTRAFILESENTRY._serialized_end=1637
-  _DESCRIBEREQUEST._serialized_start=1639
-  _DESCRIBEREQUEST._serialized_end=1674
-  _LISTREQUEST._serialized_start=1676
-  _LISTREQUEST._serialized_end=1689
-  _MODELSUMMARY._serialized_start=1692
-  _MODELSUMMARY._serialized_end=1855
-  _LISTRESPONSE._serialized_start=1857
-  _LISTRESPONSE._serialized_end=1913
-  _UNLOADREQUEST._serialized_start=1915
-  _UNLOADREQUEST._serialized_end=1963
-  _UNLOADRESPONSE._serialized_start=1965
-  _UNLOADRESPONSE._serialized_end=2002
-  _STATSREQUEST._serialized_start=2004
-  _STATSREQUEST._serialized_end=2018
-  _TIERSTATS._serialized_start=2020
-  _TIERSTATS._serialized_end=2087
-  _STATSRESPONSE._serialized_start=2090
-  _STATSRESPONSE._serialized_end=2303
-  _SERVERINFOREQUEST._serialized_start=2305
-  _SERVERINFOREQUEST._serialized_end=2324
-  _GPUINFO._serialized_start=2326
-  _GPUINFO._serialized_end=2433
-  _SERVERINFORESPONSE._serialized_start=2436
-  _SERVERINFORESPONSE._serialized_end=2649
-  _LEASEREQUEST._serialized_start=2651
-  _LEASEREQUEST._serialized_end=2732
-  _LEASEEVENT._serialized_start=2735
-  _LEASEEVENT._serialized_end=2902
-  _LEASEEVENT_KIND._serialized_start=2845
-  _LEASEEVENT_KIND._serialized_end=2902
-  _READTENSORSREQUEST._serialized_start=2904
-  _READTENSORSREQUEST._serialized_end=2978
-  _TENSORCHUNK._serialized_start=2980
-  _TENSORCHUNK._serialized_end=3073
-  _WEIGHTSERVICE._serialized_start=3076
-  _WEIGHTSERVICE._serialized_end=3620
+  _GPUARENA._serialized_start=895
+  _GPUARENA._serialized_end=1124
+  _GPUARENA_HANDLEKIND._serialized_start=1050
+  _GPUARENA_HANDLEKIND._serialized_end=1124
+  _TENSOR._serialized_start=1127
+  _TENSOR._serialized_end=1361
+  _MODELDESCRIPTION._serialized_start=1364
+  _MODELDESCRIPTION._serialized_end=1772
+  _MODELDESCRIPTION_EXTRAFILESENTRY._serialized_start=1723
+  _MODELDESCRIPTION_EXTRAFILESENTRY._serialized_end=1772
+  _DESCRIBEREQUEST._serialized_start=1774
+  _DESCRIBEREQUEST._serialized_end=1809
+  _LISTREQUEST._serialized_start=1811
+  _LISTREQUEST._serialized_end=1824
+  _MODELSUMMARY._serialized_start=1827
+  _MODELSUMMARY._serialized_end=1990
+  _LISTRESPONSE._serialized_start=1992
+  _LISTRESPONSE._serialized_end=2048
+  _UNLOADREQUEST._serialized_start=2050
+  _UNLOADREQUEST._serialized_end=2098
+  _UNLOADRESPONSE._serialized_start=2100
+  _UNLOADRESPONSE._serialized_end=2137
+  _STATSREQUEST._serialized_start=2139
+  _STATSREQUEST._serialized_end=2153
+  _TIERSTATS._serialized_start=2155
+  _TIERSTATS._serialized_end=2222
+  _STATSRESPONSE._serialized_start=2225
+  _STATSRESPONSE._serialized_end=2438
+  _SERVERINFOREQUEST._serialized_start=2440
+  _SERVERINFOREQUEST._serialized_end=2459
+  _GPUINFO._serialized_start=2461
+  _GPUINFO._serialized_end=2568
+  _SERVERINFORESPONSE._serialized_start=2571
+  _SERVERINFORESPONSE._serialized_end=2784
+  _LEASEREQUEST._serialized_start=2786
+  _LEASEREQUEST._serialized_end=2867
+  _LEASEEVENT._serialized_start=2870
+  _LEASEEVENT._serialized_end=3037
+  _LEASEEVENT_KIND._serialized_start=2980
+  _LEASEEVENT_KIND._serialized_end=3037
+  _READTENSORSREQUEST._serialized_start=3039
+  _READTENSORSREQUEST._serialized_end=3113
+  _TENSORCHUNK._serialized_start=3115
+  _TENSORCHUNK._serialized_end=3208
+  _WEIGHTSERVICE._serialized_start=3211
+  _WEIGHTSERVICE._serialized_end=3755
 # @@protoc_insertion_point(module_scope)
