@@ -195,7 +195,8 @@ int Load(const std::string& address, const std::vector<std::string>& args,
                                {"device", "cast", "map", "tensor", "format"});
   if (!line.ok()) return Fail(err, "load", line.status());
   if (line->positional.size() != 1) {
-    err << "usage: weightctl load FILE [--device DEV] [--json] [--hash] "
+    err << "usage: weightctl load FILE|MODEL_DIR [--device DEV] [--json] "
+           "[--hash] "
            "[--cast DTYPE] "
            "[--map FROM->TO] [--tensor NAME] [--copy]\n";
     return 2;
@@ -233,6 +234,15 @@ int Load(const std::string& address, const std::vector<std::string>& args,
       item.sha256 = Sha256Hex(*bytes);
     }
     listed.push_back(std::move(item));
+  }
+  if (description.shards_size() > 0) {
+    std::vector<std::string> shards(description.shards().begin(),
+                                    description.shards().end());
+    auto listing = ModelDirectoryListingJson(description.format(), shards,
+                                             listed, description.config_json());
+    if (!listing.ok()) return Fail(err, file, listing.status());
+    out << listing->Dump(true) << "\n";
+    return 0;
   }
   std::map<std::string, std::string> extra(description.extra_files().begin(),
                                            description.extra_files().end());

@@ -45,6 +45,27 @@ Json TensorListingJson(absl::string_view format,
   return root;
 }
 
+absl::StatusOr<Json> ModelDirectoryListingJson(
+    absl::string_view format, const std::vector<std::string>& shards,
+    const std::vector<ListedTensor>& tensors, absl::string_view config_json) {
+  Json listing = TensorListingJson(format, tensors, {}, false);
+  Json root = Json::MakeObject();
+  root.Set("format", Json(std::string(format)));
+  Json names = Json::MakeArray();
+  for (const std::string& shard : shards) names.Append(Json(shard));
+  root.Set("shards", std::move(names));
+  root.Set("tensors", *listing.Find("tensors"));
+  if (!config_json.empty()) {
+    absl::StatusOr<Json> config = ParseJson(config_json);
+    if (!config.ok()) return config.status();
+    if (!config->is_object()) {
+      return absl::InvalidArgumentError("config.json is not a JSON object");
+    }
+    root.Set("config", *std::move(config));
+  }
+  return root;
+}
+
 std::string HumanBytes(uint64_t bytes) {
   static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double value = static_cast<double>(bytes);

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "loader/common/json.h"
 #include "loader/format/checkpoint.h"
 
@@ -29,6 +31,14 @@ Json TensorListingJson(absl::string_view format,
                        const std::vector<ListedTensor>& tensors,
                        const std::map<std::string, std::string>& extra_files,
                        bool with_extra_files);
+
+// A model directory's listing (the same contract, extended): {"format":
+// "hf-safetensors" | "hf-torch", "shards": [file names in index order],
+// "tensors": [...], "config": {...}?}. `config_json` is config.json's text, ""
+// when the directory has none; INVALID_ARGUMENT when it is not a JSON object.
+absl::StatusOr<Json> ModelDirectoryListingJson(
+    absl::string_view format, const std::vector<std::string>& shards,
+    const std::vector<ListedTensor>& tensors, absl::string_view config_json);
 
 // One extra file's JSON value (see above).
 Json ExtraFileJson(absl::string_view content);

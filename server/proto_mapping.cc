@@ -57,7 +57,7 @@ void FillModelDescription(const std::string& model_id, const LoadedModel& model,
   out->set_model_id(model_id);
   out->set_path(model.path);
   FillIdentity(model.identity, out->mutable_identity());
-  out->set_format(CheckpointFormatName(model.format));
+  out->set_format(model.FormatName());
   out->set_placement(model.placement);
   for (const PlacedTensor& tensor : model.tensors)
     FillTensor(tensor, out->add_tensors());
@@ -100,6 +100,12 @@ void FillModelDescription(const std::string& model_id, const LoadedModel& model,
   for (const auto& [name, text] : model.extra_files)
     (*out->mutable_extra_files())[name] = text;
   out->set_metadata_json(model.metadata_json);
+  if (model.directory != nullptr) {
+    for (const std::string& shard : model.directory->shards)
+      out->add_shards(shard);
+    out->set_config_json(model.directory->config_json);
+    out->set_generation_config_json(model.directory->generation_config_json);
+  }
   uint64_t resident = 0;
   for (const auto& [tier, bytes] : model.resident) resident += bytes;
   out->set_resident_bytes(resident);

@@ -571,7 +571,7 @@ grpc::ServerUnaryReactor* WeightServiceImpl::List(
     v1::ModelSummary* summary = response->add_models();
     summary->set_model_id(info.model_id);
     summary->set_path(info.key.path);
-    summary->set_format(CheckpointFormatName(model->format));
+    summary->set_format(model->FormatName());
     summary->set_placement(model->placement);
     uint64_t resident = 0;
     for (const auto& [tier, bytes] : info.resident) resident += bytes;

@@ -5,14 +5,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/listing.h"
 #include "loader/common/json.h"
 #include "loader/format/checkpoint.h"
+#include "loader/format/hf_model.h"
 #include "loader/format/reader.h"
 #include "loader/format/tensor_bytes.h"
 
@@ -21,7 +25,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: weightctl inspect [--json] [--hash] [--encoding=utf8|latin1|bytes] "
-    "FILE";
+    "[--format=hf-safetensors|hf-torch] FILE|MODEL_DIR";
 
 // Read-only mapping of a whole file.
 class MappedFile {
@@ -78,12 +82,139 @@ const uint8_t* StorageBytes(const StorageInfo& s, absl::string_view file) {
   return reinterpret_cast<const uint8_t*>(file.data()) + s.file_offset;
 }
 
+std::string OneLine(absl::string_view message) {
+  std::string line(message);
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return line;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// A model directory read offline: the layout, the index and each shard mapped
+// here (no daemon, so no model roots: the user reads what they can read).
+int InspectDirectory(const std::string& dir, bool json, bool hash,
+                     const std::string& format_hint, ReadOptions options,
+                     std::ostream& out, std::ostream& err) {
+  auto failed = [&](const absl::Status& status) {
+    err << OneLine(status.message()) << "\n";
+    return 1;
+  };
+  absl::StatusOr<HfLayout> layout = DetectHfLayout(dir, format_hint);
+  if (!layout.ok()) return failed(layout.status());
+  std::string error;
+  std::optional<HfIndex> index;
+  std::vector<std::string> names = {layout->single_file};
+  if (!layout->index_file.empty()) {
+    const std::string index_path = dir + "/" + layout->index_file;
+    MappedFile index_file;
+    if (!index_file.Open(index_path, &error)) {
+      err << index_path << ": cannot open: " << error << "\n";
+      return 1;
+    }
+    absl::StatusOr<HfIndex> parsed =
+        ParseHfIndex(index_file.bytes(), index_path);
+    if (!parsed.ok()) return failed(parsed.status());
+    index = *std::move(parsed);
+    names = index->shards;
+  }
+  std::vector<std::unique_ptr<MappedFile>> files;
+  std::vector<HfShard> shards;
+  uint64_t file_bytes = 0;
+  for (const std::string& name : names) {
+    const std::string shard_path = dir + "/" + name;
+    files.push_back(std::make_unique<MappedFile>());
+    if (!files.back()->Open(shard_path, &error)) {
+      err << shard_path << ": cannot open: " << error << "\n";
+      return 1;
+    }
+    file_bytes += files.back()->bytes().size();
+    options.file_name = shard_path;
+    absl::StatusOr<Checkpoint> checkpoint =
+        ReadCheckpoint(files.back()->bytes(), options);
+    if (!checkpoint.ok()) return failed(checkpoint.status());
+    shards.push_back(HfShard{name, *std::move(checkpoint)});
+  }
+  absl::StatusOr<HfModel> model = AssembleHfModel(
+      layout->format, index ? &*index : nullptr, std::move(shards), dir);
+  if (!model.ok()) return failed(model.status());
+  std::string config;
+  for (const char* name : {kHfConfigFile, kHfGenerationConfigFile}) {
+    const std::string config_path = dir + "/" + name;
+    if (!Exists(config_path)) continue;
+    MappedFile file;
+    if (!file.Open(config_path, &error)) {
+      err << config_path << ": cannot open: " << error << "\n";
+      return 1;
+    }
+    if (absl::Status valid = CheckJsonObjectFile(file.bytes(), config_path);
+        !valid.ok()) {
+      return failed(valid);
+    }
+    if (name == std::string(kHfConfigFile)) config = std::string(file.bytes());
+  }
+  const Checkpoint& ckpt = model->checkpoint;
+  std::vector<std::string> hashes;
+  if (hash) {
+    CheckpointHasher hasher(CheckpointHasher::HeldBytes(ckpt, file_bytes));
+    for (const TensorInfo& t : ckpt.tensors) {
+      const StorageInfo& s = ckpt.storages[t.storage_index];
+      const size_t shard = model->storage_shard[t.storage_index];
+      absl::StatusOr<std::string> h =
+          hasher.Sha256Hex(t, s, StorageBytes(s, files[shard]->bytes()));
+      if (!h.ok()) {
+        err << dir << "/" << model->shards[shard] << ": "
+            << OneLine(h.status().message()) << "\n";
+        return 1;
+      }
+      hashes.push_back(*std::move(h));
+    }
+  }
+  const char* format = HfFormatName(model->format);
+  if (json) {
+    std::vector<ListedTensor> listed;
+    for (size_t i = 0; i < ckpt.tensors.size(); ++i) {
+      ListedTensor item{&ckpt.tensors[i], std::nullopt};
+      if (hash) item.sha256 = hashes[i];
+      listed.push_back(std::move(item));
+    }
+    absl::StatusOr<Json> root =
+        ModelDirectoryListingJson(format, model->shards, listed, config);
+    if (!root.ok()) return failed(root.status());
+    out << root->Dump(true) << "\n";
+    return 0;
+  }
+  uint64_t total = 0;
+  for (const TensorInfo& t : ckpt.tensors)
+    total += static_cast<uint64_t>(std::max<int64_t>(t.NumElements(), 0)) *
+             DTypeSize(t.dtype);
+  out << dir << ": " << format << ", " << model->shards.size() << " shard(s), "
+      << ckpt.tensors.size() << " tensors, " << total << " bytes\n";
+  for (size_t i = 0; i < ckpt.tensors.size(); ++i) {
+    const TensorInfo& t = ckpt.tensors[i];
+    out << t.name << "  " << DTypeName(t.dtype) << "  " << ShapeText(t.shape)
+        << "  " << model->shards[model->storage_shard[t.storage_index]];
+    if (hash) out << "  " << hashes[i];
+    out << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunInspect(const std::vector<std::string>& args, std::ostream& out,
                std::ostream& err) {
   bool json = false, hash = false;
-  std::string path;
+  std::string path, format_hint;
   ReadOptions options;
   for (const std::string& a : args) {
     if (a == "--json") {
@@ -96,6 +227,8 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
       options.encoding = ReadOptions::Py2Encoding::kLatin1;
     } else if (a == "--encoding=bytes") {
       options.encoding = ReadOptions::Py2Encoding::kBytes;
+    } else if (a.rfind("--format=", 0) == 0) {
+      format_hint = a.substr(9);
     } else if (a == "-h" || a == "--help") {
       out << kUsage << "\n";
       return 0;
@@ -111,6 +244,13 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
   }
   if (path.empty()) {
     err << kUsage << "\n";
+    return 2;
+  }
+  if (IsDirectory(path)) {
+    return InspectDirectory(path, json, hash, format_hint, options, out, err);
+  }
+  if (!format_hint.empty()) {
+    err << "weightctl inspect: --format is for model directories\n";
     return 2;
   }
   MappedFile file;

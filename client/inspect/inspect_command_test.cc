@@ -1,6 +1,12 @@
 #include "client/inspect/inspect_command.h"
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
@@ -156,6 +162,66 @@ TEST(InspectTest, Usage) {
   EXPECT_EQ(RunInspect({}, out, err), 2);
   EXPECT_EQ(RunInspect({"--bogus", kViews}, out, err), 2);
   EXPECT_THAT(err.str(), HasSubstr("usage"));
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Each model directory fixture lists what torch reported for it
+// (generate.py's hf_models): format, shards in index order, every tensor with
+// its sha256, config.json.
+TEST(InspectTest, ModelDirectoriesEqualTorch) {
+  const std::pair<std::vector<std::string>, std::string> cases[] = {
+      {{"tests/fixtures/hf/sharded_torch"}, "sharded_torch"},
+      {{"tests/fixtures/hf/sharded_safetensors"}, "sharded_safetensors"},
+      {{"tests/fixtures/hf/single_both"}, "single_both"},
+      {{"--format=hf-torch", "tests/fixtures/hf/single_both"},
+       "single_both.hf-torch"},
+      {{"tests/fixtures/hf/hub/models--tiny--model/snapshots/"
+        "0123456789abcdef"},
+       "hub"},
+  };
+  for (const auto& [args, expected] : cases) {
+    std::vector<std::string> argv = {"--json", "--hash"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::ostringstream out, err;
+    ASSERT_EQ(RunInspect(argv, out, err), 0) << expected << ": " << err.str();
+    absl::StatusOr<Json> got = ParseJson(out.str());
+    ASSERT_TRUE(got.ok()) << got.status();
+    absl::StatusOr<Json> want =
+        ParseJson(ReadText("tests/fixtures/hf/" + expected + ".expected.json"));
+    ASSERT_TRUE(want.ok()) << expected << ": " << want.status();
+    EXPECT_EQ(*got, *want) << expected << ":\n" << out.str();
+  }
+}
+
+TEST(InspectTest, ModelDirectoryTable) {
+  std::ostringstream out, err;
+  ASSERT_EQ(RunInspect({"tests/fixtures/hf/sharded_torch"}, out, err), 0);
+  EXPECT_THAT(out.str(), HasSubstr("hf-torch, 3 shard(s), 7 tensors"));
+  EXPECT_THAT(out.str(), HasSubstr("pytorch_model-00002-of-00003.bin"));
+}
+
+TEST(InspectTest, BadModelDirectoryIsOneLine) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = std::string(tmp ? tmp : "/tmp") + "/bad-hf-model";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(
+      "tests/fixtures/hf/sharded_safetensors/model-00001-of-00002.safetensors",
+      dir + "/model-00001-of-00002.safetensors",
+      std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << R"({"weight_map": {"model.embed.weight": "model-00001-of-00002.safetensors"}})";
+  std::ostringstream out, err;
+  EXPECT_EQ(RunInspect({"--json", dir}, out, err), 1);
+  EXPECT_THAT(err.str(), HasSubstr("of shard model-00001-of-00002.safetensors "
+                                   "is not in the index"));
+  EXPECT_EQ(err.str().find('\n'), err.str().size() - 1) << err.str();
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunInspect({"--format=hf-torch", dir}, out2, err2), 1);
+  EXPECT_THAT(err2.str(), HasSubstr("not a model directory"));
 }
 
 }  // namespace

@@ -48,7 +48,9 @@ class PlacedElementSource {
       return absl::OkStatus();
     }
     return ConvertStorageElements(
-        storage_, StorageSourceBytes(storage_, model_.file->data()),
+        storage_,
+        StorageSourceBytes(storage_,
+                           model_.FileOf(tensor_.info.storage_index).data()),
         tensor_.info.dtype, first, count, out);
   }
 
@@ -108,6 +110,15 @@ bool LoadedModel::ReadsFile() const {
   return false;
 }
 
+std::string LoadedModel::FormatName() const {
+  return directory ? directory->format : CheckpointFormatName(format);
+}
+
+const MappedFile& LoadedModel::FileOf(size_t storage_index) const {
+  if (directory == nullptr) return *file;
+  return *directory->shard_files[directory->storage_shard[storage_index]];
+}
+
 absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
                                           uint64_t length, uint8_t* out) const {
   if (tensor_index >= tensors.size()) {
@@ -143,7 +154,7 @@ absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
     return GatherElements(tensor.info, offset / element_size,
                           length / element_size, element_size, source, out);
   }
-  return ReadMapped(*file, [&] {
+  return ReadMapped(FileOf(tensor.info.storage_index), [&] {
     return GatherElements(tensor.info, offset / element_size,
                           length / element_size, element_size, source, out);
   });

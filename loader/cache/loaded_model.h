@@ -49,6 +49,21 @@ struct PlacedTensor {
   uint64_t byte_size = 0;  // numel * element size
 };
 
+// A Hugging Face-style model directory loaded as one model: its shards, each
+// mapped once, and the JSON files that come with it.
+struct ModelDirectory {
+  std::string format;                    // "hf-safetensors" | "hf-torch"
+  std::vector<std::string> shards;       // file names, in index order
+  std::vector<std::string> shard_paths;  // canonical (symlinks resolved)
+  std::vector<std::shared_ptr<const MappedFile>> shard_files;
+  // The checkpoint's storage i has its bytes in shard_files[storage_shard[i]].
+  std::vector<size_t> storage_shard;
+  // config.json / generation_config.json, checked to be JSON objects; ""
+  // when absent.
+  std::string config_json;
+  std::string generation_config_json;
+};
+
 class LoadedModel : public CacheValue {
  public:
   // Keeps whatever owns the bytes (mapping, segments, arenas) alive with the
@@ -73,6 +88,14 @@ class LoadedModel : public CacheValue {
   // ReadTensors, shared with every other model of the same file).
   std::vector<StorageInfo> source_storages;
   std::shared_ptr<const MappedFile> file;
+  // Set for a model directory (`path` is the directory, `file` its first
+  // shard, `identity` its index's or its one file's); null for a single file.
+  std::shared_ptr<const ModelDirectory> directory;
+
+  // "hf-safetensors" / "hf-torch" for a directory, else the file's format.
+  std::string FormatName() const;
+  // The mapping that holds source storage `storage_index`.
+  const MappedFile& FileOf(size_t storage_index) const;
 
   TierBytes ResidentBytes() const override { return resident; }
 

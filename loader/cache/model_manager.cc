@@ -1,5 +1,7 @@
 #include "loader/cache/model_manager.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <climits>
@@ -19,6 +21,7 @@
 #include "loader/common/logging.h"
 #include "loader/common/mutex.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/hf_model.h"
 #include "loader/format/reader.h"
 #include "loader/io/file_watcher.h"
 #include "loader/io/mapped_file.h"
@@ -43,7 +46,55 @@ absl::Status AsLoadError(const absl::Status& status) {
   return absl::InvalidArgumentError(status.message());
 }
 
+// Copies the bytes of a small mapped file (an index, a config) under the
+// mapping's guard.
+absl::StatusOr<std::string> CopyMapped(const MappedFile& file) {
+  std::string text;
+  RETURN_IF_ERROR(ReadMapped(file, [&] {
+    text.assign(reinterpret_cast<const char*>(file.data()), file.size());
+    return absl::OkStatus();
+  }));
+  return text;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
 }  // namespace
+
+// The files one model directory is made of, resolved inside the roots, with
+// the identities the cache key is made of: a change to any of them (the
+// index, a shard, config.json, generation_config.json) is a new entry.
+struct ModelManager::DirectoryFiles {
+  struct File {
+    std::string name;  // in the directory
+    std::string path;  // canonical
+    FileIdentity identity;
+  };
+  std::optional<File> index;
+  std::optional<HfIndex> parsed_index;  // set when the index was read
+  std::vector<File> shards;
+  std::optional<File> config;
+  std::optional<File> generation_config;
+
+  // FORMAT, then one "NAME\tPATH\tIDENTITY\n" line per file: a watcher
+  // cookie "PATH\nIDENTITY" of a shard is found in it (OnFileChanged).
+  std::string IdentityKey(HfFormat format) const {
+    std::string key = HfFormatName(format);
+    key += "\n";
+    auto line = [&key](const File& file) {
+      absl::StrAppend(&key, file.name, "\t", file.path, "\t",
+                      weightd::IdentityKey(file.identity), "\n");
+    };
+    if (index) line(*index);
+    for (const File& shard : shards) line(shard);
+    if (config) line(*config);
+    if (generation_config) line(*generation_config);
+    return key;
+  }
+};
 
 // One mapping per file identity, shared by every model of that file (so
 // loads of one file with many placements or filters cost one descriptor).
@@ -124,14 +175,17 @@ class ModelManager::MappedFiles {
 class ModelManager::LoadJob {
  public:
   LoadJob(ModelManager& manager, const Request& request, const LoadSpec& spec,
-          const FileIdentity& identity, const ProgressFn& progress)
+          const FileIdentity& identity, const ProgressFn& progress,
+          const DirectoryFiles* directory = nullptr)
       : manager_(manager),
         request_(request),
         spec_(spec),
         identity_(identity),
-        progress_(progress) {}
+        progress_(progress),
+        directory_(directory) {}
 
   absl::StatusOr<TierBytes> Plan() {
+    if (directory_ != nullptr) return PlanDirectory();
     LoadSource& source = source_.emplace();
     source.path = request_.path;
     ASSIGN_OR_RETURN(source.file,
@@ -167,16 +221,93 @@ class ModelManager::LoadJob {
                      weightd::Place(plan_, *source_, request_.key.placement,
                                     *manager_.devices_, *manager_.workers_,
                                     abandoned, progress_));
+    if (directory_ != nullptr) {
+      model->identity = directory_->index ? directory_->index->identity
+                                          : directory_->shards[0].identity;
+    }
     manager_.bytes_read_ += model->bytes_read;
     return std::shared_ptr<const CacheValue>(std::move(model));
   }
 
  private:
+  // A model directory: every shard mapped (once per identity, shared with
+  // single-file loads of it) and parsed under its guard, the index checked
+  // against them, the shards merged into one checkpoint and planned as one.
+  absl::StatusOr<TierBytes> PlanDirectory() {
+    const HfLayout& layout = *request_.layout;
+    auto directory = std::make_shared<ModelDirectory>();
+    directory->format = HfFormatName(layout.format);
+    std::vector<HfShard> shards;
+    for (const DirectoryFiles::File& shard : directory_->shards) {
+      ASSIGN_OR_RETURN(
+          std::shared_ptr<const MappedFile> file,
+          manager_.mapped_files_->Open(shard.path, shard.identity));
+      ReadOptions read_options;
+      read_options.file_name = absl::StrCat(request_.path, "/", shard.name);
+      absl::StatusOr<Checkpoint> parsed = absl::InternalError("not parsed");
+      RETURN_IF_ERROR(ReadMapped(*file, [&] {
+        parsed = ReadCheckpoint(
+            absl::string_view(reinterpret_cast<const char*>(file->data()),
+                              file->size()),
+            read_options);
+        return absl::OkStatus();
+      }));
+      if (!parsed.ok()) return AsLoadError(parsed.status());
+      shards.push_back(HfShard{shard.name, *std::move(parsed)});
+      directory->shard_paths.push_back(shard.path);
+      directory->shard_files.push_back(std::move(file));
+    }
+    absl::StatusOr<HfModel> model = AssembleHfModel(
+        layout.format,
+        directory_->parsed_index ? &*directory_->parsed_index : nullptr,
+        std::move(shards), request_.path);
+    if (!model.ok()) return AsLoadError(model.status());
+    directory->shards = std::move(model->shards);
+    directory->storage_shard = std::move(model->storage_shard);
+    if (directory_->config) {
+      ASSIGN_OR_RETURN(directory->config_json,
+                       ReadJsonObject(*directory_->config));
+    }
+    if (directory_->generation_config) {
+      ASSIGN_OR_RETURN(directory->generation_config_json,
+                       ReadJsonObject(*directory_->generation_config));
+    }
+    LoadSource& source = source_.emplace();
+    source.path = request_.path;
+    source.file = directory->shard_files.front();
+    source.checkpoint = std::move(model->checkpoint);
+    source.directory = std::move(directory);
+    ASSIGN_OR_RETURN(plan_, PlanLoad(request_.placement, source.checkpoint,
+                                     manager_.gpus_, request_.path));
+    return plan_.expected;
+  }
+
+  // A config file's text, refused unless it is the file that was keyed and
+  // one JSON object.
+  absl::StatusOr<std::string> ReadJsonObject(const DirectoryFiles::File& file) {
+    ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped,
+                     MappedFile::Open(file.path));
+    if (mapped->identity() != file.identity) {
+      return absl::AbortedError(absl::StrCat(
+          file.path, " changed while it was being loaded; load it again"));
+    }
+    if (mapped->size() > kMaxHfJsonFileBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(request_.path, "/", file.name, ": ", mapped->size(),
+                       " bytes is too big for a config file"));
+    }
+    ASSIGN_OR_RETURN(std::string text, CopyMapped(*mapped));
+    RETURN_IF_ERROR(
+        CheckJsonObjectFile(text, absl::StrCat(request_.path, "/", file.name)));
+    return text;
+  }
+
   ModelManager& manager_;
   const Request& request_;
   const LoadSpec& spec_;
   const FileIdentity identity_;
   const ProgressFn& progress_;
+  const DirectoryFiles* const directory_;
   std::optional<LoadSource> source_;
   LoadPlan plan_;
 };
@@ -237,8 +368,15 @@ void ModelManager::OnFileChanged(const FileWatcher::Change& change) {
   if (split == std::string::npos) return;
   MutexLock lock(&changes_mu_);
   if (!accepting_changes_) return;  // the cache is going away
-  const int marked = cache_->MarkStale(change.cookie.substr(0, split),
-                                       change.cookie.substr(split + 1));
+  const std::string path = change.cookie.substr(0, split);
+  const std::string identity = change.cookie.substr(split + 1);
+  int marked = cache_->MarkStale(path, identity);
+  // Model directories with this file as a shard (see DirectoryFiles).
+  const std::string line = absl::StrCat("\t", path, "\t", identity, "\n");
+  for (const CacheEntryInfo& entry : cache_->List()) {
+    if (absl::StrContains(entry.key.identity, line))
+      marked += cache_->MarkStale(entry.key.path, entry.key.identity);
+  }
   LogInfo("%s changed on disk (%s: %s): %d model(s) no longer handed out",
           change.path, FileChangeKindName(change.kind), change.detail, marked);
 }
@@ -310,13 +448,108 @@ absl::StatusOr<ModelManager::Request> ModelManager::PrepareRequest(
   ASSIGN_OR_RETURN(request.placement, CanonicalPlacement(spec, gpus_));
   request.key.path = request.path;
   request.key.placement = request.placement.Key();
+  struct stat st;
+  if (::stat(request.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    ASSIGN_OR_RETURN(request.layout,
+                     DetectHfLayout(request.path, spec.format_hint));
+  }
   return request;
+}
+
+absl::Status ModelManager::StatDirectoryFiles(const Request& request,
+                                              DirectoryFiles& files) const {
+  auto stat_file =
+      [&](const std::string& name) -> absl::StatusOr<DirectoryFiles::File> {
+    DirectoryFiles::File file;
+    file.name = name;
+    // Symlinks (a hub snapshot's into blobs/) are followed, but must stay
+    // inside a model root.
+    ASSIGN_OR_RETURN(file.path,
+                     ResolvePath(absl::StrCat(request.path, "/", name)));
+    ASSIGN_OR_RETURN(file.identity, StatFileIdentity(file.path));
+    return file;
+  };
+  files.shards.clear();
+  std::vector<std::string> names = {request.layout->single_file};
+  if (files.parsed_index) names = files.parsed_index->shards;
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN(DirectoryFiles::File shard, stat_file(name));
+    files.shards.push_back(std::move(shard));
+  }
+  for (auto [name, slot] :
+       {std::pair{kHfConfigFile, &files.config},
+        std::pair{kHfGenerationConfigFile, &files.generation_config}}) {
+    if (!Exists(absl::StrCat(request.path, "/", name))) continue;
+    ASSIGN_OR_RETURN(*slot, stat_file(name));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelManager::DirectoryFiles> ModelManager::ReadDirectoryFiles(
+    const Request& request) const {
+  DirectoryFiles files;
+  const HfLayout& layout = *request.layout;
+  if (!layout.index_file.empty()) {
+    DirectoryFiles::File index;
+    index.name = layout.index_file;
+    ASSIGN_OR_RETURN(index.path, ResolvePath(absl::StrCat(request.path, "/",
+                                                          layout.index_file)));
+    ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped,
+                     MappedFile::Open(index.path));
+    // The identity keyed is the one of the bytes parsed.
+    index.identity = mapped->identity();
+    const std::string shown = absl::StrCat(request.path, "/", index.name);
+    if (mapped->size() > kMaxHfJsonFileBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          shown, ": ", mapped->size(), " bytes is too big for an index"));
+    }
+    ASSIGN_OR_RETURN(std::string text, CopyMapped(*mapped));
+    ASSIGN_OR_RETURN(files.parsed_index, ParseHfIndex(text, shown));
+    {
+      MutexLock lock(&index_mu_);
+      if (index_shards_.size() >= 4096) index_shards_.clear();
+      index_shards_[index.path] = {IdentityKey(index.identity),
+                                   files.parsed_index->shards};
+    }
+    files.index = std::move(index);
+  }
+  RETURN_IF_ERROR(StatDirectoryFiles(request, files));
+  return files;
+}
+
+absl::StatusOr<std::optional<ModelManager::DirectoryFiles>>
+ModelManager::KnownDirectoryFiles(const Request& request) const {
+  DirectoryFiles files;
+  const HfLayout& layout = *request.layout;
+  if (!layout.index_file.empty()) {
+    DirectoryFiles::File index;
+    index.name = layout.index_file;
+    ASSIGN_OR_RETURN(index.path, ResolvePath(absl::StrCat(request.path, "/",
+                                                          layout.index_file)));
+    ASSIGN_OR_RETURN(index.identity, StatFileIdentity(index.path));
+    std::vector<std::string> shards;
+    {
+      MutexLock lock(&index_mu_);
+      auto it = index_shards_.find(index.path);
+      if (it == index_shards_.end() ||
+          it->second.first != IdentityKey(index.identity)) {
+        return std::nullopt;
+      }
+      shards = it->second.second;
+    }
+    // Only the shard list is needed here: the index was checked when read.
+    files.parsed_index.emplace().shards = std::move(shards);
+    files.index = std::move(index);
+  }
+  RETURN_IF_ERROR(StatDirectoryFiles(request, files));
+  files.parsed_index.reset();
+  return files;
 }
 
 absl::StatusOr<ModelManager::LoadResult> ModelManager::CheckHint(
     const LoadSpec& spec, absl::StatusOr<LoadResult> result) {
   if (!result.ok() || spec.format_hint.empty()) return result;
-  const std::string format = CheckpointFormatName(result->model->format);
+  const std::string format = result->model->FormatName();
   if (spec.format_hint == format) return result;
   // A hit must refuse a wrong hint as a fresh load does, and not keep the
   // lease it took.
@@ -331,11 +564,19 @@ absl::StatusOr<ModelManager::LoadResult> ModelManager::Load(
     const LoadSpec& spec, const ProgressFn& progress,
     const CancellationToken* cancel) {
   ASSIGN_OR_RETURN(Request request, PrepareRequest(spec));
-  // Identity first (a stat; a cache hit needs nothing more): a changed file
-  // is a new cache key.
-  ASSIGN_OR_RETURN(const FileIdentity identity, StatFileIdentity(request.path));
-  request.key.identity = IdentityKey(identity);
-  LoadJob job(*this, request, spec, identity, progress);
+  std::optional<DirectoryFiles> directory;
+  FileIdentity identity;
+  if (request.layout) {
+    ASSIGN_OR_RETURN(directory, ReadDirectoryFiles(request));
+    request.key.identity = directory->IdentityKey(request.layout->format);
+  } else {
+    // Identity first (a stat; a cache hit needs nothing more): a changed file
+    // is a new cache key.
+    ASSIGN_OR_RETURN(identity, StatFileIdentity(request.path));
+    request.key.identity = IdentityKey(identity);
+  }
+  LoadJob job(*this, request, spec, identity, progress,
+              directory ? &*directory : nullptr);
   absl::StatusOr<CheckpointCache::Result> result = cache_->GetOrLoad(
       request.key, [&job] { return job.Plan(); },
       [&job](const CancellationToken& abandoned) {
@@ -356,11 +597,23 @@ void ModelManager::LoadAsync(LoadSpec spec, ProgressFn progress,
   // files.
   absl::StatusOr<Request> request = PrepareRequest(spec);
   if (!request.ok()) return done(request.status());
-  absl::StatusOr<FileIdentity> identity = StatFileIdentity(request->path);
-  if (!identity.ok()) return done(identity.status());
-  request->key.identity = IdentityKey(*identity);
+  bool known = true;
+  if (request->layout) {
+    absl::StatusOr<std::optional<DirectoryFiles>> files =
+        KnownDirectoryFiles(*request);
+    if (!files.ok()) return done(files.status());
+    known = files->has_value();
+    if (known)
+      request->key.identity = (*files)->IdentityKey(request->layout->format);
+  } else {
+    absl::StatusOr<FileIdentity> identity = StatFileIdentity(request->path);
+    if (!identity.ok()) return done(identity.status());
+    request->key.identity = IdentityKey(*identity);
+  }
   absl::StatusOr<std::optional<CheckpointCache::Result>> hit =
-      cache_->Lookup(request->key, spec.lease_session);
+      known ? cache_->Lookup(request->key, spec.lease_session)
+            : absl::StatusOr<std::optional<CheckpointCache::Result>>(
+                  std::nullopt);
   if (!hit.ok()) return done(hit.status());
   if (hit->has_value()) {
     return done(CheckHint(

@@ -9,9 +9,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "loader/cache/checkpoint_cache.h"
 #include "loader/cache/device_set.h"
@@ -21,6 +24,7 @@
 #include "loader/common/cancellation.h"
 #include "loader/common/mutex.h"
 #include "loader/common/thread_pool.h"
+#include "loader/format/hf_model.h"
 #include "loader/io/file_watcher.h"
 
 namespace weightd {
@@ -120,10 +124,12 @@ class ModelManager {
  private:
   class LoadJob;
   class MappedFiles;
+  struct DirectoryFiles;
   struct Request {
     std::string path;  // resolved
     Placement placement;
     CacheKey key;
+    std::optional<HfLayout> layout;  // set when `path` is a model directory
   };
 
   ModelManager() = default;
@@ -133,6 +139,18 @@ class ModelManager {
   absl::StatusOr<LoadResult> CheckHint(const LoadSpec& spec,
                                        absl::StatusOr<LoadResult> result);
   void OnFileChanged(const FileWatcher::Change& change);
+
+  // A model directory's files and their identities (the cache key's identity
+  // part): the index (read and parsed here; the load pool's), or, for a hit
+  // on the RPC thread without reading files, the shard list remembered from
+  // the last read of the same index (nullopt when there is none: a miss).
+  absl::StatusOr<DirectoryFiles> ReadDirectoryFiles(
+      const Request& request) const;
+  absl::StatusOr<std::optional<DirectoryFiles>> KnownDirectoryFiles(
+      const Request& request) const;
+  // Resolves (inside the roots) and stats every shard and config file.
+  absl::Status StatDirectoryFiles(const Request& request,
+                                  DirectoryFiles& files) const;
 
   Options options_;
   std::vector<std::string> canonical_roots_;
@@ -148,6 +166,12 @@ class ModelManager {
   std::unique_ptr<ThreadPool> load_pool_;  // destroyed first: its loads use
                                            // everything above
   std::atomic<uint64_t> bytes_read_{0};
+  // Index path -> (its identity key, its shard names), so a cache hit on a
+  // sharded directory needs only stats. Bounded: cleared when full.
+  mutable Mutex index_mu_;
+  mutable absl::flat_hash_map<std::string,
+                              std::pair<std::string, std::vector<std::string>>>
+      index_shards_ ABSL_GUARDED_BY(index_mu_);
 };
 
 }  // namespace weightd

@@ -61,6 +61,7 @@ class Placer {
     model_->metadata_json = checkpoint_.metadata.Dump();
     model_->source_storages = checkpoint_.storages;
     model_->file = source.file;
+    model_->directory = source.directory;
   }
 
   absl::StatusOr<std::shared_ptr<LoadedModel>> Run() {
@@ -90,24 +91,28 @@ class Placer {
     return static_cast<int>(model_->buffers.size()) - 1;
   }
 
-  // Host storages whose bytes do not change are views of the mapping.
+  // Host storages whose bytes do not change are views of the mapping (one
+  // buffer per shard file).
   absl::Status PlaceFileViews() {
-    int file_buffer = -1;
+    std::map<size_t, int> file_buffers;  // shard -> buffer
     for (const PlannedStorage& planned : plan_.storages) {
       if (planned.target.kind != StorageTarget::Kind::kHost ||
           planned.changes_bytes)
         continue;
-      if (file_buffer < 0) {
+      const size_t shard = source_.ShardOf(planned.index);
+      auto [it, inserted] = file_buffers.try_emplace(shard, -1);
+      if (inserted) {
+        const MappedFile& file = source_.ShardFile(shard);
         PlacedBuffer buffer;
         buffer.kind = PlacedBuffer::Kind::kFile;
-        buffer.size = source_.file->size();
-        buffer.path = source_.path;
-        buffer.identity = source_.file->identity();
-        buffer.host_data = source_.file->data();
-        file_buffer = AddBuffer(std::move(buffer));
+        buffer.size = file.size();
+        buffer.path = source_.ShardPath(shard);
+        buffer.identity = file.identity();
+        buffer.host_data = file.data();
+        it->second = AddBuffer(std::move(buffer));
       }
       const StorageInfo& storage = checkpoint_.storages[planned.index];
-      storage_place_[planned.index] = {file_buffer, storage.file_offset};
+      storage_place_[planned.index] = {it->second, storage.file_offset};
       bytes_done_ += planned.placed_bytes;
     }
     return absl::OkStatus();
@@ -136,9 +141,9 @@ class Placer {
       const PlannedStorage& planned = *changed[i];
       const StorageInfo& storage = checkpoint_.storages[planned.index];
       RETURN_IF_ERROR(ConvertFromFile(
-          *source_.file, storage, planned.placed_dtype, 0,
-          storage.num_bytes / DTypeSize(storage.dtype), kElementsPerStorageTask,
-          workers_, segment.data + offsets[i]));
+          source_.ShardFile(source_.ShardOf(planned.index)), storage,
+          planned.placed_dtype, 0, storage.num_bytes / DTypeSize(storage.dtype),
+          kElementsPerStorageTask, workers_, segment.data + offsets[i]));
       bytes_done_ += planned.placed_bytes;
       if (!storage.inflated) model_->bytes_read += storage.num_bytes;
       ReportProgress();
@@ -165,27 +170,32 @@ class Placer {
     }
     const size_t out_size = DTypeSize(planned.placed_dtype);
     const DType placed = planned.placed_dtype;
+    const MappedFile* file = &source_.ShardFile(source_.ShardOf(planned.index));
     return CopyRange::Generated(
         planned.placed_bytes, out_size,
-        [this, &storage, placed, out_size](uint64_t pos, uint64_t length,
-                                           uint8_t* out) {
-          return ConvertFromFile(*source_.file, storage, placed, pos / out_size,
+        [this, file, &storage, placed, out_size](uint64_t pos, uint64_t length,
+                                                 uint8_t* out) {
+          return ConvertFromFile(*file, storage, placed, pos / out_size,
                                  length / out_size, kElementsPerChunkTask,
                                  workers_, out);
         },
         arena_offset);
   }
 
-  // One arena per GPU, filled through the staging pipeline.
+  // One arena per GPU (per GPU and shard for a model directory), filled
+  // through the staging pipeline.
   absl::Status PlaceOnGpus() {
-    std::map<int, std::vector<const PlannedStorage*>> per_gpu;
+    std::map<std::pair<int, size_t>, std::vector<const PlannedStorage*>>
+        per_gpu;
     for (const PlannedStorage& planned : plan_.storages) {
       if (planned.target.kind == StorageTarget::Kind::kGpu)
-        per_gpu[planned.target.gpu].push_back(&planned);
+        per_gpu[{planned.target.gpu, source_.ShardOf(planned.index)}].push_back(
+            &planned);
     }
     if (per_gpu.empty()) return absl::OkStatus();
     const std::vector<GpuDescription> gpus = devices_.Gpus();
-    for (const auto& [gpu, storages] : per_gpu) {
+    for (const auto& [gpu_and_shard, storages] : per_gpu) {
+      const auto [gpu, shard] = gpu_and_shard;
       RETURN_IF_ERROR(CheckCancelled());
       uint64_t size = 0;
       std::vector<CopyRange> ranges;
@@ -198,13 +208,14 @@ class Placer {
       }
       size = std::max<uint64_t>(size, 1);
       const uint64_t done_before = bytes_done_;
-      ASSIGN_OR_RETURN(
-          FilledArena arena,
-          devices_.FillGpuArena(
-              gpu, source_.file->fd(), source_.path, size, ranges, &cancel_,
-              [this, done_before](uint64_t done, uint64_t) {
-                if (progress_) progress_(done_before + done, plan_.bytes_total);
-              }));
+      ASSIGN_OR_RETURN(FilledArena arena,
+                       devices_.FillGpuArena(
+                           gpu, source_.ShardFile(shard).fd(),
+                           source_.ShardPath(shard), size, ranges, &cancel_,
+                           [this, done_before](uint64_t done, uint64_t) {
+                             if (progress_)
+                               progress_(done_before + done, plan_.bytes_total);
+                           }));
       model_->owned.push_back(std::move(arena.owner));
       for (const CopyRange& range : ranges) {
         bytes_done_ += range.length;

@@ -21,10 +21,25 @@
 namespace weightd {
 
 // The parsed checkpoint a load places, and the mapping its bytes come from.
+// For a model directory, `checkpoint` is every shard's merged (hf_model.h),
+// `file` the first shard and `directory` says which shard holds each storage:
+// host views are made per shard, and each GPU gets one arena per shard (the
+// staging pipeline reads one file per run).
 struct LoadSource {
   std::string path;  // canonical, for errors and the model's description
   std::shared_ptr<const MappedFile> file;
   Checkpoint checkpoint;
+  std::shared_ptr<const ModelDirectory> directory;  // null: a single file
+
+  size_t ShardOf(size_t storage_index) const {
+    return directory ? directory->storage_shard[storage_index] : 0;
+  }
+  const MappedFile& ShardFile(size_t shard) const {
+    return directory ? *directory->shard_files[shard] : *file;
+  }
+  const std::string& ShardPath(size_t shard) const {
+    return directory ? directory->shard_paths[shard] : path;
+  }
 };
 
 // Places `plan` for `source`. `placement_key` is recorded on the model.

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs hf_model_test.py (model directories through the daemon, weightctl and the Python client)
+# with Debian's Python, which has torch and grpcio.
+set -euo pipefail
+if ! /usr/bin/python3 -c 'import torch, grpc' 2>/dev/null; then
+  echo "SKIPPED: /usr/bin/python3 cannot import torch and grpc (run scripts/setup)"
+  exit 0
+fi
+package="$(dirname "$(readlink -f client/python/weightd/__init__.py)")/.."
+# Runfiles are symlinks into the source tree: the fixtures' real directory.
+fixtures="$(dirname "$(readlink -f tests/fixtures/hf/hub.expected.json)")"
+export XML_OUTPUT_FILE="${XML_OUTPUT_FILE:-}"
+exec /usr/bin/python3 tests/integration/hf_model_test.py "$1" "$2" "$package" "$fixtures"
