@@ -1,6 +1,7 @@
 // weightd: loads PyTorch checkpoints once and hands their tensors to many
 // processes.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <string>
@@ -35,6 +36,21 @@ int main(int argc, char** argv) {
                  : level == "warning" ? LogLevel::kWarning
                  : level == "error"   ? LogLevel::kError
                                       : LogLevel::kInfo);
+
+  // Mappings, sockets and watches each cost a descriptor: take the whole
+  // hard limit the system grants (the soft default, often 1024, is for
+  // interactive programs), so clients can still connect under load.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 &&
+      files.rlim_cur < files.rlim_max) {
+    const rlim_t before = files.rlim_cur;
+    files.rlim_cur = files.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &files) == 0) {
+      LogInfo("file descriptor limit raised from %d to %d",
+              static_cast<uint64_t>(before),
+              static_cast<uint64_t>(files.rlim_max));
+    }
+  }
 
   // Block the stop signals in every thread; this one waits for them.
   sigset_t stop_signals;

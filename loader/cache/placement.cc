@@ -9,6 +9,7 @@
 #include "loader/cache/convert.h"
 #include "loader/cache/mapped_read.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/utf8.h"
 
 namespace weightd {
 namespace {
@@ -58,7 +59,8 @@ class Placer {
     model_->format = checkpoint_.format;
     model_->placement = placement_key;
     model_->extra_files = checkpoint_.extra_files;
-    model_->metadata_json = checkpoint_.metadata.Dump();
+    // A proto string must be UTF-8, whatever bytes the file's strings held.
+    model_->metadata_json = ToValidUtf8(checkpoint_.metadata.Dump());
     model_->source_storages = checkpoint_.storages;
     model_->file = source.file;
     model_->directory = source.directory;

@@ -28,5 +28,19 @@ TEST(Utf8Test, RefusesWhatPythonRefuses) {
   EXPECT_FALSE(IsValidUtf8("\xf8\x88\x80\x80\x80"));
 }
 
+TEST(ToValidUtf8Test, ReplacesEachInvalidByteAndKeepsValidText) {
+  EXPECT_EQ(ToValidUtf8("plain \xc3\xa9"), "plain \xc3\xa9");
+  EXPECT_EQ(ToValidUtf8("a\xff"
+                        "b"),
+            "a\xef\xbf\xbd"
+            "b");
+  // An overlong form and a lone continuation byte: one U+FFFD per byte.
+  EXPECT_EQ(ToValidUtf8("\xc0\xaf"), "\xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_EQ(ToValidUtf8("x\x80"), "x\xef\xbf\xbd");
+  // A sequence cut short at the end.
+  EXPECT_EQ(ToValidUtf8("\xe2\x82"), "\xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_TRUE(IsValidUtf8(ToValidUtf8("\xed\xa0\x80 surrogate")));
+}
+
 }  // namespace
 }  // namespace weightd

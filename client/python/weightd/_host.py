@@ -14,7 +14,7 @@ _lock = threading.Lock()
 
 
 def _identity(st):
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _map_fd(fd, key):
@@ -29,7 +29,8 @@ def _map_fd(fd, key):
 
 def map_file(path, identity):
     """Maps the checkpoint file read-only after checking that it is the file the daemon loaded
-    (device, inode, size, mtime); FileChangedError otherwise. `identity` is a FileIdentity or
+    (device, inode, size, mtime, and ctime, which no user call can set back; a daemon that
+    sends no ctime is checked without it); FileChangedError otherwise. `identity` is a FileIdentity or
     None (no check)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -38,12 +39,13 @@ def map_file(path, identity):
     try:
         found = _identity(os.fstat(fd))
         if identity is not None:
-            want = (identity.device, identity.inode, identity.size, identity.mtime_ns)
+            want = (identity.device, identity.inode, identity.size, identity.mtime_ns,
+                    identity.ctime_ns or found[4])
             if found != want:
                 raise FileChangedError(
                     "%s: file changed on disk since the daemon loaded it (expected dev=%d "
-                    "ino=%d size=%d mtime_ns=%d, found dev=%d ino=%d size=%d mtime_ns=%d); "
-                    "load it again" % ((path,) + want + found))
+                    "ino=%d size=%d mtime_ns=%d ctime_ns=%d, found dev=%d ino=%d size=%d "
+                    "mtime_ns=%d ctime_ns=%d); load it again" % ((path,) + want + found))
         if found[2] == 0:
             raise WeightdError(grpc.StatusCode.INVALID_ARGUMENT, "%s is empty" % path)
         return _map_fd(fd, ("file",) + found)
