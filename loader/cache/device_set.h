@@ -42,8 +42,9 @@ class DeviceSet {
     int fake_gpus = 0;
     absl::Duration fake_gpu_copy_delay = absl::ZeroDuration();
     std::string io_backend = "auto";
-    uint64_t staging_chunk_bytes = 8ull << 20;
-    int staging_buffers = 4;
+    // The staging ring per GPU; defaults are the pipeline's own.
+    uint64_t staging_chunk_bytes = StagingOptions{}.chunk_bytes;
+    int staging_buffers = StagingOptions{}.num_buffers;
   };
   static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
       const Options& options);

@@ -377,12 +377,14 @@ class InotifyFileWatcher : public FileWatcher {
       FileChangeKind kind = (event.mask & (IN_CREATE | IN_MOVED_TO))
                                 ? FileChangeKind::kReplaced
                                 : FileChangeKind::kRemoved;
-      std::vector<WatchId> named;
+      // Re-checked, not fired: an event queued before the watch was made
+      // (the file's own creation) may be read after it; a replacement or a
+      // removal always leaves the path with another identity or none.
       for (WatchId id : it->second) {
-        if (watches_.at(id).name == event.name) named.push_back(id);
-      }
-      for (WatchId id : named) {
-        FireLocked(id, kind, absl::StrCat(names, " in its directory"), fired);
+        const Entry& entry = watches_.at(id);
+        if (entry.name != event.name) continue;
+        rechecks->push_back(Recheck{id, entry.path, entry.loaded, kind,
+                                    absl::StrCat(names, " in its directory")});
       }
     }
   }
