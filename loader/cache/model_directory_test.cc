@@ -222,8 +222,9 @@ TEST_F(ModelDirectoryTest, ShardsGoToGpuArenasAndCasts) {
     segments += buffer.kind == PlacedBuffer::Kind::kSharedMemory;
   EXPECT_EQ(segments, 1);
   for (const PlacedTensor& t : cast_model->model->tensors) {
-    if (t.info.name == "lm_head.weight")
+    if (t.info.name == "lm_head.weight") {
       EXPECT_EQ(t.info.dtype, DType::kFloat32);
+    }
   }
 }
 

@@ -246,7 +246,9 @@ TEST_P(StagingPipelineTest, ByteIdenticalAtEveryOffset) {
   EXPECT_EQ(progress.back().first, total);
   for (size_t i = 0; i < progress.size(); ++i) {
     EXPECT_EQ(progress[i].second, total);
-    if (i > 0) EXPECT_GT(progress[i].first, progress[i - 1].first);
+    if (i > 0) {
+      EXPECT_GT(progress[i].first, progress[i - 1].first);
+    }
   }
   EXPECT_EQ(stats.bytes, total);
   // Bounded memory: the ring, whatever the checkpoint size.
