@@ -90,6 +90,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (placement->cast)
     again.cast_dtype = std::string(weightd::DTypeName(*placement->cast));
   again.filter = placement->filter;
+  again.host_copy = placement->host_copy;
   auto canonical_again = weightd::CanonicalPlacement(again, Gpus());
   Check(canonical_again.ok() && canonical_again->Key() == placement->Key());
   auto plan = weightd::PlanLoad(*placement, Sample(), Gpus(), spec.path);
