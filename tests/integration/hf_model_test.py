@@ -14,12 +14,10 @@ import collections
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import unittest
 
 import torch
@@ -70,27 +68,6 @@ def torch_model(directory):
                    else torch.load(path))
     return out
 
-
-class Daemon:
-    def __init__(self, root):
-        self.dir = tempfile.mkdtemp(prefix="weightd-hf-")
-        self.address = "unix:" + os.path.join(self.dir, "w.sock")
-        self.process = subprocess.Popen(
-            [WEIGHTD, "--listen=" + self.address, "--model_root=" + root, "--metrics_address=",
-             "--fake_gpus=1"], stderr=subprocess.PIPE, text=True)
-        seen = []
-        for line in self.process.stderr:
-            seen.append(line)
-            if "weightd ready" in line:
-                break
-        else:
-            raise RuntimeError("weightd did not start:\n" + "".join(seen))
-        threading.Thread(target=lambda: seen.extend(self.process.stderr), daemon=True).start()
-
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=20)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class HfModelTest(unittest.TestCase):
@@ -267,4 +244,10 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.abspath(sys.argv[3]))
     os.environ["PYTHONPATH"] = os.path.abspath(sys.argv[3])
     FIXTURES = os.path.abspath(sys.argv[4])
+    # The real daemon on a private socket: the hardening suite's harness.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                    "hardening"))
+    import harness
+    harness.configure(WEIGHTD, os.path.abspath(sys.argv[3]))
+    Daemon = harness.Daemon
     unittest.main(argv=[sys.argv[0], "-v"])
