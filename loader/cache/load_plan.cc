@@ -107,6 +107,7 @@ std::string Placement::Key() const {
   if (host_copy) absl::StrAppend(&out, " copy");
   if (!filter.empty())
     absl::StrAppend(&out, " only{", absl::StrJoin(filter, ","), "}");
+  absl::StrAppend(&out, shard.KeyPart());
   return out;
 }
 
@@ -166,6 +167,7 @@ absl::StatusOr<Placement> CanonicalPlacement(
     placement.cast = *cast;
   }
   placement.host_copy = spec.host_copy;
+  ASSIGN_OR_RETURN(placement.shard, CanonicalShardSpec(spec.shard, spec.path));
   placement.filter = spec.filter;
   std::sort(placement.filter.begin(), placement.filter.end());
   placement.filter.erase(
@@ -181,11 +183,19 @@ const PlannedStorage* LoadPlan::ForStorage(size_t index) const {
   return it != storages.end() && it->index == index ? &*it : nullptr;
 }
 
+const PlannedSlice* LoadPlan::ForTensor(size_t index) const {
+  auto it = std::lower_bound(
+      slices.begin(), slices.end(), index,
+      [](const PlannedSlice& s, size_t i) { return s.tensor < i; });
+  return it != slices.end() && it->tensor == index ? &*it : nullptr;
+}
+
 absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
                                   const Checkpoint& checkpoint,
                                   absl::Span<const GpuDescription> gpus,
                                   absl::string_view file) {
   LoadPlan plan;
+  plan.shard_world_size = placement.shard.world_size;
   for (size_t i = 0; i < checkpoint.tensors.size(); ++i) {
     if (Selected(checkpoint.tensors[i].name, placement.filter))
       plan.tensors.push_back(i);
@@ -194,17 +204,9 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
     return absl::NotFoundError(absl::StrCat(
         file, ": no tensor matches ", absl::StrJoin(placement.filter, ", ")));
   }
-  std::map<size_t, PlannedStorage> storages;
-  for (size_t t : plan.tensors) {
-    const TensorInfo& tensor = checkpoint.tensors[t];
-    const size_t s = tensor.storage_index;
-    if (s >= checkpoint.storages.size()) {
-      return absl::InternalError(absl::StrCat(file, ": tensor ", tensor.name,
-                                              " names storage ", s, " of ",
-                                              checkpoint.storages.size()));
-    }
-    if (storages.count(s)) continue;
-    const StorageInfo& storage = checkpoint.storages[s];
+  // Where a storage saved at its location goes.
+  auto target_of =
+      [&](const StorageInfo& storage) -> absl::StatusOr<StorageTarget> {
     const std::string saved =
         storage.location.empty() ? "cpu" : storage.location;
     absl::StatusOr<std::string> name = ResolveLocation(placement.map, saved);
@@ -217,14 +219,54 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
           file, ": cannot place storage saved on \"", saved, "\" on ", *name,
           ": the daemon has ", gpus.size(), " GPU(s); give a map_location"));
     }
-    PlannedStorage planned;
-    planned.index = s;
-    planned.target = *target;
-    planned.placed_dtype = storage.dtype;
+    return *target;
+  };
+  auto placed_dtype_of = [&](const StorageInfo& storage,
+                             const TensorInfo& tensor) {
     if (placement.cast && IsCastableFloat(storage.dtype) &&
         tensor.dtype == storage.dtype) {
-      planned.placed_dtype = *placement.cast;
+      return *placement.cast;
     }
+    return storage.dtype;
+  };
+  uint64_t match_budget = kShardMatchBudget;
+  std::map<size_t, PlannedStorage> storages;
+  for (size_t t : plan.tensors) {
+    const TensorInfo& tensor = checkpoint.tensors[t];
+    const size_t s = tensor.storage_index;
+    if (s >= checkpoint.storages.size()) {
+      return absl::InternalError(absl::StrCat(file, ": tensor ", tensor.name,
+                                              " names storage ", s, " of ",
+                                              checkpoint.storages.size()));
+    }
+    const StorageInfo& storage = checkpoint.storages[s];
+    ASSIGN_OR_RETURN(std::optional<TensorSlice> slice,
+                     SliceFor(placement.shard, tensor, file, &match_budget));
+    if (slice) {
+      PlannedSlice planned;
+      planned.tensor = t;
+      planned.slice = *std::move(slice);
+      ASSIGN_OR_RETURN(planned.target, target_of(storage));
+      planned.placed_dtype = placed_dtype_of(storage, tensor);
+      const uint64_t elements = static_cast<uint64_t>(
+          std::max<int64_t>(planned.slice.view.NumElements(), 0));
+      planned.placed_bytes = elements * DTypeSize(planned.placed_dtype);
+      planned.source_bytes = elements * DTypeSize(storage.dtype);
+      planned.changes_bytes =
+          PlacementChangesBytes(storage, planned.placed_dtype);
+      planned.own_bytes = planned.target.kind == StorageTarget::Kind::kGpu ||
+                          (planned.target.kind == StorageTarget::Kind::kHost &&
+                           (planned.changes_bytes || placement.host_copy));
+      planned.file_range = planned.own_bytes && !planned.changes_bytes &&
+                           IsRowMajorContiguous(planned.slice.view);
+      plan.slices.push_back(std::move(planned));
+      continue;
+    }
+    if (storages.count(s)) continue;
+    PlannedStorage planned;
+    planned.index = s;
+    ASSIGN_OR_RETURN(planned.target, target_of(storage));
+    planned.placed_dtype = placed_dtype_of(storage, tensor);
     planned.placed_bytes = PlacedStorageBytes(storage, planned.placed_dtype);
     planned.changes_bytes =
         PlacementChangesBytes(storage, planned.placed_dtype) ||
@@ -250,6 +292,24 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
         break;
     }
     plan.storages.push_back(planned);
+  }
+  // A slice's own bytes are held once, contiguous; a zero-copy view holds
+  // nothing (its file is mapped anyway).
+  for (const PlannedSlice& planned : plan.slices) {
+    switch (planned.target.kind) {
+      case StorageTarget::Kind::kHost:
+        if (planned.own_bytes)
+          host_bytes += AlignUp(planned.placed_bytes, kHostStorageAlignment);
+        plan.bytes_total += planned.placed_bytes;
+        break;
+      case StorageTarget::Kind::kGpu:
+        gpu_bytes[planned.target.gpu] +=
+            AlignUp(planned.placed_bytes, kGpuStorageAlignment);
+        plan.bytes_total += planned.placed_bytes;
+        break;
+      case StorageTarget::Kind::kMeta:
+        break;
+    }
   }
   if (host_bytes > 0) plan.expected["host"] = host_bytes;
   for (const auto& [gpu, bytes] : gpu_bytes)

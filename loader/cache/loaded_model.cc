@@ -154,9 +154,11 @@ absl::Status LoadedModel::ReadTensorRange(size_t tensor_index, uint64_t offset,
     return GatherElements(tensor.info, offset / element_size,
                           length / element_size, element_size, source, out);
   }
+  const TensorInfo& view =
+      tensor.source_view ? *tensor.source_view : tensor.info;
   return ReadMapped(FileOf(tensor.info.storage_index), [&] {
-    return GatherElements(tensor.info, offset / element_size,
-                          length / element_size, element_size, source, out);
+    return GatherElements(view, offset / element_size, length / element_size,
+                          element_size, source, out);
   });
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,9 @@ struct PlacedTensor {
   int buffer_index = -1;        // -1: meta (no bytes)
   uint64_t storage_byte_offset = 0;
   uint64_t byte_size = 0;  // numel * element size
+  // A tensor-parallel slice with its own contiguous bytes: where its elements
+  // are in the source storage (reads of the mapping follow this, not `info`).
+  std::optional<TensorInfo> source_view;
 };
 
 // A Hugging Face-style model directory loaded as one model: its shards, each

@@ -217,10 +217,11 @@ class ModelManager::LoadJob {
 
   absl::StatusOr<std::shared_ptr<const CacheValue>> Place(
       const CancellationToken& abandoned) {
-    ASSIGN_OR_RETURN(std::shared_ptr<LoadedModel> model,
-                     weightd::Place(plan_, *source_, request_.key.placement,
-                                    *manager_.devices_, *manager_.workers_,
-                                    abandoned, progress_));
+    ASSIGN_OR_RETURN(
+        std::shared_ptr<LoadedModel> model,
+        weightd::Place(plan_, *source_, request_.key.placement,
+                       *manager_.devices_, *manager_.workers_, abandoned,
+                       progress_, manager_.shared_reads_.get()));
     if (directory_ != nullptr) {
       model->identity = directory_->index ? directory_->index->identity
                                           : directory_->shards[0].identity;
@@ -342,6 +343,13 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
                                                        std::move(on_change));
   manager->mapped_files_ =
       std::make_unique<MappedFiles>(manager->watcher_.get());
+  SharedRegionReads::Options shared_options;
+  shared_options.budget_bytes = options.shared_read_budget_bytes;
+  if (options.host_budget_bytes > 0) {
+    shared_options.budget_bytes =
+        std::min(shared_options.budget_bytes, options.host_budget_bytes);
+  }
+  manager->shared_reads_ = std::make_unique<SharedRegionReads>(shared_options);
   int workers = options.worker_threads;
   if (workers <= 0) {
     workers = std::min(

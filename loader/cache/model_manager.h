@@ -21,6 +21,7 @@
 #include "loader/cache/gpu_description.h"
 #include "loader/cache/load_plan.h"
 #include "loader/cache/loaded_model.h"
+#include "loader/cache/shared_region_reads.h"
 #include "loader/common/cancellation.h"
 #include "loader/common/mutex.h"
 #include "loader/common/thread_pool.h"
@@ -56,6 +57,10 @@ class ModelManager {
     // Threads for casts, byte swaps and ReadTensors byte production; 0: the
     // machine's cores, at most 8.
     int worker_threads = 0;
+    // Host bytes held by tensor-parallel ranks' shared reads of replicated
+    // tensors (read once, taken by each rank); never more than the host
+    // budget when there is one.
+    uint64_t shared_read_budget_bytes = uint64_t{1} << 30;
   };
 
   struct LoadResult {
@@ -105,6 +110,9 @@ class ModelManager {
   std::vector<CacheEntryInfo> List() const;
   CacheStats Stats() const;
   uint64_t BytesRead() const { return bytes_read_.load(); }
+  SharedRegionReads::Stats SharedReadStats() const {
+    return shared_reads_->stats();
+  }
   ManagerInfo Info() const;
   // The budget of every tier that has one ("host", each GPU's UUID).
   TierBytes Budgets() const;
@@ -162,6 +170,7 @@ class ModelManager {
   bool accepting_changes_ ABSL_GUARDED_BY(changes_mu_) = true;
   std::unique_ptr<CheckpointCache> cache_;
   std::unique_ptr<MappedFiles> mapped_files_;
+  std::unique_ptr<SharedRegionReads> shared_reads_;
   std::unique_ptr<ThreadPool> workers_;
   std::unique_ptr<ThreadPool> load_pool_;  // destroyed first: its loads use
                                            // everything above

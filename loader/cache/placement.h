@@ -13,6 +13,7 @@
 #include "loader/cache/device_set.h"
 #include "loader/cache/load_plan.h"
 #include "loader/cache/loaded_model.h"
+#include "loader/cache/shared_region_reads.h"
 #include "loader/common/cancellation.h"
 #include "loader/common/thread_pool.h"
 #include "loader/format/checkpoint.h"
@@ -45,11 +46,14 @@ struct LoadSource {
 // Places `plan` for `source`. `placement_key` is recorded on the model.
 // `cancel` is checked between storages and chunks (CANCELLED, nothing kept);
 // `progress` (may be empty) sees placed bytes against plan.bytes_total. On
-// any error every segment and arena made so far is freed.
+// any error every segment and arena made so far is freed. For a sharded plan,
+// `shared_reads` (may be null) lets the group's ranks read each replicated
+// storage bound for a GPU once between them.
 absl::StatusOr<std::shared_ptr<LoadedModel>> Place(
     const LoadPlan& plan, const LoadSource& source,
     const std::string& placement_key, DeviceSet& devices, ThreadPool& workers,
-    const CancellationToken& cancel, const ProgressFn& progress);
+    const CancellationToken& cancel, const ProgressFn& progress,
+    SharedRegionReads* shared_reads = nullptr);
 
 }  // namespace weightd
 

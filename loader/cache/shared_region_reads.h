@@ -1,0 +1,121 @@
+// Reads of one file region shared by the ranks of a tensor-parallel group:
+// the W ranks of a node each need a replicated tensor's bytes on their own
+// GPU, and the node should read them once, not W times. The first rank to ask
+// for a region reads it into host memory; the others take those bytes. An
+// entry is freed once all W consumers took it, and evicted oldest-first when
+// the host budget is exceeded (a late rank then reads again, counted). Nobody
+// waits for a rank that has not arrived: a rank waits only while another is
+// reading the region it wants, and reads for itself when the budget is full.
+#ifndef WEIGHTD_LOADER_CACHE_SHARED_REGION_READS_H_
+#define WEIGHTD_LOADER_CACHE_SHARED_REGION_READS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "loader/common/mutex.h"
+#include "loader/io/mapped_file.h"
+
+namespace weightd {
+
+class SharedRegionReads {
+ public:
+  struct Options {
+    // Host bytes held in regions read but not yet taken by every consumer.
+    uint64_t budget_bytes = uint64_t{1} << 30;
+    // Evicted regions remembered (no bytes), so their late consumers still
+    // count towards freeing them.
+    size_t max_evicted_remembered = 65536;
+  };
+
+  struct Region {
+    FileIdentity file;
+    uint64_t offset = 0;
+    uint64_t length = 0;
+    // How many takes free the region (the group's world size). At most 1:
+    // never kept.
+    int consumers = 1;
+  };
+
+  struct Bytes {
+    std::unique_ptr<uint8_t[]> data;
+    uint64_t size = 0;
+  };
+
+  struct Taken {
+    std::shared_ptr<const Bytes> bytes;
+    uint64_t bytes_read = 0;  // read from the file by this take (0: shared)
+  };
+
+  struct Stats {
+    uint64_t bytes_read = 0;    // read from files, rereads included
+    uint64_t bytes_shared = 0;  // taken from another take's read
+    uint64_t rereads = 0;       // regions read again after an eviction
+    uint64_t evictions = 0;
+    uint64_t held_bytes = 0;  // now
+  };
+
+  // Fills `out` (region.length bytes) from the file.
+  using ReadFn = absl::FunctionRef<absl::Status(uint8_t* out)>;
+
+  explicit SharedRegionReads(Options options);
+
+  // The region's bytes: another consumer's read, or `read` on this thread.
+  // Waits only while another take reads the same region. The read's error,
+  // if it fails (the region is then not kept).
+  absl::StatusOr<Taken> Take(const Region& region, ReadFn read);
+
+  Stats stats() const;
+
+ private:
+  struct Key {
+    FileIdentity file;
+    uint64_t offset;
+    uint64_t length;
+    int consumers;
+    bool operator==(const Key& o) const {
+      return file == o.file && offset == o.offset && length == o.length &&
+             consumers == o.consumers;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const Key& k) {
+      return H::combine(std::move(h), k.file, k.offset, k.length, k.consumers);
+    }
+  };
+  enum class State { kReading, kReady, kEvicted };
+  struct Entry {
+    State state = State::kReading;
+    std::shared_ptr<const Bytes> bytes;
+    int taken = 0;
+    uint64_t sequence = 0;  // insertion order, for oldest-first eviction
+  };
+
+  enum class Decision { kShared, kReadAlone, kReadAndKeep };
+
+  absl::StatusOr<Taken> ReadAlone(const Region& region, ReadFn read);
+  // Takes a ready region into `*taken` (kShared), or says who reads: this
+  // take alone, or this take for every consumer (its entry now kReading).
+  Decision Decide(const Key& key, Taken* taken);
+  // Evicts ready regions, oldest first, until `length` more bytes fit.
+  bool MakeRoom(uint64_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Forget(const Key& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable Mutex mu_;
+  CondVar read_done_;
+  absl::flat_hash_map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Key> ready_order_ ABSL_GUARDED_BY(mu_);  // sequence
+  std::deque<std::pair<uint64_t, Key>> evicted_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t held_ ABSL_GUARDED_BY(mu_) = 0;  // ready and reading entries
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace weightd
+
+#endif  // WEIGHTD_LOADER_CACHE_SHARED_REGION_READS_H_
