@@ -10,6 +10,7 @@
 #include "absl/strings/strip.h"
 #include "loader/cache/convert.h"
 #include "loader/common/status_macros.h"
+#include "loader/format/tensor_bytes.h"
 
 namespace weightd {
 namespace {
@@ -259,6 +260,12 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
                            (planned.changes_bytes || placement.host_copy));
       planned.file_range = planned.own_bytes && !planned.changes_bytes &&
                            IsRowMajorContiguous(planned.slice.view);
+      if (planned.own_bytes) {
+        // A slice of a stride-0 expand gathers more than the file holds.
+        absl::Status bounded =
+            CheckViewWorkBounded(planned.slice.view, storage.num_bytes);
+        if (!bounded.ok()) return InFile(file, bounded);
+      }
       plan.slices.push_back(std::move(planned));
       continue;
     }

@@ -233,5 +233,121 @@ TEST(PlanLoadTest, SavedLocationsThatCannotBePlaced) {
   EXPECT_EQ(plan->ForStorage(0)->target.Name(), "cpu");
 }
 
+// A column-parallel weight (8x6 float32), its bias (8) and a norm (6), each
+// in its own cpu storage.
+Checkpoint Layer() {
+  Checkpoint c;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    int64_t numel = 1;
+    for (int64_t n : shape) numel *= n;
+    StorageInfo s;
+    s.key = std::to_string(c.storages.size());
+    s.location = "cpu";
+    s.dtype = DType::kFloat32;
+    s.num_bytes = numel * 4;
+    c.storages.push_back(s);
+    TensorInfo t;
+    t.name = std::move(name);
+    t.dtype = DType::kFloat32;
+    t.shape = shape;
+    t.stride.assign(shape.size(), 1);
+    for (size_t d = shape.size(); d-- > 1;)
+      t.stride[d - 1] = t.stride[d] * shape[d];
+    t.storage_index = c.storages.size() - 1;
+    c.tensors.push_back(t);
+  };
+  add("mlp.w", {8, 6});
+  add("mlp.b", {8});
+  add("norm", {6});
+  return c;
+}
+
+absl::StatusOr<LoadPlan> PlanSharded(
+    const std::string& target, int rank, int world,
+    std::vector<std::pair<std::string, int>> rules,
+    const std::string& cast = "") {
+  LoadSpec spec = Target(target);
+  spec.shard.rank = rank;
+  spec.shard.world_size = world;
+  spec.shard.rules = std::move(rules);
+  spec.cast_dtype = cast;
+  auto gpus = TwoGpus();
+  auto placement = CanonicalPlacement(spec, gpus);
+  if (!placement.ok()) return placement.status();
+  return PlanLoad(*placement, Layer(), gpus, spec.path);
+}
+
+TEST(CanonicalPlacementTest, ShardIsPartOfTheKey) {
+  LoadSpec a = Target("cuda:0");
+  a.shard.world_size = 2;
+  a.shard.rules = {{"*.w", 0}};
+  LoadSpec b = a;
+  b.shard.rank = 1;
+  EXPECT_NE(KeyOf(a), KeyOf(b));
+  EXPECT_NE(KeyOf(a), KeyOf(Target("cuda:0")));
+  EXPECT_EQ(KeyOf(a).rfind("cuda:0 tp{0/2 rules:", 0), 0u) << KeyOf(a);
+  LoadSpec zero = Target("cpu");
+  zero.shard.rules = {{"*", 0}};
+  EXPECT_EQ(CanonicalPlacement(zero, TwoGpus()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PlanLoadTest, ShardedGpuPlansHoldOnlyTheSlices) {
+  auto plan = PlanSharded("cuda:0", 1, 2, {{"mlp.*", 0}});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_EQ(plan->slices.size(), 2u);
+  const PlannedSlice* w = plan->ForTensor(0);
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->slice.view.shape, (std::vector<int64_t>{4, 6}));
+  EXPECT_EQ(w->slice.view.storage_offset, 24);
+  EXPECT_EQ(w->placed_bytes, 96u);
+  EXPECT_TRUE(w->own_bytes);
+  EXPECT_TRUE(w->file_range);              // dim 0 of a contiguous tensor
+  EXPECT_EQ(plan->ForTensor(2), nullptr);  // norm: whole
+  ASSERT_EQ(plan->storages.size(), 1u);
+  EXPECT_EQ(plan->storages[0].index, 2u);
+  // 96 + 16 of slices and 24 of the norm, each aligned to 256.
+  EXPECT_EQ(plan->expected, (TierBytes{{"GPU-aaaa", 3 * 256}}));
+  EXPECT_EQ(plan->bytes_total, 96u + 16 + 24);
+  EXPECT_EQ(plan->shard_world_size, 2);
+
+  auto columns = PlanSharded("cuda:0", 0, 3, {{"mlp.w", 1}});
+  ASSERT_TRUE(columns.ok()) << columns.status();
+  EXPECT_FALSE(columns->ForTensor(0)->file_range);  // gathered
+  EXPECT_EQ(columns->ForTensor(0)->placed_bytes, 8u * 2 * 4);
+}
+
+TEST(PlanLoadTest, ShardedHostSlicesAreViewsUnlessBytesChange) {
+  auto plan = PlanSharded("cpu", 1, 2, {{"mlp.w", 1}});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const PlannedSlice* w = plan->ForTensor(0);
+  ASSERT_NE(w, nullptr);
+  EXPECT_FALSE(w->own_bytes);
+  EXPECT_EQ(w->slice.view.stride, (std::vector<int64_t>{6, 1}));
+  EXPECT_EQ(w->slice.view.storage_offset, 3);
+  EXPECT_TRUE(plan->expected.empty());  // nothing held, nothing counted twice
+  EXPECT_EQ(plan->bytes_total, 96u + 32 + 24);
+
+  auto cast = PlanSharded("cpu", 1, 2, {{"mlp.w", 1}}, "bfloat16");
+  ASSERT_TRUE(cast.ok()) << cast.status();
+  EXPECT_TRUE(cast->ForTensor(0)->own_bytes);
+  EXPECT_EQ(cast->ForTensor(0)->placed_bytes, 48u);
+  // The slice (48) and the two whole storages cast (16, 12), each aligned.
+  EXPECT_EQ(cast->expected, (TierBytes{{"host", 3 * 64}}));
+}
+
+TEST(PlanLoadTest, ShardRulesThatCannotSplitAreRefused) {
+  auto uneven = PlanSharded("cpu", 0, 4, {{"mlp.w", 1}});
+  EXPECT_EQ(uneven.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(uneven.status().message().find("mlp.w of shape [8, 6]"),
+            std::string::npos)
+      << uneven.status();
+  auto past = PlanSharded("cpu", 0, 2, {{"norm", 1}});
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(past.status().message().find("norm"), std::string::npos);
+  auto rank = PlanSharded("cpu", 2, 2, {{"norm", 0}});
+  EXPECT_EQ(rank.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace weightd

@@ -6,9 +6,12 @@
 #include <sstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "loader/cache/device_set.h"
 #include "loader/cache/load_plan.h"
+#include "loader/cache/shard.h"
+#include "loader/cache/shared_region_reads.h"
 #include "loader/device/arena_handle.h"
 #include "loader/device/device.h"
 #include "loader/format/reader.h"
@@ -232,6 +235,166 @@ TEST_F(PlacementTest, ReadTensorRangeTakesWholeElementsOnly) {
             absl::StatusCode::kOutOfRange);
   EXPECT_TRUE((*model)->ReadTensorRange(0, 0, tensor.byte_size, data).ok());
   EXPECT_EQ(PlacedHashes(**model), OfflineHashes(source));
+}
+
+// Rules that split every tensor of `source` that can be split W ways on its
+// first (or, with `last`, its last) dim, by exact name.
+std::vector<std::pair<std::string, int>> SplittableRules(
+    const LoadSource& source, int world, bool last) {
+  std::vector<std::pair<std::string, int>> rules;
+  for (const TensorInfo& tensor : source.checkpoint.tensors) {
+    if (tensor.shape.empty()) continue;
+    const int dim = last ? static_cast<int>(tensor.shape.size()) - 1 : 0;
+    if (tensor.shape[dim] > 0 && tensor.shape[dim] % world == 0)
+      rules.emplace_back(tensor.name, dim);
+  }
+  return rules;
+}
+
+// What torch's t.narrow(dim, rank * n / W, n / W) hashes to, from the file.
+std::map<std::string, std::string> OfflineSliceHashes(
+    const LoadSource& source, const CanonicalShard& shard) {
+  std::map<std::string, std::string> hashes;
+  for (const TensorInfo& tensor : source.checkpoint.tensors) {
+    const StorageInfo& storage =
+        source.checkpoint.storages[tensor.storage_index];
+    uint64_t budget = kShardMatchBudget;
+    auto slice = SliceFor(shard, tensor, source.path, &budget);
+    EXPECT_TRUE(slice.ok()) << slice.status();
+    const TensorInfo& view =
+        slice.ok() && slice->has_value() ? (*slice)->view : tensor;
+    const uint8_t* data =
+        storage.inflated
+            ? reinterpret_cast<const uint8_t*>(storage.inflated->data())
+            : source.file->data() + storage.file_offset;
+    hashes[tensor.name] =
+        TensorSha256Hex(view, data, storage.num_bytes, storage.byte_order);
+  }
+  return hashes;
+}
+
+TEST_F(PlacementTest, EachRankGetsItsSliceOnHostAndGpu) {
+  for (const char* name : {"training.pt", "model.safetensors", "views.pt",
+                           "big_endian.pt", "legacy.pt"}) {
+    LoadSource source = Source(name);
+    for (int world : {1, 2, 4}) {
+      for (bool last : {false, true}) {
+        for (const char* target : {"cpu", "cuda:0"}) {
+          for (int rank = 0; rank < world; ++rank) {
+            LoadSpec spec;
+            spec.path = source.path;
+            spec.target = target;
+            spec.shard.rank = rank;
+            spec.shard.world_size = world;
+            spec.shard.rules = SplittableRules(source, world, last);
+            auto gpus = devices_->Gpus();
+            auto placement = CanonicalPlacement(spec, gpus);
+            ASSERT_TRUE(placement.ok()) << placement.status();
+            auto plan =
+                PlanLoad(*placement, source.checkpoint, gpus, source.path);
+            ASSERT_TRUE(plan.ok()) << plan.status();
+            CancellationToken never;
+            auto model = Place(*plan, source, placement->Key(), *devices_,
+                               *workers_, never, nullptr);
+            ASSERT_TRUE(model.ok()) << name << ": " << model.status();
+            const std::string where =
+                absl::StrCat(name, " ", target, " rank ", rank, "/", world,
+                             last ? " last dim" : " dim 0");
+            EXPECT_EQ((*model)->resident, plan->expected) << where;
+            EXPECT_EQ(PlacedHashes(**model),
+                      OfflineSliceHashes(source, placement->shard))
+                << where;
+            if (std::string(target) == "cuda:0") {
+              // Only the slices' bytes (and whole replicated storages).
+              uint64_t held = 0;
+              for (const PlannedStorage& s : plan->storages)
+                held += AlignUp(s.placed_bytes, kGpuStorageAlignment);
+              for (const PlannedSlice& s : plan->slices)
+                held += AlignUp(s.placed_bytes, kGpuStorageAlignment);
+              EXPECT_EQ((*model)->resident.begin()->second,
+                        std::max<uint64_t>(held, 1))
+                  << where;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(PlacementTest, HostSlicesOfUnchangedBytesAreViewsReadingNothing) {
+  LoadSource source = Source("model.safetensors");
+  LoadSpec spec;
+  spec.path = source.path;
+  spec.target = "cpu";
+  spec.shard.rank = 1;
+  spec.shard.world_size = 2;
+  spec.shard.rules = SplittableRules(source, 2, true);
+  ASSERT_FALSE(spec.shard.rules.empty());
+  auto gpus = devices_->Gpus();
+  auto placement = CanonicalPlacement(spec, gpus);
+  ASSERT_TRUE(placement.ok());
+  auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
+  ASSERT_TRUE(plan.ok());
+  CancellationToken never;
+  auto model = Place(*plan, source, placement->Key(), *devices_, *workers_,
+                     never, nullptr);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE((*model)->resident.empty());
+  EXPECT_EQ((*model)->bytes_read, 0u);
+  for (const PlacedTensor& tensor : (*model)->tensors) {
+    EXPECT_FALSE(tensor.source_view.has_value()) << tensor.info.name;
+    EXPECT_EQ((*model)->buffers[tensor.buffer_index].kind,
+              PlacedBuffer::Kind::kFile);
+  }
+  // With a cast, slices get their own bytes: only the slices'.
+  spec.cast_dtype = "bfloat16";
+  placement = CanonicalPlacement(spec, gpus);
+  ASSERT_TRUE(placement.ok());
+  plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
+  ASSERT_TRUE(plan.ok());
+  auto cast = Place(*plan, source, placement->Key(), *devices_, *workers_,
+                    never, nullptr);
+  ASSERT_TRUE(cast.ok()) << cast.status();
+  EXPECT_EQ((*cast)->resident, plan->expected);
+}
+
+TEST_F(PlacementTest, RanksShareReplicatedReadsOnce) {
+  LoadSource source = Source("model.safetensors");
+  constexpr int kWorld = 4;
+  SharedRegionReads shared(SharedRegionReads::Options{});
+  uint64_t bytes_read = 0;
+  uint64_t checkpoint_bytes = 0;
+  for (const StorageInfo& storage : source.checkpoint.storages)
+    checkpoint_bytes += storage.num_bytes;
+  // Half the tensors split, the rest replicated.
+  std::vector<std::pair<std::string, int>> rules =
+      SplittableRules(source, kWorld, false);
+  ASSERT_GE(rules.size(), 1u);
+  rules.resize((rules.size() + 1) / 2);
+  for (int rank = 0; rank < kWorld; ++rank) {
+    LoadSpec spec;
+    spec.path = source.path;
+    spec.target = "cuda:0";
+    spec.shard.rank = rank;
+    spec.shard.world_size = kWorld;
+    spec.shard.rules = rules;
+    auto gpus = devices_->Gpus();
+    auto placement = CanonicalPlacement(spec, gpus);
+    ASSERT_TRUE(placement.ok());
+    auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
+    ASSERT_TRUE(plan.ok());
+    CancellationToken never;
+    auto model = Place(*plan, source, placement->Key(), *devices_, *workers_,
+                       never, nullptr, &shared);
+    ASSERT_TRUE(model.ok()) << model.status();
+    EXPECT_EQ(PlacedHashes(**model),
+              OfflineSliceHashes(source, placement->shard));
+    bytes_read += (*model)->bytes_read;
+  }
+  EXPECT_EQ(bytes_read, checkpoint_bytes);
+  EXPECT_EQ(shared.stats().held_bytes, 0u);
+  EXPECT_GT(shared.stats().bytes_shared, 0u);
 }
 
 }  // namespace
