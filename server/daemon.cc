@@ -93,6 +93,15 @@ class DaemonServices {
           return MetricsRegistry::GaugeSamples{
               {{}, static_cast<double>(manager->BytesRead())}};
         });
+    metrics->AddCounterCallback(
+        "weightd_shared_read_bytes_total",
+        "Replicated tensor bytes tensor-parallel ranks took from another "
+        "rank's read instead of reading the file again.",
+        [manager] {
+          return MetricsRegistry::GaugeSamples{
+              {{},
+               static_cast<double>(manager->SharedReadStats().bytes_shared)}};
+        });
     metrics->AddGaugeCallback(
         "weightd_tier_used_bytes", "Bytes held per memory tier.", [manager] {
           MetricsRegistry::GaugeSamples samples;

@@ -42,6 +42,13 @@ LoadSpec SpecFromRequest(const v1::LoadRequest& request) {
                      request.tensor_filter().end());
   spec.lease_session = request.lease_session();
   spec.host_copy = request.host_copy();
+  if (request.has_shard()) {
+    spec.shard.rank = request.shard().rank();
+    spec.shard.world_size = request.shard().world_size();
+    for (const v1::ShardRule& rule : request.shard().rules())
+      spec.shard.rules.emplace_back(rule.pattern(), rule.dim());
+    spec.shard.rule_set = request.shard().rule_set();
+  }
   return spec;
 }
 

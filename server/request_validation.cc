@@ -1,6 +1,7 @@
 #include "server/request_validation.h"
 
 #include "absl/strings/str_cat.h"
+#include "loader/cache/shard.h"
 
 namespace weightd {
 namespace {
@@ -97,6 +98,35 @@ absl::Status ValidateLoadRequest(const v1::LoadRequest& request) {
   for (const std::string& entry : request.tensor_filter()) {
     if (absl::Status name =
             CheckName("LoadRequest.tensor_filter entry", entry, kMaxNameBytes);
+        !name.ok()) {
+      return name;
+    }
+  }
+  if (request.has_shard()) {
+    const v1::ShardSpec& shard = request.shard();
+    if (shard.world_size() <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoadRequest.shard.world_size is ", shard.world_size(),
+                       "; give 1 or more (or no shard)"));
+    }
+    if (static_cast<size_t>(shard.rules_size()) > kMaxShardRules) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LoadRequest.shard.rules has ", shard.rules_size(),
+                       " entries; the limit is ", kMaxShardRules));
+    }
+    for (const v1::ShardRule& rule : shard.rules()) {
+      if (rule.pattern().empty()) {
+        return absl::InvalidArgumentError(
+            "LoadRequest.shard.rules pattern is empty");
+      }
+      if (absl::Status name = CheckName("LoadRequest.shard.rules pattern",
+                                        rule.pattern(), kMaxShardPatternLength);
+          !name.ok()) {
+        return name;
+      }
+    }
+    if (absl::Status name = CheckName("LoadRequest.shard.rule_set",
+                                      shard.rule_set(), kMaxNameBytes);
         !name.ok()) {
       return name;
     }

@@ -54,5 +54,30 @@ TEST(ValidateTest, RefusesEmptyOversizedAndNulInput) {
   EXPECT_FALSE(ValidateReadTensorsRequest(read).ok());
 }
 
+TEST(ValidateTest, ShardSpecsAreBounded) {
+  v1::LoadRequest load;
+  load.set_path("/models/a.pt");
+  load.mutable_shard();  // present, world size 0
+  absl::Status zero = ValidateLoadRequest(load);
+  EXPECT_EQ(zero.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(zero.message().find("world_size is 0"), absl::string_view::npos);
+  load.mutable_shard()->set_world_size(2);
+  EXPECT_TRUE(ValidateLoadRequest(load).ok());
+  v1::ShardRule* rule = load.mutable_shard()->add_rules();
+  rule->set_pattern(std::string(300, '*'));
+  EXPECT_EQ(ValidateLoadRequest(load).code(),
+            absl::StatusCode::kInvalidArgument);
+  rule->set_pattern("");
+  EXPECT_EQ(ValidateLoadRequest(load).code(),
+            absl::StatusCode::kInvalidArgument);
+  rule->set_pattern("*.w");
+  EXPECT_TRUE(ValidateLoadRequest(load).ok());
+  for (int i = 0; i < 1024; ++i)
+    load.mutable_shard()->add_rules()->set_pattern("x");
+  absl::Status many = ValidateLoadRequest(load);
+  EXPECT_EQ(many.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(many.message().find("1025 entries"), absl::string_view::npos);
+}
+
 }  // namespace
 }  // namespace weightd

@@ -110,6 +110,8 @@ class WeightServiceImpl::LoadReactor
         FillModelDescription(result->model_id, *result->model,
                              info.ok() ? &*info : nullptr, model);
         model->set_cache_hit(result->cache_hit);
+        model->set_bytes_read(result->cache_hit ? 0
+                                                : result->model->bytes_read);
       } else {
         service_->load_errors_->Increment();
         LogWarning("load %s failed: %s", path_, result.status().ToString());
