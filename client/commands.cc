@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -16,6 +17,7 @@
 #include "client/inspect/inspect_command.h"
 #include "client/listing.h"
 #include "client/weightd_client.h"
+#include "loader/common/json.h"
 #include "loader/common/sha256.h"
 #include "loader/common/status_macros.h"
 #include "loader/format/map_location.h"
@@ -160,6 +162,85 @@ void PrintTensorTable(const v1::ModelDescription& model, std::ostream& out) {
   }
 }
 
+// --tp_rules FILE.json: [["pattern", dim], ...], bounded as the daemon
+// bounds them.
+absl::StatusOr<std::vector<std::pair<std::string, int>>> ReadShardRules(
+    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat(path, ": cannot read the --tp_rules file"));
+  }
+  std::string text;
+  constexpr size_t kMaxRulesFileBytes = 1 << 20;
+  text.resize(kMaxRulesFileBytes + 1);
+  in.read(text.data(), text.size());
+  text.resize(in.gcount());
+  if (text.size() > kMaxRulesFileBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": a --tp_rules file holds at most ",
+                     kMaxRulesFileBytes, " bytes"));
+  }
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", why, "; expected [[\"pattern\", dim], ...]"));
+  };
+  absl::StatusOr<Json> json = ParseJson(text);
+  if (!json.ok()) return bad(std::string(json.status().message()));
+  if (!json->is_array()) return bad("not a JSON array");
+  std::vector<std::pair<std::string, int>> rules;
+  for (const Json& rule : json->array()) {
+    if (!rule.is_array() || rule.array().size() != 2 ||
+        !rule.array()[0].is_string() || !rule.array()[1].is_int() ||
+        rule.array()[1].int_value() < -1024 ||
+        rule.array()[1].int_value() > 1024) {
+      return bad(
+          absl::StrCat("rule ", rules.size(), " is not [\"pattern\", dim]"));
+    }
+    rules.emplace_back(rule.array()[0].string_value(),
+                       static_cast<int>(rule.array()[1].int_value()));
+  }
+  return rules;
+}
+
+// --tp RANK/WORLD, with --tp_rules FILE.json or --tp_rule_set NAME (default
+// "llama").
+absl::Status ShardOptionsFrom(const CommandLine& line,
+                              ClientLoadOptions& options) {
+  if (!line.Has("tp")) {
+    if (line.Has("tp_rules") || line.Has("tp_rule_set")) {
+      return absl::InvalidArgumentError("--tp_rules needs --tp RANK/WORLD");
+    }
+    return absl::OkStatus();
+  }
+  const std::string tp = line.Get("tp");
+  std::vector<std::string> parts = absl::StrSplit(tp, '/');
+  int rank = 0, world = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &rank) ||
+      !absl::SimpleAtoi(parts[1], &world)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp expects RANK/WORLD (e.g. 0/4), got \"", tp, "\""));
+  }
+  v1::ShardSpec shard;
+  shard.set_rank(rank);
+  shard.set_world_size(world);
+  if (line.Has("tp_rules")) {
+    ASSIGN_OR_RETURN(auto rules, ReadShardRules(line.Get("tp_rules")));
+    for (const auto& [pattern, dim] : rules) {
+      v1::ShardRule* rule = shard.add_rules();
+      rule->set_pattern(pattern);
+      rule->set_dim(dim);
+    }
+  }
+  if (line.Has("tp_rule_set")) {
+    shard.set_rule_set(line.Get("tp_rule_set"));
+  } else if (!line.Has("tp_rules")) {
+    shard.set_rule_set("llama");
+  }
+  options.shard = std::move(shard);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ClientLoadOptions> LoadOptionsFrom(const CommandLine& line) {
   ClientLoadOptions options;
   options.path = line.positional[0];
@@ -186,19 +267,23 @@ absl::StatusOr<ClientLoadOptions> LoadOptionsFrom(const CommandLine& line) {
     if (!line.Has("device")) options.device = "";
   }
   if (line.Has("tensor")) options.filter = line.flags.at("tensor");
+  RETURN_IF_ERROR(ShardOptionsFrom(line, options));
   return options;
 }
 
 int Load(const std::string& address, const std::vector<std::string>& args,
          std::ostream& out, std::ostream& err) {
   auto line = ParseCommandLine(args, {"json", "hash", "quiet", "copy"},
-                               {"device", "cast", "map", "tensor", "format"});
+                               {"device", "cast", "map", "tensor", "format",
+                                "tp", "tp_rules", "tp_rule_set"});
   if (!line.ok()) return Fail(err, "load", line.status());
   if (line->positional.size() != 1) {
     err << "usage: weightctl load FILE|MODEL_DIR [--device DEV] [--json] "
            "[--hash] "
            "[--cast DTYPE] "
-           "[--map FROM->TO] [--tensor NAME] [--copy]\n";
+           "[--map FROM->TO] [--tensor NAME] [--copy]\n"
+           "       [--tp RANK/WORLD [--tp_rules FILE.json | --tp_rule_set "
+           "NAME]]\n";
     return 2;
   }
   const std::string& file = line->positional[0];

@@ -391,6 +391,7 @@ absl::StatusOr<std::unique_ptr<ClientModel>> WeightdClient::Load(
   }
   request.set_cast_dtype(options.cast_dtype);
   request.set_host_copy(options.host_copy);
+  if (options.shard) *request.mutable_shard() = *options.shard;
   for (const std::string& name : options.filter)
     request.add_tensor_filter(name);
   request.set_lease_session(session->id());

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,8 @@ struct ClientLoadOptions {
   // the checkpoint file (a view of a file truncated under it raises SIGBUS
   // when read).
   bool host_copy = false;
+  // Tensor parallelism: this rank's slices (LoadRequest.shard); unset: whole.
+  std::optional<weightd::v1::ShardSpec> shard;
 };
 
 // How to reach a TCP daemon: TLS (server verified against tls_ca_file; a

@@ -12,11 +12,11 @@ import os as _os
 
 from ._model import Model, TensorSpec
 from ._proto import weightd_pb2 as pb
-from .client import DEFAULT_ADDRESS, Client
+from .client import DEFAULT_ADDRESS, Client, Shard
 from .errors import FileChangedError, UnsupportedDtypeError, WeightdError
 from .torch_load import default_client, jit_load_state, load, load_into
 
-__all__ = ["Client", "Model", "TensorSpec", "WeightdError", "FileChangedError",
+__all__ = ["Client", "Shard", "Model", "TensorSpec", "WeightdError", "FileChangedError",
            "UnsupportedDtypeError", "DEFAULT_ADDRESS", "pb", "load", "jit_load_state",
            "load_into", "default_client"]
 

@@ -13,6 +13,31 @@ from .errors import WeightdError, from_rpc_error
 
 DEFAULT_ADDRESS = "unix:run/weightd.sock"
 
+
+class Shard:
+    """Tensor parallelism: rank `rank` of `world_size` gets, for each tensor whose name matches
+    a rule, exactly t.narrow(dim, rank * n // world_size, n // world_size); other tensors are
+    whole. `rules` is an ordered list of (glob, dim) pairs (`*` any run of characters, `?` one;
+    the first match wins); `rule_set` names a built-in set ("llama") whose rules come after
+    `rules`. With neither, the "llama" set."""
+
+    def __init__(self, rank, world_size, rules=None, rule_set=None):
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.rules = [(str(pattern), int(dim)) for pattern, dim in (rules or [])]
+        self.rule_set = rule_set if rule_set is not None else ("" if rules else "llama")
+
+    def to_proto(self):
+        spec = pb.ShardSpec(rank=self.rank, world_size=self.world_size,
+                            rule_set=self.rule_set)
+        for pattern, dim in self.rules:
+            spec.rules.add(pattern=pattern, dim=dim)
+        return spec
+
+    def __repr__(self):
+        return "Shard(%d, %d, rules=%r, rule_set=%r)" % (self.rank, self.world_size, self.rules,
+                                                         self.rule_set)
+
 try:
     import torch as _torch
 except ImportError:  # numpy arrays instead
@@ -222,7 +247,7 @@ class Client:
     # -- loading ---------------------------------------------------------------------------
 
     def load(self, path, device="cpu", map_location=None, dtype=None, tensors=None,
-             progress=None, format_hint="", host_copy=False):
+             progress=None, format_hint="", host_copy=False, shard=None):
         """Loads a checkpoint through the daemon; returns a weightd.Model: a dict of name to
         torch.Tensor (numpy arrays with backend="numpy") in the daemon's order.
 
@@ -239,6 +264,8 @@ class Client:
         host_copy: host tensors come from a shared-memory copy the daemon owns instead of
           being views of the checkpoint file (safe if the file is truncated or rewritten
           while you hold them; a view of a truncated file raises SIGBUS when read).
+        shard: a weightd.Shard: only this tensor-parallel rank's slice of each tensor its
+          rules match (on a GPU only the slice's bytes are placed; host slices are views).
 
         The model is leased on this client's lease session until the last returned tensor is
         garbage-collected (or the client closes). Host tensors are zero-copy, read-only views.
@@ -262,6 +289,10 @@ class Client:
             if isinstance(tensors, str):
                 tensors = [tensors]
             request.tensor_filter.extend(tensors)
+        if shard is not None:
+            if not isinstance(shard, Shard):
+                raise TypeError("shard must be a weightd.Shard, not %r" % (shard,))
+            request.shard.CopyFrom(shard.to_proto())
         session = self._lease_session()
         request.lease_session = session.session_id
         description = None
