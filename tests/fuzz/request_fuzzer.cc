@@ -91,6 +91,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     again.cast_dtype = std::string(weightd::DTypeName(*placement->cast));
   again.filter = placement->filter;
   again.host_copy = placement->host_copy;
+  again.shard.rank = placement->shard.rank;
+  again.shard.world_size = placement->shard.world_size;
+  again.shard.rules = placement->shard.rules;  // the rule set expanded
   auto canonical_again = weightd::CanonicalPlacement(again, Gpus());
   Check(canonical_again.ok() && canonical_again->Key() == placement->Key());
   auto plan = weightd::PlanLoad(*placement, Sample(), Gpus(), spec.path);
@@ -107,6 +110,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Check(plan->ForStorage(s.index) == &s);
     if (s.target.kind == weightd::StorageTarget::Kind::kGpu)
       Check(s.target.gpu >= 0 && s.target.gpu < 2);
+    if (s.target.kind != weightd::StorageTarget::Kind::kMeta)
+      total += s.placed_bytes;
+  }
+  for (const weightd::PlannedSlice& s : plan->slices) {
+    Check(plan->ForTensor(s.tensor) == &s);
     if (s.target.kind != weightd::StorageTarget::Kind::kMeta)
       total += s.placed_bytes;
   }
