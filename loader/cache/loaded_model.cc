@@ -34,8 +34,8 @@ class PlacedElementSource {
     storage_elements_ = storage_.num_bytes / DTypeSize(storage_.dtype);
     // A slice with its own bytes holds exactly its elements, contiguous.
     if (in_segment && tensor.source_view) {
-      storage_elements_ = element_size_ == 0 ? 0
-                                             : tensor.byte_size / element_size_;
+      storage_elements_ =
+          element_size_ == 0 ? 0 : tensor.byte_size / element_size_;
     }
   }
 
