@@ -1,5 +1,6 @@
 #include "loader/io/reader_factory.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/ascii.h"
@@ -71,6 +72,7 @@ absl::StatusOr<std::unique_ptr<Reader>> CreateReader(
     IoUringReader::Options o;
     o.queue_depth = options.queue_depth;
     o.max_request_bytes = options.max_request_bytes;
+    o.ring_entries = options.ring_entries;
     o.async_workers = options.io_uring_async_workers;
     o.reason = choice.reason;
     auto reader = IoUringReader::Create(o);
@@ -80,6 +82,9 @@ absl::StatusOr<std::unique_ptr<Reader>> CreateReader(
   PreadReader::Options o;
   o.queue_depth = options.queue_depth;
   o.threads = options.pread_threads;
+  if (options.ring_entries > o.threads) {
+    o.threads = std::min(options.ring_entries, 32);
+  }
   o.max_request_bytes = options.max_request_bytes;
   o.reason = choice.reason;
   auto reader = PreadReader::Create(o);

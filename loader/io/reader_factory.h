@@ -24,7 +24,11 @@ struct ReaderOptions {
   IoBackend backend = IoBackend::kAuto;
   int queue_depth = 16;
   int pread_threads = 4;
+  // Bytes one system call (SQE) asks for at most; longer reads are split
+  // into several in flight at once. 0: no cap.
   size_t max_request_bytes = 0;
+  // io_uring: SQEs in flight at most (0: queue_depth).
+  int ring_entries = 0;
   bool io_uring_async_workers = true;
 };
 
