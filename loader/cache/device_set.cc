@@ -91,12 +91,8 @@ class RegistryDeviceSet : public DeviceSet {
   std::string direct_io() const override {
     return DirectIoSummary(direct_mode_);
   }
-  int io_queue_depth() const override {
-    return reader_options_.ring_entries;
-  }
-  uint64_t io_request_bytes() const override {
-    return staging_.request_bytes;
-  }
+  int io_queue_depth() const override { return reader_options_.ring_entries; }
+  uint64_t io_request_bytes() const override { return staging_.request_bytes; }
 
   absl::StatusOr<FilledArena> FillGpuArena(
       int gpu, int fd, const std::string& file_name, uint64_t size,

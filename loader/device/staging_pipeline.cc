@@ -216,15 +216,14 @@ absl::Status StagingPipeline::Run(DeviceArena* arena,
       }
     } else if (r.host_source == nullptr && r.length > 0) {
       if (r.file_index >= files.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("range ", i, ": file ", r.file_index, " of ",
-                         files.size(), " files"));
+        return absl::InvalidArgumentError(absl::StrCat("range ", i, ": file ",
+                                                       r.file_index, " of ",
+                                                       files.size(), " files"));
       }
       const FileSource& file = files[r.file_index];
       if (file.fd < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("file ranges of ", file.name,
-                         " without a file descriptor"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "file ranges of ", file.name, " without a file descriptor"));
       }
       if (r.file_offset > file.size || r.length > file.size - r.file_offset) {
         return absl::OutOfRangeError(absl::StrCat(

@@ -179,8 +179,7 @@ class StagingPipeline {
   StagingPipeline(Device* device, std::unique_ptr<Reader> reader,
                   const StagingOptions& options);
   absl::Status EnsureBuffers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RunStaged(DeviceArena* arena,
-                         absl::Span<const FileSource> files,
+  absl::Status RunStaged(DeviceArena* arena, absl::Span<const FileSource> files,
                          absl::Span<const CopyRange> ranges, uint64_t total,
                          const CancellationToken* cancel,
                          const StagingProgressFn& progress, StagingStats* stats)

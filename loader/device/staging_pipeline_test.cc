@@ -539,7 +539,8 @@ StagingOptions DirectOptions(const Param& p) {
 // buffered.
 TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
   DirectFd direct = OpenDirectIo(file_->fd(), *path_);
-  if (!direct.fd.valid()) GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
   FileSource source = source_;
   source.direct_fd = direct.fd.get();
   source.direct_alignment = direct.alignment;
@@ -597,9 +598,9 @@ TEST_P(StagingPipelineTest, DirectReadOfATruncatedFile) {
   auto pipeline = StagingPipeline::Create(device_.get(), NewReader(),
                                           DirectOptions(GetParam()));
   ASSERT_TRUE(pipeline.ok());
-  auto arena = (*pipeline)->Load(
-      kFileSize, source, {CopyRange::FromFile(0, kFileSize, 0)}, nullptr,
-      nullptr);
+  auto arena = (*pipeline)->Load(kFileSize, source,
+                                 {CopyRange::FromFile(0, kFileSize, 0)},
+                                 nullptr, nullptr);
   EXPECT_TRUE(absl::IsDataLoss(arena.status())) << arena.status();
   EXPECT_NE(arena.status().message().find(path), std::string::npos)
       << arena.status();
@@ -639,8 +640,8 @@ TEST_P(StagingPipelineTest, SeveralFilesInOneRun) {
                                           DirectOptions(GetParam()));
   ASSERT_TRUE(pipeline.ok());
   StagingStats stats;
-  auto arena = (*pipeline)->Load(arena_size, files, ranges, nullptr, nullptr,
-                                 &stats);
+  auto arena =
+      (*pipeline)->Load(arena_size, files, ranges, nullptr, nullptr, &stats);
   ASSERT_TRUE(arena.ok()) << arena.status();
   auto opened = Open(**arena);
   ASSERT_NE(opened, nullptr);

@@ -160,8 +160,7 @@ DirectFd OpenDirectIo(int fd, const std::string& name) {
 void NoteDirectIoRefused(int direct_fd, absl::string_view why) {
   struct stat st;
   if (::fstat(direct_fd, &st) != 0) return;
-  Refuse(static_cast<uint64_t>(st.st_dev),
-         absl::StrCat("direct read: ", why));
+  Refuse(static_cast<uint64_t>(st.st_dev), absl::StrCat("direct read: ", why));
 }
 
 std::string DirectIoSummary(DirectIoMode mode) {
@@ -185,8 +184,7 @@ BlockQueueInfo BlockQueueAt(const std::string& sys_block_dir) {
   if (ReadSysfsNumber(dir + "/queue/nr_requests", &v) && v <= (1u << 20)) {
     info.nr_requests = static_cast<uint32_t>(v);
   }
-  if (ReadSysfsNumber(dir + "/queue/max_sectors_kb", &v) &&
-      v <= (1ull << 30)) {
+  if (ReadSysfsNumber(dir + "/queue/max_sectors_kb", &v) && v <= (1ull << 30)) {
     info.max_sectors_bytes = v << 10;
   }
   if (ReadSysfsNumber(dir + "/queue/logical_block_size", &v) &&
@@ -199,7 +197,8 @@ BlockQueueInfo BlockQueueAt(const std::string& sys_block_dir) {
     resolved[n] = 0;
     std::string target(resolved);
     size_t slash = target.rfind('/');
-    info.device = slash == std::string::npos ? target : target.substr(slash + 1);
+    info.device =
+        slash == std::string::npos ? target : target.substr(slash + 1);
   }
   return info;
 }
@@ -207,8 +206,8 @@ BlockQueueInfo BlockQueueAt(const std::string& sys_block_dir) {
 BlockQueueInfo BlockQueueOf(int fd) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return {};
-  return BlockQueueAt(absl::StrCat("/sys/dev/block/", major(st.st_dev), ":",
-                                   minor(st.st_dev)));
+  return BlockQueueAt(
+      absl::StrCat("/sys/dev/block/", major(st.st_dev), ":", minor(st.st_dev)));
 }
 
 double CachedFraction(int fd, uint64_t offset, uint64_t length) {
@@ -224,8 +223,7 @@ double CachedFraction(int fd, uint64_t offset, uint64_t length) {
     uint64_t off, len;
   } range = {start, end - start};
   struct {
-    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted,
-        nr_recently_evicted;
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
   } cs;
   static std::atomic<bool> no_cachestat{false};
   if (!no_cachestat.load(std::memory_order_relaxed)) {

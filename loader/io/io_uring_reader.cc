@@ -7,9 +7,8 @@
 #include <cstring>
 #include <mutex>
 
-#include "loader/io/direct_io.h"
-
 #include "absl/strings/str_cat.h"
+#include "loader/io/direct_io.h"
 
 namespace weightd {
 namespace {
@@ -88,9 +87,9 @@ absl::StatusOr<std::unique_ptr<IoUringReader>> IoUringReader::Create(
   params.flags = IORING_SETUP_COOP_TASKRUN;
   params.cq_entries = static_cast<unsigned>(2 * reader->ring_entries_);
   params.flags |= IORING_SETUP_CQSIZE;
-  int rc = io_uring_queue_init_params(
-      static_cast<unsigned>(reader->ring_entries_), reader->ring_.get(),
-      &params);
+  int rc =
+      io_uring_queue_init_params(static_cast<unsigned>(reader->ring_entries_),
+                                 reader->ring_.get(), &params);
   if (rc == -EINVAL) {
     rc = io_uring_queue_init(static_cast<unsigned>(reader->ring_entries_),
                              reader->ring_.get(), 0);

@@ -109,8 +109,8 @@ class IoUringReader : public Reader {
   // Pieces waiting for room in the ring: (slot, piece).
   std::deque<std::pair<int, int>> queued_;
   std::vector<int> empty_slots_;  // zero-length reads, done on next Wait()
-  size_t in_flight_ = 0;    // requests
-  int sqes_in_flight_ = 0;  // prepared or submitted, not yet completed
+  size_t in_flight_ = 0;          // requests
+  int sqes_in_flight_ = 0;        // prepared or submitted, not yet completed
   int unsubmitted_ = 0;
 };
 

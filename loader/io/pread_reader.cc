@@ -100,8 +100,8 @@ void PreadReader::Finish(uint64_t id) {
   ReadResult result;
   result.tag = read.request.tag;
   result.status = std::move(read.status);
-  result.bytes_read = static_cast<size_t>(std::min<uint64_t>(
-      read.end - read.request.offset, read.request.length));
+  result.bytes_read = static_cast<size_t>(
+      std::min<uint64_t>(read.end - read.request.offset, read.request.length));
   result.direct_bytes = std::min(read.direct_bytes, result.bytes_read);
   result.direct_refused = read.direct_refused;
   pending_.erase(it);

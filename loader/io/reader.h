@@ -139,8 +139,7 @@ void SplitRead(const ReadRequest& request, size_t max_piece,
                std::vector<ReadPiece>* out);
 
 // The piece cap for `request` on a reader whose own cap is `reader_max`.
-inline size_t EffectiveMaxPiece(const ReadRequest& request,
-                                size_t reader_max) {
+inline size_t EffectiveMaxPiece(const ReadRequest& request, size_t reader_max) {
   if (request.max_piece_bytes == 0) return reader_max;
   if (reader_max == 0) return request.max_piece_bytes;
   return request.max_piece_bytes < reader_max ? request.max_piece_bytes

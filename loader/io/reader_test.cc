@@ -332,7 +332,8 @@ TEST_P(ReaderTest, DirectReadsWhenAligned) {
 // all in one request: the buffer is as misaligned as the file offset.
 TEST_P(ReaderTest, DirectMiddleBufferedHeadAndTail) {
   DirectFd direct = OpenDirectIo(file_->fd(), path_);
-  if (!direct.fd.valid()) GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
   const uint64_t a = direct.alignment;
   void* raw = nullptr;
   ASSERT_EQ(posix_memalign(&raw, a, 2 << 20), 0);
@@ -342,9 +343,9 @@ TEST_P(ReaderTest, DirectMiddleBufferedHeadAndTail) {
     bool direct;
   };
   const Case cases[] = {
-      {100, (1 << 20) + 333, true},   // head, middle, tail
-      {a, 1 << 20, true},             // aligned both ends
-      {a + 1, a, false},              // no whole block inside: buffered
+      {100, (1 << 20) + 333, true},  // head, middle, tail
+      {a, 1 << 20, true},            // aligned both ends
+      {a + 1, a, false},             // no whole block inside: buffered
       {(kFileSize - (1 << 20)) / a * a + 7, kFileSize, true},  // EOF inside
   };
   for (const Case& c : cases) {

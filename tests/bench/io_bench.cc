@@ -252,8 +252,8 @@ int Main() {
     so.num_buffers = absl::GetFlag(FLAGS_staging_buffers);
     so.chunk_bytes =
         static_cast<uint64_t>(absl::GetFlag(FLAGS_staging_chunk_mb)) << 20;
-    so.request_bytes =
-        static_cast<uint64_t>(absl::GetFlag(FLAGS_request_kib)) << 10;
+    so.request_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_request_kib))
+                       << 10;
     auto pipeline =
         StagingPipeline::Create(device->get(), std::move(*reader), so);
     auto arena = (*device)->Allocate(size);
@@ -276,8 +276,8 @@ int Main() {
         if (cold) evict();
         StagingStats stats;
         double start = Now();
-        absl::Status s = (*pipeline)->Run(arena->get(), source, ranges,
-                                          nullptr, nullptr, &stats);
+        absl::Status s = (*pipeline)->Run(arena->get(), source, ranges, nullptr,
+                                          nullptr, &stats);
         if (!s.ok()) {
           std::fprintf(stderr, "%s\n", s.ToString().c_str());
           return false;
@@ -288,9 +288,9 @@ int Main() {
       }
       return true;
     };
-    Row row{absl::StrCat("pipeline ", IoBackendName(backend),
-                         " -> fake GPU arena"),
-            1e30, size};
+    Row row{
+        absl::StrCat("pipeline ", IoBackendName(backend), " -> fake GPU arena"),
+        1e30, size};
     if (!run(direct.fd.valid(), false, &row)) return 1;
     rows.push_back(row);
     if (absl::GetFlag(FLAGS_cold)) {
@@ -307,13 +307,13 @@ int Main() {
         cold_rows.push_back(d);
       }
     }
-    notes += absl::StrCat("  pipeline ", IoBackendName(backend), ": ",
-                          (*pipeline)->reader()->reason(), ", ",
-                          (*pipeline)->reader()->buffers_registered()
-                              ? "registered buffers"
-                              : "unregistered buffers",
-                          ", requests of ", request_bytes >> 10, " KiB, ",
-                          absl::GetFlag(FLAGS_io_depth), " in flight at most\n");
+    notes += absl::StrCat(
+        "  pipeline ", IoBackendName(backend), ": ",
+        (*pipeline)->reader()->reason(), ", ",
+        (*pipeline)->reader()->buffers_registered() ? "registered buffers"
+                                                    : "unregistered buffers",
+        ", requests of ", request_bytes >> 10, " KiB, ",
+        absl::GetFlag(FLAGS_io_depth), " in flight at most\n");
   }
 
   std::printf(
