@@ -1,6 +1,5 @@
 #include "loader/io/reader_factory.h"
 
-#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/ascii.h"
@@ -82,9 +81,6 @@ absl::StatusOr<std::unique_ptr<Reader>> CreateReader(
   PreadReader::Options o;
   o.queue_depth = options.queue_depth;
   o.threads = options.pread_threads;
-  if (options.ring_entries > o.threads) {
-    o.threads = std::min(options.ring_entries, 32);
-  }
   o.max_request_bytes = options.max_request_bytes;
   o.reason = choice.reason;
   auto reader = PreadReader::Create(o);
