@@ -418,6 +418,13 @@ int Info(const std::string& address, const std::vector<std::string>& args,
   out << "io backend: " << info->io_backend();
   if (!info->io_backend_reason().empty())
     out << " (" << info->io_backend_reason() << ")";
+  if (!info->direct_io().empty()) {
+    out << "\ndirect io: " << info->direct_io() << "; queue depth "
+        << info->io_queue_depth() << ", request "
+        << (info->io_request_bytes() == 0
+                ? std::string("per device")
+                : std::to_string(info->io_request_bytes() >> 10) + " KiB");
+  }
   out << "\nmodel roots: " << absl::StrJoin(info->model_roots(), ", ") << "\n";
   out << "host budget: "
       << (info->host_budget_bytes() ? HumanBytes(info->host_budget_bytes())

@@ -180,6 +180,13 @@ bool AbslParseFlag(absl::string_view text, IoBackend* flag,
   return ParseChoice(text, {"auto", "io_uring", "pread"}, &flag->name, error);
 }
 std::string AbslUnparseFlag(const IoBackend& flag) { return flag.name; }
+struct DirectIo {
+  std::string name;
+};
+bool AbslParseFlag(absl::string_view text, DirectIo* flag, std::string* error) {
+  return ParseChoice(text, {"auto", "off"}, &flag->name, error);
+}
+std::string AbslUnparseFlag(const DirectIo& flag) { return flag.name; }
 struct LogLevel {
   std::string name;
 };
@@ -196,6 +203,8 @@ using WorkerThreads = IntInRange<0, 256>;
 using FakeGpus = IntInRange<0, 16>;
 using CopyDelayUs = IntInRange<0, 1000000>;
 using StagingBuffers = IntInRange<2, 64>;
+using IoQueueDepth = IntInRange<0, 4096>;
+using IoRequestKib = IntInRange<0, (1 << 20)>;
 using ByteSize = BytesInRange<0, std::numeric_limits<uint64_t>::max()>;
 using MessageSize = BytesInRange<(4u << 10), (1u << 30)>;
 using KeepaliveTime = DurationInRange<100, 2 * 3600 * 1000>;
@@ -314,6 +323,17 @@ ABSL_FLAG(weightd::ByteSize, staging_chunk,
 ABSL_FLAG(weightd::StagingBuffers, staging_buffers,
           {weightd::Defaults().devices.staging_buffers},
           "pinned staging buffers per load");
+ABSL_FLAG(weightd::DirectIo, direct_io,
+          {weightd::Defaults().devices.direct_io},
+          "auto or off (auto: large uncached file ranges are read with "
+          "O_DIRECT where the file system allows it)");
+ABSL_FLAG(weightd::IoQueueDepth, io_queue_depth,
+          {weightd::Defaults().devices.io_queue_depth},
+          "reads in flight per staging pipeline (0: 64)");
+ABSL_FLAG(weightd::IoRequestKib, io_request_kib,
+          {static_cast<int>(weightd::Defaults().devices.io_request_bytes >>
+                            10)},
+          "KiB per read request (0: the block device's max_sectors_kb)");
 ABSL_FLAG(weightd::FakeGpus, fake_gpus,
           {weightd::Defaults().devices.fake_gpus},
           "add N fake GPUs backed by host memory, after the real ones (tests, "
@@ -533,6 +553,10 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags() {
   devices.io_backend = absl::GetFlag(FLAGS_io_backend).name;
   devices.staging_chunk_bytes = absl::GetFlag(FLAGS_staging_chunk).bytes;
   devices.staging_buffers = absl::GetFlag(FLAGS_staging_buffers).value;
+  devices.direct_io = absl::GetFlag(FLAGS_direct_io).name;
+  devices.io_queue_depth = absl::GetFlag(FLAGS_io_queue_depth).value;
+  devices.io_request_bytes =
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_io_request_kib).value) << 10;
 
   config.max_message_bytes =
       static_cast<uint32_t>(absl::GetFlag(FLAGS_max_message_bytes).bytes);

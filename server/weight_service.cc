@@ -660,6 +660,9 @@ grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
   response->set_gpu_status(info.gpu_status);
   response->set_io_backend(info.io_backend);
   response->set_io_backend_reason(info.io_backend_reason);
+  response->set_direct_io(info.direct_io);
+  response->set_io_queue_depth(info.io_queue_depth);
+  response->set_io_request_bytes(info.io_request_bytes);
   response->set_host_budget_bytes(info.host_budget_bytes);
   response->set_gpu_budget_bytes(info.gpu_budget_bytes);
   for (const std::string& root : info.model_roots)

@@ -11,6 +11,7 @@
 #include "loader/device/device_registry.h"
 #include "loader/device/shared_memory.h"
 #include "loader/device/staging_pipeline.h"
+#include "loader/io/direct_io.h"
 #include "loader/io/reader_factory.h"
 
 namespace weightd {
@@ -28,6 +29,10 @@ struct SegmentOwner : LoadedModel::Owned {
   std::unique_ptr<SharedMemorySegment> segment;
 };
 
+// SQEs in flight per pipeline: the staging ring bounds the bytes in flight,
+// this only has to exceed the requests it splits into.
+constexpr int kDefaultIoDepth = 64;
+
 class RegistryDeviceSet : public DeviceSet {
  public:
   static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
@@ -42,6 +47,14 @@ class RegistryDeviceSet : public DeviceSet {
     set->reader_options_.backend = backend;
     set->staging_.chunk_bytes = options.staging_chunk_bytes;
     set->staging_.num_buffers = options.staging_buffers;
+    ASSIGN_OR_RETURN(set->direct_mode_, ParseDirectIoMode(options.direct_io));
+    if (options.io_queue_depth < 0 || options.io_queue_depth > 4096) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "io queue depth must be in [0, 4096], got ", options.io_queue_depth));
+    }
+    set->reader_options_.ring_entries =
+        options.io_queue_depth > 0 ? options.io_queue_depth : kDefaultIoDepth;
+    set->staging_.request_bytes = options.io_request_bytes;
     // Create one reader now to learn (and log) which backend this process gets.
     ASSIGN_OR_RETURN(std::unique_ptr<Reader> probe,
                      CreateReader(set->reader_options_));
@@ -75,6 +88,11 @@ class RegistryDeviceSet : public DeviceSet {
   std::string gpu_status() const override { return registry_->cuda_status(); }
   std::string io_backend() const override { return io_backend_; }
   std::string io_backend_reason() const override { return io_reason_; }
+  std::string direct_io() const override {
+    return DirectIoSummary(direct_mode_);
+  }
+  int io_queue_depth() const override { return reader_options_.ring_entries; }
+  uint64_t io_request_bytes() const override { return staging_.request_bytes; }
 
   absl::StatusOr<FilledArena> FillGpuArena(
       int gpu, int fd, const std::string& file_name, uint64_t size,
@@ -90,6 +108,13 @@ class RegistryDeviceSet : public DeviceSet {
     struct stat info;
     file.size = fstat(fd, &info) == 0 ? static_cast<uint64_t>(info.st_size) : 0;
     file.name = file_name;
+    // Reopened per load: cheap next to the load, and never stale.
+    DirectFd direct;
+    if (direct_mode_ == DirectIoMode::kAuto) {
+      direct = OpenDirectIo(fd, file_name);
+      file.direct_fd = direct.fd.get();
+      file.direct_alignment = direct.alignment;
+    }
     ASSIGN_OR_RETURN(std::unique_ptr<DeviceArena> arena,
                      pipeline->Load(size, file, ranges, cancel, progress));
     ASSIGN_OR_RETURN(ArenaHandle handle, device->ExportHandle(*arena));
@@ -160,6 +185,7 @@ class RegistryDeviceSet : public DeviceSet {
   std::unique_ptr<DeviceRegistry> registry_;
   ReaderOptions reader_options_;
   StagingOptions staging_;
+  DirectIoMode direct_mode_ = DirectIoMode::kAuto;
   std::string io_backend_;
   std::string io_reason_;
   std::vector<std::unique_ptr<PipelineSlot>> pipelines_;

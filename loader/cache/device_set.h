@@ -45,6 +45,13 @@ class DeviceSet {
     // The staging ring per GPU; defaults are the pipeline's own.
     uint64_t staging_chunk_bytes = StagingOptions{}.chunk_bytes;
     int staging_buffers = StagingOptions{}.num_buffers;
+    // "auto": file ranges of files whose file system allows it read their
+    // large, uncached chunks with O_DIRECT; "off": always buffered.
+    std::string direct_io = "auto";
+    // SQEs (pread threads) in flight per pipeline; 0: 64.
+    int io_queue_depth = 0;
+    // Bytes per read request; 0: the block device's max_sectors_kb per file.
+    uint64_t io_request_bytes = 0;
   };
   static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
       const Options& options);
@@ -55,6 +62,11 @@ class DeviceSet {
   virtual std::string gpu_status() const = 0;
   virtual std::string io_backend() const = 0;
   virtual std::string io_backend_reason() const = 0;
+  // "on", "off: reason", or "on; off on device M:N: reason" (direct_io.h).
+  virtual std::string direct_io() const { return "off: not supported"; }
+  virtual int io_queue_depth() const { return 0; }
+  // 0: chosen per file from its block device.
+  virtual uint64_t io_request_bytes() const { return 0; }
 
   // Allocates an arena of `size` bytes on GPU `gpu` and fills it through the
   // staging pipeline: file ranges are read from `fd`, generated ranges (bytes

@@ -415,6 +415,9 @@ ManagerInfo ModelManager::Info() const {
   info.gpu_status = devices_->gpu_status();
   info.io_backend = devices_->io_backend();
   info.io_backend_reason = devices_->io_backend_reason();
+  info.direct_io = devices_->direct_io();
+  info.io_queue_depth = devices_->io_queue_depth();
+  info.io_request_bytes = devices_->io_request_bytes();
   info.model_roots = canonical_roots_;
   info.host_budget_bytes = options_.host_budget_bytes;
   info.gpu_budget_bytes = options_.gpu_budget_bytes;

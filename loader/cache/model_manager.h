@@ -35,6 +35,9 @@ struct ManagerInfo {
   std::string gpu_status;  // why there are no real GPUs, when there are none
   std::string io_backend;
   std::string io_backend_reason;
+  std::string direct_io;
+  int io_queue_depth = 0;
+  uint64_t io_request_bytes = 0;
   std::vector<std::string> model_roots;
   uint64_t host_budget_bytes = 0;
   uint64_t gpu_budget_bytes =

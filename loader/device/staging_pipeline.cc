@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "loader/common/logging.h"
+#include "loader/io/direct_io.h"
 
 namespace weightd {
 
@@ -15,7 +16,10 @@ struct StagingPipeline::Slot {
   std::unique_ptr<DeviceEvent> event;
   int stream = 0;
   State state = State::kFree;
-  // The chunk in this buffer.
+  // The chunk in this buffer, starting data_offset bytes in (so that a direct
+  // read's buffer is as misaligned as its file offset).
+  uint64_t data_offset = 0;
+  uint32_t file_index = 0;
   uint64_t file_offset = 0;
   uint64_t arena_offset = 0;
   uint64_t length = 0;
@@ -56,11 +60,14 @@ class ChunkCursor {
     Skip();
   }
   bool done() const { return index_ >= ranges_.size(); }
-  Chunk Next() {
+  const CopyRange& current() const { return ranges_[index_]; }
+  uint64_t pos() const { return pos_; }
+  // The next chunk, `lead` bytes shorter than a staging buffer at most.
+  Chunk Next(uint64_t lead = 0) {
     Chunk c;
     c.range = &ranges_[index_];
     c.pos = pos_;
-    uint64_t most = chunk_bytes_;
+    uint64_t most = chunk_bytes_ - lead;
     if (c.generated()) most = chunk_bytes_ / c.range->unit * c.range->unit;
     c.length = std::min(most, c.range->length - pos_);
     pos_ += c.length;
@@ -81,6 +88,21 @@ class ChunkCursor {
   size_t index_ = 0;
   uint64_t pos_ = 0;
 };
+
+// Per file, for one Run.
+struct FileState {
+  const FileSource* source = nullptr;
+  bool direct = false;
+  uint64_t alignment = kDirectIoAlignment;
+  uint64_t request_bytes = 0;
+};
+
+// max_sectors_kb of the file's block device, clamped; 4 MiB where unknown.
+uint64_t AutoRequestBytes(int fd) {
+  BlockQueueInfo q = BlockQueueOf(fd);
+  if (q.max_sectors_bytes == 0) return 4ull << 20;
+  return std::clamp<uint64_t>(q.max_sectors_bytes, 256ull << 10, 8ull << 20);
+}
 
 absl::Status ShortRead(const FileSource& file, uint64_t offset, uint64_t want,
                        uint64_t got) {
@@ -164,13 +186,22 @@ absl::Status StagingPipeline::Run(DeviceArena* arena, const FileSource& file,
                                   const CancellationToken* cancel,
                                   const StagingProgressFn& progress,
                                   StagingStats* stats) {
+  return Run(arena, absl::MakeConstSpan(&file, 1), ranges, cancel, progress,
+             stats);
+}
+
+absl::Status StagingPipeline::Run(DeviceArena* arena,
+                                  absl::Span<const FileSource> files,
+                                  absl::Span<const CopyRange> ranges,
+                                  const CancellationToken* cancel,
+                                  const StagingProgressFn& progress,
+                                  StagingStats* stats) {
   StagingStats local_stats;
   if (stats == nullptr) stats = &local_stats;
   *stats = StagingStats();
   if (arena == nullptr) return absl::InvalidArgumentError("no arena");
   // Check every range before touching anything.
   uint64_t total = 0;
-  bool any_file = false;
   for (size_t i = 0; i < ranges.size(); ++i) {
     const CopyRange& r = ranges[i];
     absl::Status s = CheckArenaRange(arena->size(), r.arena_offset, r.length);
@@ -184,7 +215,16 @@ absl::Status StagingPipeline::Run(DeviceArena* arena, const FileSource& file,
                          options_.chunk_bytes, " bytes"));
       }
     } else if (r.host_source == nullptr && r.length > 0) {
-      any_file = true;
+      if (r.file_index >= files.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("range ", i, ": file ",
+                                                       r.file_index, " of ",
+                                                       files.size(), " files"));
+      }
+      const FileSource& file = files[r.file_index];
+      if (file.fd < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "file ranges of ", file.name, " without a file descriptor"));
+      }
       if (r.file_offset > file.size || r.length > file.size - r.file_offset) {
         return absl::OutOfRangeError(absl::StrCat(
             "range ", i, ": [", r.file_offset, ", +", r.length, ") is outside ",
@@ -196,15 +236,12 @@ absl::Status StagingPipeline::Run(DeviceArena* arena, const FileSource& file,
     }
     total += r.length;
   }
-  if (any_file && file.fd < 0) {
-    return absl::InvalidArgumentError("file ranges without a file descriptor");
-  }
   MutexLock lock(&mu_);
   if (broken_) {
     return absl::FailedPreconditionError(
         "staging pipeline unusable after an earlier reader failure");
   }
-  return RunStaged(arena, file, ranges, total, cancel, progress, stats);
+  return RunStaged(arena, files, ranges, total, cancel, progress, stats);
 }
 
 absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
@@ -223,8 +260,24 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
   return std::move(*arena);
 }
 
+absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
+    uint64_t arena_bytes, absl::Span<const FileSource> files,
+    absl::Span<const CopyRange> ranges, const CancellationToken* cancel,
+    const StagingProgressFn& progress, StagingStats* stats) {
+  auto arena = device_->Allocate(arena_bytes);
+  if (!arena.ok()) {
+    return Annotate(
+        arena.status(),
+        absl::StrCat("allocating a ", arena_bytes, "-byte arena on ",
+                     device_->placement(), " for ", files.size(), " files"));
+  }
+  absl::Status s = Run(arena->get(), files, ranges, cancel, progress, stats);
+  if (!s.ok()) return s;  // the arena is freed here
+  return std::move(*arena);
+}
+
 absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
-                                        const FileSource& file,
+                                        absl::Span<const FileSource> files,
                                         absl::Span<const CopyRange> ranges,
                                         uint64_t total,
                                         const CancellationToken* cancel,
@@ -232,6 +285,33 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
                                         StagingStats* stats) {
   absl::Status status = EnsureBuffers();
   if (!status.ok()) return status;
+  // Direct reads need buffers at least as aligned as the file, and room for
+  // the misaligned lead of a chunk.
+  uintptr_t buffer_alignment = ~uintptr_t{0};
+  for (const auto& slot : slots_) {
+    uintptr_t at = reinterpret_cast<uintptr_t>(slot->buffer->data());
+    buffer_alignment = std::min(buffer_alignment, at & (~at + 1));
+  }
+  std::vector<FileState> file_states(files.size());
+  std::vector<int> fds;
+  for (size_t i = 0; i < files.size(); ++i) {
+    FileState& f = file_states[i];
+    f.source = &files[i];
+    if (f.source->direct_alignment != 0) {
+      f.alignment = f.source->direct_alignment;
+    }
+    f.direct = f.source->direct_fd >= 0 && buffer_alignment >= f.alignment &&
+               options_.chunk_bytes >= 4 * f.alignment;
+    f.request_bytes = options_.request_bytes;
+    if (f.request_bytes == 0 && f.source->fd >= 0) {
+      f.request_bytes = AutoRequestBytes(f.source->fd);
+    }
+    if (i == 0) stats->request_bytes = f.request_bytes;
+    if (f.source->fd >= 0) fds.push_back(f.source->fd);
+    if (f.source->direct_fd >= 0) fds.push_back(f.source->direct_fd);
+  }
+  // Fixed files for this Run's descriptors (they stay open through it).
+  if (absl::Status s = reader_->RegisterFiles(fds); !s.ok()) return s;
   ChunkCursor cursor(ranges, options_.chunk_bytes);
   std::vector<int> free_slots;
   for (int i = static_cast<int>(slots_.size()) - 1; i >= 0; --i) {
@@ -253,9 +333,9 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
   // Queues the copy of slot i's bytes; the slot stays busy until its event.
   auto start_copy = [&](int i) {
     Slot& slot = *slots_[i];
-    absl::Status s = device_->CopyToDeviceAsync(arena, slot.arena_offset,
-                                                slot.buffer->data(),
-                                                slot.length, slot.stream);
+    absl::Status s = device_->CopyToDeviceAsync(
+        arena, slot.arena_offset, slot.buffer->data() + slot.data_offset,
+        slot.length, slot.stream);
     bool queued = s.ok();
     if (s.ok()) s = device_->RecordEvent(slot.event.get(), slot.stream);
     if (!s.ok()) {
@@ -293,7 +373,13 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
     for (ReadResult& r : results) {
       int i = static_cast<int>(r.tag);
       Slot& slot = *slots_[i];
+      const FileSource& file = files[slot.file_index];
       --reads;
+      stats->direct_bytes += r.direct_bytes;
+      if (r.direct_refused) {
+        ++stats->direct_refused;
+        file_states[slot.file_index].direct = false;  // the rest buffered
+      }
       if (!r.status.ok()) {
         fail(Annotate(r.status, absl::StrCat("reading ", file.name,
                                              " at offset ", slot.file_offset)));
@@ -319,17 +405,38 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       int i = free_slots.back();
       free_slots.pop_back();
       Slot& slot = *slots_[i];
-      Chunk c = cursor.Next();
+      // A direct-capable chunk starts in its buffer as misaligned as in its
+      // file, so the reader can read the aligned middle direct.
+      const CopyRange& next = cursor.current();
+      bool direct = false;
+      uint64_t lead = 0;
+      if (next.from_file()) {
+        const FileState& f = file_states[next.file_index];
+        direct = f.direct && next.length >= options_.direct_min_bytes;
+        if (direct) lead = (next.file_offset + cursor.pos()) % f.alignment;
+      }
+      Chunk c = cursor.Next(lead);
+      slot.data_offset = lead;
       slot.arena_offset = c.arena_offset();
       slot.length = c.length;
       busy.push_back(i);
       if (c.from_file()) {
+        const FileState& f = file_states[c.range->file_index];
+        const FileSource& file = *f.source;
+        slot.file_index = c.range->file_index;
         slot.file_offset = c.file_offset();
+        // Pages already cached are copied faster than read from the device.
+        if (direct && CachedFraction(file.fd, slot.file_offset, c.length) >=
+                          options_.direct_max_cached_fraction) {
+          direct = false;
+        }
         ReadRequest req;
         req.fd = file.fd;
-        req.direct_fd = file.direct_fd;
+        req.direct_fd = direct ? file.direct_fd : -1;
+        req.direct_alignment = static_cast<uint32_t>(f.alignment);
+        req.max_piece_bytes = static_cast<size_t>(f.request_bytes);
         req.offset = slot.file_offset;
-        req.buffer = slot.buffer->data();
+        req.buffer = slot.buffer->data() + slot.data_offset;
         req.length = static_cast<size_t>(c.length);
         req.tag = static_cast<uint64_t>(i);
         absl::Status s = reader_->Submit(req);
@@ -357,9 +464,11 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       }
     }
     if (status.ok() && cancel != nullptr && cancel->cancelled()) {
-      fail(absl::CancelledError(absl::StrCat("load of ", file.name,
-                                             " cancelled after ", done, " of ",
-                                             total, " bytes")));
+      fail(absl::CancelledError(absl::StrCat(
+          "load of ", files.empty() ? std::string("memory") : files[0].name,
+          files.size() > 1 ? absl::StrCat(" and ", files.size() - 1, " more")
+                           : std::string(),
+          " cancelled after ", done, " of ", total, " bytes")));
     }
     if (busy.empty()) break;
 
@@ -418,6 +527,7 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       release(i);
     }
   }
+  if (!broken_) reader_->UnregisterFiles();
   if (status.ok()) stats->bytes = done;
   return status;
 }

@@ -46,12 +46,17 @@ using StagingProgressFn =
 using RangeGenerator =
     std::function<absl::Status(uint64_t pos, uint64_t length, uint8_t* out)>;
 
-// The file the file ranges come from.
+// A file the file ranges come from.
 struct FileSource {
   int fd = -1;
-  int direct_fd = -1;  // same file with O_DIRECT, or -1
-  uint64_t size = 0;   // file ranges are checked against it
-  std::string name;    // for error messages
+  // The same file opened with O_DIRECT (OpenDirectIo, direct_io.h), or -1.
+  // With it, chunks of ranges of at least StagingOptions::direct_min_bytes
+  // whose pages are mostly not in the page cache read their aligned middle
+  // direct (the unaligned head and tail through `fd`).
+  int direct_fd = -1;
+  uint32_t direct_alignment = 0;  // 0: kDirectIoAlignment
+  uint64_t size = 0;              // file ranges are checked against it
+  std::string name;               // for error messages
 };
 
 struct CopyRange {
@@ -63,15 +68,18 @@ struct CopyRange {
   uint64_t unit = 1;  // generated ranges: chunks split on multiples of this
   uint64_t length = 0;
   uint64_t arena_offset = 0;
+  // Which of the Run's files a file range reads (0 for the one-file Run).
+  uint32_t file_index = 0;
 
   bool from_file() const { return !generate && host_source == nullptr; }
 
   static CopyRange FromFile(uint64_t file_offset, uint64_t length,
-                            uint64_t arena_offset) {
+                            uint64_t arena_offset, uint32_t file_index = 0) {
     CopyRange r;
     r.file_offset = file_offset;
     r.length = length;
     r.arena_offset = arena_offset;
+    r.file_index = file_index;
     return r;
   }
   static CopyRange FromMemory(const void* src, uint64_t length,
@@ -98,6 +106,17 @@ struct CopyRange {
 struct StagingOptions {
   uint64_t chunk_bytes = 8ull << 20;
   int num_buffers = 4;
+  // Direct reads only for ranges at least this long: small tensors stay
+  // buffered (their head and tail would be most of them).
+  uint64_t direct_min_bytes = 4ull << 20;
+  // A chunk with at least this fraction of its pages in the page cache is
+  // read buffered even with a direct descriptor (a copy from the cache beats
+  // a device read).
+  double direct_max_cached_fraction = 0.5;
+  // Bytes each read system call (SQE) asks for at most; 0: the block
+  // device's max_sectors_kb for the file (sysfs), in [256 KiB, 8 MiB], or
+  // 4 MiB where unknown.
+  uint64_t request_bytes = 0;
 };
 
 struct StagingStats {
@@ -105,6 +124,12 @@ struct StagingStats {
   uint64_t chunks = 0;
   int max_reads_in_flight = 0;
   int max_copies_in_flight = 0;
+  // File bytes read through direct descriptors, and reads that fell back
+  // to buffered because the file system refused O_DIRECT.
+  uint64_t direct_bytes = 0;
+  int direct_refused = 0;
+  // The request size used for the first file.
+  uint64_t request_bytes = 0;
 };
 
 class StagingPipeline {
@@ -123,11 +148,23 @@ class StagingPipeline {
                    const CancellationToken* cancel,
                    const StagingProgressFn& progress,
                    StagingStats* stats = nullptr);
+  // The same over several files at once (a model directory's shards): each
+  // file range reads files[range.file_index]; reads of different files are
+  // in flight together.
+  absl::Status Run(DeviceArena* arena, absl::Span<const FileSource> files,
+                   absl::Span<const CopyRange> ranges,
+                   const CancellationToken* cancel,
+                   const StagingProgressFn& progress,
+                   StagingStats* stats = nullptr);
 
   // Allocates an arena of `arena_bytes` on device(), runs, and returns the
   // arena; on any failure the arena is freed before returning.
   absl::StatusOr<std::unique_ptr<DeviceArena>> Load(
       uint64_t arena_bytes, const FileSource& file,
+      absl::Span<const CopyRange> ranges, const CancellationToken* cancel,
+      const StagingProgressFn& progress, StagingStats* stats = nullptr);
+  absl::StatusOr<std::unique_ptr<DeviceArena>> Load(
+      uint64_t arena_bytes, absl::Span<const FileSource> files,
       absl::Span<const CopyRange> ranges, const CancellationToken* cancel,
       const StagingProgressFn& progress, StagingStats* stats = nullptr);
 
@@ -142,7 +179,7 @@ class StagingPipeline {
   StagingPipeline(Device* device, std::unique_ptr<Reader> reader,
                   const StagingOptions& options);
   absl::Status EnsureBuffers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RunStaged(DeviceArena* arena, const FileSource& file,
+  absl::Status RunStaged(DeviceArena* arena, absl::Span<const FileSource> files,
                          absl::Span<const CopyRange> ranges, uint64_t total,
                          const CancellationToken* cancel,
                          const StagingProgressFn& progress, StagingStats* stats)

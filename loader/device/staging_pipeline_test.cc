@@ -1,6 +1,7 @@
 // The staging pipeline on the fake GPU, over every reader backend.
 #include "loader/device/staging_pipeline.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "loader/common/test_child.h"
 #include "loader/device/arena_handle.h"
 #include "loader/device/fault_injecting_fake_device.h"
+#include "loader/io/direct_io.h"
 #include "loader/io/fault_injecting_reader.h"
 #include "loader/io/io_uring_reader.h"
 #include "loader/io/mapped_file.h"
@@ -512,6 +514,153 @@ TEST_P(StagingPipelineTest, ManyThreadsLoadingAtOnce) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(bad.load(), 0);
+  ExpectNoLeaks();
+}
+
+// Drops a file's pages from the page cache (no privileges needed).
+void Evict(int fd) {
+  ASSERT_EQ(fdatasync(fd), 0);
+  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+}
+
+// Options with direct reads for every range of 64 KiB and up.
+StagingOptions DirectOptions(const Param& p) {
+  StagingOptions o;
+  o.chunk_bytes = p.chunk;
+  o.num_buffers = p.buffers;
+  o.direct_min_bytes = 64 << 10;
+  o.request_bytes = 48 << 10;  // several requests per chunk
+  return o;
+}
+
+// A file not in the page cache: the large ranges' aligned middles come
+// through the O_DIRECT descriptor (heads and tails buffered, the ring's
+// buffers registered), byte-identical at every offset; the warm file reads
+// buffered.
+TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
+  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  FileSource source = source_;
+  source.direct_fd = direct.fd.get();
+  source.direct_alignment = direct.alignment;
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(),
+                                          DirectOptions(GetParam()));
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  Evict(file_->fd());
+  StagingStats stats;
+  auto arena = (*pipeline)->Load(layout_.arena_size, source, layout_.ranges,
+                                 nullptr, nullptr, &stats);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  {
+    auto opened = Open(**arena);
+    ASSERT_NE(opened, nullptr);
+    ExpectArena(opened->host_data(), layout_);
+  }
+  EXPECT_GT(stats.direct_bytes, 0u);
+  EXPECT_LT(stats.direct_bytes, kFileSize);  // heads, tails, small ranges
+  EXPECT_EQ(stats.direct_refused, 0);
+  EXPECT_EQ(stats.request_bytes, 48u << 10);
+  if (GetParam().backend == IoBackend::kIoUring) {
+    EXPECT_TRUE((*pipeline)->reader()->buffers_registered())
+        << (*pipeline)->reader()->reason();
+  }
+  // Now in the page cache: buffered.
+  std::vector<uint8_t> all(kFileSize);
+  ASSERT_EQ(pread(file_->fd(), all.data(), all.size(), 0),
+            static_cast<ssize_t>(kFileSize));
+  auto again = (*pipeline)->Load(layout_.arena_size, source, layout_.ranges,
+                                 nullptr, nullptr, &stats);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(stats.direct_bytes, 0u);
+  arena->reset();
+  again->reset();
+  ExpectNoLeaks();
+}
+
+// The file shrinks under a direct load: a short read, DATA_LOSS naming it.
+TEST_P(StagingPipelineTest, DirectReadOfATruncatedFile) {
+  std::string path = WritePatternFile("truncated", kFileSize, kSeed);
+  auto file = MappedFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  DirectFd direct = OpenDirectIo((*file)->fd(), path);
+  if (!direct.fd.valid()) {
+    unlink(path.c_str());
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  }
+  FileSource source;
+  source.fd = (*file)->fd();
+  source.direct_fd = direct.fd.get();
+  source.direct_alignment = direct.alignment;
+  source.size = kFileSize;
+  source.name = path;
+  ASSERT_EQ(truncate(path.c_str(), kFileSize / 2), 0);
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(),
+                                          DirectOptions(GetParam()));
+  ASSERT_TRUE(pipeline.ok());
+  auto arena = (*pipeline)->Load(kFileSize, source,
+                                 {CopyRange::FromFile(0, kFileSize, 0)},
+                                 nullptr, nullptr);
+  EXPECT_TRUE(absl::IsDataLoss(arena.status())) << arena.status();
+  EXPECT_NE(arena.status().message().find(path), std::string::npos)
+      << arena.status();
+  EXPECT_NE(arena.status().message().find("file ended"), std::string::npos)
+      << arena.status();
+  unlink(path.c_str());
+  ExpectNoLeaks();
+}
+
+// One Run over two files (a model directory's shards), their ranges
+// interleaved in the arena; a range naming a third file is refused.
+TEST_P(StagingPipelineTest, SeveralFilesInOneRun) {
+  constexpr uint32_t kOtherSeed = 7;
+  constexpr uint64_t kOtherSize = (2 << 20) + 999;
+  std::string other_path = WritePatternFile("other", kOtherSize, kOtherSeed);
+  auto other = MappedFile::Open(other_path);
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::vector<FileSource> files(2);
+  files[0] = source_;
+  files[1].fd = (*other)->fd();
+  files[1].size = kOtherSize;
+  files[1].name = other_path;
+  DirectFd direct = OpenDirectIo((*other)->fd(), other_path);
+  if (direct.fd.valid()) {  // one file direct-capable, one not
+    files[1].direct_fd = direct.fd.get();
+    files[1].direct_alignment = direct.alignment;
+    Evict((*other)->fd());
+  }
+  std::vector<CopyRange> ranges = {
+      CopyRange::FromFile(10, 1 << 20, 0, 1),
+      CopyRange::FromFile(4, (1 << 20) + 5, 1 << 20, 0),
+      CopyRange::FromFile((1 << 20) + 3, kOtherSize - (1 << 20) - 3,
+                          (2 << 20) + 5, 1),
+      CopyRange::FromFile(kFileSize - 77, 77, (3 << 20) + 10000, 0)};
+  const uint64_t arena_size = (3 << 20) + 10077;
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(),
+                                          DirectOptions(GetParam()));
+  ASSERT_TRUE(pipeline.ok());
+  StagingStats stats;
+  auto arena =
+      (*pipeline)->Load(arena_size, files, ranges, nullptr, nullptr, &stats);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  auto opened = Open(**arena);
+  ASSERT_NE(opened, nullptr);
+  for (const CopyRange& r : ranges) {
+    uint32_t seed = r.file_index == 0 ? kSeed : kOtherSeed;
+    EXPECT_EQ(FirstPatternMismatch(opened->host_data() + r.arena_offset,
+                                   r.length, r.file_offset, seed),
+              -1)
+        << "range at arena offset " << r.arena_offset;
+  }
+  uint64_t total = 0;
+  for (const CopyRange& r : ranges) total += r.length;
+  EXPECT_EQ(stats.bytes, total);
+  opened.reset();
+  arena->reset();
+  ranges.push_back(CopyRange::FromFile(0, 1, 0, 2));
+  auto bad = (*pipeline)->Load(arena_size, files, ranges, nullptr, nullptr);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  unlink(other_path.c_str());
   ExpectNoLeaks();
 }
 

@@ -48,6 +48,14 @@ class FaultInjectingReader : public Reader {
   bool buffers_registered() const override {
     return base_->buffers_registered();
   }
+  absl::Status RegisterFiles(absl::Span<const int> fds) override {
+    return base_->RegisterFiles(fds);
+  }
+  void UnregisterFiles() override { base_->UnregisterFiles(); }
+  bool files_registered() const override { return base_->files_registered(); }
+  size_t max_request_bytes() const override {
+    return base_->max_request_bytes();
+  }
 
   absl::Status Submit(const ReadRequest& request) override;
   absl::Status Wait(size_t min_results,

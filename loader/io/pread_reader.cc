@@ -7,12 +7,12 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "loader/io/direct_io.h"
 
 namespace weightd {
 namespace {
 
 constexpr int kMaxRetries = 1000;
-constexpr size_t kKernelMaxRead = 0x7ffff000;
 
 }  // namespace
 
@@ -51,14 +51,35 @@ size_t PreadReader::in_flight() const {
 absl::Status PreadReader::Submit(const ReadRequest& request) {
   absl::Status s = ValidateReadRequest(request);
   if (!s.ok()) return s;
+  Pending read;
+  read.request = request;
+  read.end = request.offset + request.length;
+  std::vector<ReadPiece> pieces;
+  SplitRead(request, EffectiveMaxPiece(request, options_.max_request_bytes),
+            &pieces);
+  for (const ReadPiece& p : pieces) {
+    if (p.length > 0) read.pieces.push_back(p);
+  }
+  read.pieces_left = read.pieces.size();
   MutexLock lock(&mu_);
   if (in_flight_ >= static_cast<size_t>(options_.queue_depth)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "pread reader: ", options_.queue_depth, " reads already in flight"));
   }
   ++in_flight_;
-  queue_.push_back(request);
-  work_cv_.Signal();
+  const uint64_t id = next_id_++;
+  const size_t n = read.pieces.size();
+  pending_[id] = std::move(read);
+  if (n == 0) {
+    Finish(id);
+    return absl::OkStatus();
+  }
+  for (size_t i = 0; i < n; ++i) queue_.push_back({id, i});
+  if (n == 1) {
+    work_cv_.Signal();
+  } else {
+    work_cv_.SignalAll();
+  }
   return absl::OkStatus();
 }
 
@@ -73,47 +94,70 @@ absl::Status PreadReader::Wait(size_t min_results,
   return absl::OkStatus();
 }
 
+void PreadReader::Finish(uint64_t id) {
+  auto it = pending_.find(id);
+  Pending& read = it->second;
+  ReadResult result;
+  result.tag = read.request.tag;
+  result.status = std::move(read.status);
+  result.bytes_read = static_cast<size_t>(
+      std::min<uint64_t>(read.end - read.request.offset, read.request.length));
+  result.direct_bytes = std::min(read.direct_bytes, result.bytes_read);
+  result.direct_refused = read.direct_refused;
+  pending_.erase(it);
+  done_.push_back(std::move(result));
+  done_cv_.SignalAll();
+}
+
 void PreadReader::WorkerLoop() {
   for (;;) {
     ReadRequest request;
+    ReadPiece piece;
+    uint64_t id = 0;
     {
       MutexLock lock(&mu_);
       while (queue_.empty() && !stop_) work_cv_.Wait(&mu_);
       if (queue_.empty()) return;  // stopping, nothing left
-      request = queue_.front();
+      id = queue_.front().first;
+      const Pending& read = pending_[id];
+      request = read.request;
+      piece = read.pieces[queue_.front().second];
+      // A refusal seen by another piece: do not try direct again.
+      if (read.direct_refused) piece.direct = false;
       queue_.pop_front();
     }
-    ReadResult result = Execute(request);
+    PieceResult r = Execute(request, piece);
     MutexLock lock(&mu_);
-    done_.push_back(std::move(result));
-    done_cv_.SignalAll();
+    Pending& read = pending_[id];
+    if (!r.status.ok() && read.status.ok()) read.status = std::move(r.status);
+    if (r.done < piece.length) {
+      read.end = std::min(read.end, piece.offset + r.done);
+    }
+    read.direct_bytes += r.direct_bytes;
+    read.direct_refused = read.direct_refused || r.direct_refused;
+    if (--read.pieces_left == 0) Finish(id);
   }
 }
 
-ReadResult PreadReader::Execute(const ReadRequest& r) const {
-  ReadResult result;
-  result.tag = r.tag;
-  bool direct = CanReadDirect(r);
-  size_t done = 0;
+PreadReader::PieceResult PreadReader::Execute(const ReadRequest& r,
+                                              ReadPiece piece) const {
+  PieceResult result;
   int retries = 0;
-  while (done < r.length) {
-    uint8_t* buf = static_cast<uint8_t*>(r.buffer) + done;
-    size_t len = std::min(r.length - done, kKernelMaxRead);
-    if (options_.max_request_bytes > 0) {
-      len = std::min(len, options_.max_request_bytes);
-    }
-    uint64_t offset = r.offset + done;
-    bool use_direct =
-        direct && offset % kDirectIoAlignment == 0 &&
-        len % kDirectIoAlignment == 0 &&
-        reinterpret_cast<uintptr_t>(buf) % kDirectIoAlignment == 0;
-    ssize_t n = ::pread(use_direct ? r.direct_fd : r.fd, buf, len,
+  const uint64_t alignment = DirectAlignment(r);
+  while (result.done < piece.length) {
+    uint8_t* buf = piece.buffer + result.done;
+    size_t len = piece.length - result.done;
+    uint64_t offset = piece.offset + result.done;
+    ssize_t n = ::pread(piece.direct ? r.direct_fd : r.fd, buf, len,
                         static_cast<off_t>(offset));
     if (n < 0) {
       int err = errno;
       if ((err == EINTR || err == EAGAIN) && ++retries <= kMaxRetries) continue;
-      if (err == EINVAL && use_direct) {
-        direct = false;  // filesystem refused O_DIRECT: buffered
+      if (err == EINVAL && piece.direct) {
+        // The file system refused O_DIRECT: buffered.
+        NoteDirectIoRefused(r.direct_fd, std::strerror(err));
+        piece.direct = false;
+        result.direct_refused = true;
         continue;
       }
       result.status = absl::DataLossError(
@@ -122,9 +166,12 @@ ReadResult PreadReader::Execute(const ReadRequest& r) const {
       break;
     }
     if (n == 0) break;  // end of file
-    done += static_cast<size_t>(n);
+    result.done += static_cast<size_t>(n);
+    if (piece.direct) {
+      result.direct_bytes += static_cast<size_t>(n);
+      if (result.done % alignment != 0) piece.direct = false;
+    }
   }
-  result.bytes_read = done;
   return result;
 }
 

@@ -24,14 +24,24 @@
 
 namespace weightd {
 
-// O_DIRECT reads need offset, length and buffer aligned to this.
+// O_DIRECT reads need offset, length and buffer aligned to this unless the
+// request names its file's own alignment.
 inline constexpr uint64_t kDirectIoAlignment = 4096;
 
 struct ReadRequest {
   int fd = -1;
-  // A descriptor for the same file opened with O_DIRECT, or -1. Used instead
-  // of `fd` when offset, length and buffer are all kDirectIoAlignment-aligned.
+  // A descriptor for the same file opened with O_DIRECT, or -1. When the
+  // buffer and the offset are equally misaligned (buffer - offset is a
+  // multiple of the alignment), the aligned middle of the range is read
+  // through it and the unaligned head and tail through `fd`. A direct read
+  // the file system refuses (EINVAL) is redone through `fd`.
   int direct_fd = -1;
+  // The alignment direct reads of this file need (a power of two; 0:
+  // kDirectIoAlignment), e.g. DirectFd::alignment (direct_io.h).
+  uint32_t direct_alignment = 0;
+  // Caps the bytes of each system call (SQE) this request becomes, below the
+  // reader's own max_request_bytes(); 0: the reader's.
+  size_t max_piece_bytes = 0;
   uint64_t offset = 0;
   void* buffer = nullptr;
   size_t length = 0;
@@ -46,6 +56,10 @@ struct ReadResult {
   // caller decides whether a short read is an error). Short reads before end
   // of file, EINTR and EAGAIN are retried inside the reader.
   size_t bytes_read = 0;
+  // Of those, read through direct_fd.
+  size_t direct_bytes = 0;
+  // A direct read came back EINVAL and was redone buffered.
+  bool direct_refused = false;
 };
 
 class Reader {
@@ -72,6 +86,20 @@ class Reader {
   virtual void UnregisterBuffers() {}
   virtual bool buffers_registered() const { return false; }
 
+  // Registers descriptors that many reads will use (io_uring fixed files:
+  // no per-read file lookup). They must stay open until UnregisterFiles();
+  // reads on other descriptors still work. Refusal is not an error
+  // (files_registered() stays false). Needs no reads in flight.
+  virtual absl::Status RegisterFiles(absl::Span<const int> fds) {
+    return absl::OkStatus();
+  }
+  virtual void UnregisterFiles() {}
+  virtual bool files_registered() const { return false; }
+
+  // The most bytes one read system call (or SQE) asks for; longer requests
+  // are split into several reads in flight at once. 0: no cap.
+  virtual size_t max_request_bytes() const { return 0; }
+
   // Queues one read. FAILED_PRECONDITION when queue_depth() reads are already
   // in flight (Wait() first); INVALID_ARGUMENT for a bad request. The result
   // of an accepted read always comes back through Wait().
@@ -93,8 +121,36 @@ absl::Status ReadFully(Reader* reader, int fd, uint64_t offset, void* buffer,
 // Checks a request's fields; shared by the implementations.
 absl::Status ValidateReadRequest(const ReadRequest& request);
 
-// Whether the request may use its O_DIRECT descriptor.
+// Whether part of the request goes through its O_DIRECT descriptor.
 bool CanReadDirect(const ReadRequest& request);
+
+// One system call's worth of a request.
+struct ReadPiece {
+  bool direct = false;
+  uint64_t offset = 0;
+  uint8_t* buffer = nullptr;
+  size_t length = 0;
+};
+// The request as pieces in file order: the unaligned head and tail buffered,
+// the aligned middle direct (when CanReadDirect), each part cut into pieces
+// of at most `max_piece` bytes (0: the kernel's cap of one read; direct
+// pieces round it down to the alignment). Appends to `out`.
+void SplitRead(const ReadRequest& request, size_t max_piece,
+               std::vector<ReadPiece>* out);
+
+// The piece cap for `request` on a reader whose own cap is `reader_max`.
+inline size_t EffectiveMaxPiece(const ReadRequest& request, size_t reader_max) {
+  if (request.max_piece_bytes == 0) return reader_max;
+  if (reader_max == 0) return request.max_piece_bytes;
+  return request.max_piece_bytes < reader_max ? request.max_piece_bytes
+                                              : reader_max;
+}
+
+// The alignment of the request's direct reads.
+inline uint64_t DirectAlignment(const ReadRequest& request) {
+  return request.direct_alignment == 0 ? kDirectIoAlignment
+                                       : request.direct_alignment;
+}
 
 }  // namespace weightd
 

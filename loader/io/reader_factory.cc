@@ -71,6 +71,7 @@ absl::StatusOr<std::unique_ptr<Reader>> CreateReader(
     IoUringReader::Options o;
     o.queue_depth = options.queue_depth;
     o.max_request_bytes = options.max_request_bytes;
+    o.ring_entries = options.ring_entries;
     o.async_workers = options.io_uring_async_workers;
     o.reason = choice.reason;
     auto reader = IoUringReader::Create(o);

@@ -24,7 +24,13 @@ struct ReaderOptions {
   IoBackend backend = IoBackend::kAuto;
   int queue_depth = 16;
   int pread_threads = 4;
+  // Bytes one system call (SQE) asks for at most; longer reads are split
+  // into several in flight at once. 0: no cap.
   size_t max_request_bytes = 0;
+  // io_uring: SQEs in flight at most (0: queue_depth). pread keeps
+  // pread_threads: more threads than cores thrash on page-cache copies
+  // (io_bench: 32 threads ran the warm pipeline at 13% of read(), 4 at 67%).
+  int ring_entries = 0;
   bool io_uring_async_workers = true;
 };
 

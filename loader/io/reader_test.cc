@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "loader/io/direct_io.h"
 #include "loader/io/fault_injecting_reader.h"
 #include "loader/io/io_uring_reader.h"
 #include "loader/io/mapped_file.h"
@@ -325,6 +326,101 @@ TEST_P(ReaderTest, DirectReadsWhenAligned) {
   ASSERT_TRUE(results[0].status.ok()) << results[0].status;
   EXPECT_EQ(results[0].bytes_read, kFileSize - tail);
   free(buf);
+}
+
+// The aligned middle through O_DIRECT, an unaligned head and tail buffered,
+// all in one request: the buffer is as misaligned as the file offset.
+TEST_P(ReaderTest, DirectMiddleBufferedHeadAndTail) {
+  DirectFd direct = OpenDirectIo(file_->fd(), path_);
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  const uint64_t a = direct.alignment;
+  void* raw = nullptr;
+  ASSERT_EQ(posix_memalign(&raw, a, 2 << 20), 0);
+  uint8_t* base = static_cast<uint8_t*>(raw);
+  struct Case {
+    uint64_t offset, length;
+    bool direct;
+  };
+  const Case cases[] = {
+      {100, (1 << 20) + 333, true},  // head, middle, tail
+      {a, 1 << 20, true},            // aligned both ends
+      {a + 1, a, false},             // no whole block inside: buffered
+      {(kFileSize - (1 << 20)) / a * a + 7, kFileSize, true},  // EOF inside
+  };
+  for (const Case& c : cases) {
+    ReadRequest r;
+    r.fd = file_->fd();
+    r.direct_fd = direct.fd.get();
+    r.direct_alignment = direct.alignment;
+    r.offset = c.offset;
+    r.buffer = base + c.offset % a;
+    r.length = static_cast<size_t>(
+        std::min<uint64_t>(c.length, (2 << 20) - c.offset % a));
+    r.tag = c.offset;
+    EXPECT_EQ(CanReadDirect(r), c.direct) << c.offset;
+    std::memset(base, 0, 2 << 20);
+    ASSERT_TRUE(reader_->Submit(r).ok());
+    std::vector<ReadResult> results;
+    ASSERT_TRUE(reader_->Wait(1, &results).ok());
+    ASSERT_EQ(results.size(), 1u);
+    ASSERT_TRUE(results[0].status.ok()) << results[0].status;
+    const uint64_t want = std::min<uint64_t>(r.length, kFileSize - c.offset);
+    EXPECT_EQ(results[0].bytes_read, want) << c.offset;
+    EXPECT_EQ(results[0].direct_bytes > 0, c.direct) << c.offset;
+    EXPECT_LE(results[0].direct_bytes, want);
+    EXPECT_EQ(FirstPatternMismatch(static_cast<uint8_t*>(r.buffer), want,
+                                   c.offset, kSeed),
+              -1)
+        << c.offset;
+  }
+  free(raw);
+}
+
+// Pieces of one request are split by the request's own cap too.
+TEST(SplitReadTest, HeadMiddleTailAndCaps) {
+  alignas(4096) static uint8_t buf[64 << 10];
+  ReadRequest r;
+  r.fd = 3;
+  r.direct_fd = 4;
+  r.offset = 4096 * 10 + 100;
+  r.buffer = buf + 100;
+  r.length = 5 * 4096 + 50;
+  std::vector<ReadPiece> pieces;
+  SplitRead(r, 8192, &pieces);
+  // head 3996, middle 4*4096 in 2 pieces, tail 4096+50-(3996)... in order.
+  ASSERT_GE(pieces.size(), 4u);
+  EXPECT_FALSE(pieces.front().direct);
+  EXPECT_EQ(pieces.front().length, 4096u - 100);
+  uint64_t at = r.offset, direct = 0;
+  for (const ReadPiece& p : pieces) {
+    EXPECT_EQ(p.offset, at);
+    EXPECT_EQ(p.buffer, buf + 100 + (at - r.offset));
+    EXPECT_LE(p.length, 8192u);
+    if (p.direct) {
+      EXPECT_EQ(p.offset % 4096, 0u);
+      EXPECT_EQ(p.length % 4096, 0u);
+      direct += p.length;
+    }
+    at += p.length;
+  }
+  EXPECT_EQ(at, r.offset + r.length);
+  EXPECT_EQ(direct, 4u * 4096);
+  EXPECT_FALSE(pieces.back().direct);
+  // Misaligned differently from the offset: all buffered.
+  r.buffer = buf + 101;
+  pieces.clear();
+  SplitRead(r, 0, &pieces);
+  ASSERT_EQ(pieces.size(), 1u);
+  EXPECT_FALSE(pieces[0].direct);
+  EXPECT_FALSE(CanReadDirect(r));
+  // The request's cap below the reader's.
+  r.buffer = buf + 100;
+  r.max_piece_bytes = 4096;
+  EXPECT_EQ(EffectiveMaxPiece(r, 8192), 4096u);
+  EXPECT_EQ(EffectiveMaxPiece(r, 0), 4096u);
+  r.direct_alignment = 3;
+  EXPECT_FALSE(ValidateReadRequest(r).ok());
 }
 
 TEST_P(ReaderTest, DestroyWithReadsInFlight) {

@@ -1,0 +1,250 @@
+#include "loader/io/direct_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "loader/common/logging.h"
+#include "loader/common/mutex.h"
+
+namespace weightd {
+namespace {
+
+constexpr uint32_t kDefaultAlignment = 4096;
+// Alignment beyond this is not something a staging buffer can promise.
+constexpr uint32_t kMaxAlignment = 1u << 16;
+
+// File systems that refused O_DIRECT, by st_dev, with the reason.
+struct Refusals {
+  Mutex mu;
+  std::map<uint64_t, std::string> by_device ABSL_GUARDED_BY(mu);
+};
+Refusals& GetRefusals() {
+  static Refusals* r = new Refusals();
+  return *r;
+}
+
+std::string DeviceName(uint64_t dev) {
+  return absl::StrCat(major(static_cast<dev_t>(dev)), ":",
+                      minor(static_cast<dev_t>(dev)));
+}
+
+// Records (and logs, the first time) that `dev` refuses O_DIRECT.
+void Refuse(uint64_t dev, const std::string& why) {
+  Refusals& r = GetRefusals();
+  MutexLock lock(&r.mu);
+  if (r.by_device.count(dev) != 0) return;
+  r.by_device[dev] = why;
+  LogWarning(
+      "O_DIRECT refused on the file system of device %s (%s): its files are "
+      "read buffered",
+      DeviceName(dev), why);
+}
+
+bool Refused(uint64_t dev, std::string* why) {
+  Refusals& r = GetRefusals();
+  MutexLock lock(&r.mu);
+  auto it = r.by_device.find(dev);
+  if (it == r.by_device.end()) return false;
+  *why = it->second;
+  return true;
+}
+
+bool PowerOfTwo(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+bool ReadSysfsNumber(const std::string& path, uint64_t* out) {
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) return false;
+  char buf[64] = {0};
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  return absl::SimpleAtoi(absl::StripAsciiWhitespace(buf), out);
+}
+
+// The alignment direct reads of `fd` need: statx where it says, else the
+// block device's logical block size, else 4096; never below 512.
+uint32_t DirectAlignmentOf(int fd) {
+#ifdef STATX_DIOALIGN
+  struct statx sx;
+  std::memset(&sx, 0, sizeof(sx));
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN) != 0 && sx.stx_dio_offset_align != 0) {
+    uint32_t a = std::max(sx.stx_dio_offset_align, sx.stx_dio_mem_align);
+    return std::max<uint32_t>(a, 512);
+  }
+#endif
+  BlockQueueInfo q = BlockQueueOf(fd);
+  if (q.logical_block_size >= 512 && PowerOfTwo(q.logical_block_size)) {
+    return std::max<uint32_t>(q.logical_block_size, kDefaultAlignment);
+  }
+  return kDefaultAlignment;
+}
+
+}  // namespace
+
+absl::StatusOr<DirectIoMode> ParseDirectIoMode(absl::string_view name) {
+  std::string lower = absl::AsciiStrToLower(name);
+  if (lower.empty() || lower == "auto") return DirectIoMode::kAuto;
+  if (lower == "off") return DirectIoMode::kOff;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown direct I/O mode '", name, "' (want auto or off)"));
+}
+
+const char* DirectIoModeName(DirectIoMode mode) {
+  return mode == DirectIoMode::kOff ? "off" : "auto";
+}
+
+DirectFd OpenDirectIo(int fd, const std::string& name) {
+  DirectFd out;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    out.why_not = absl::StrCat("fstat: ", std::strerror(errno));
+    return out;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    out.why_not = "not a regular file";
+    return out;
+  }
+  const uint64_t dev = static_cast<uint64_t>(st.st_dev);
+  if (Refused(dev, &out.why_not)) return out;
+  uint32_t alignment = DirectAlignmentOf(fd);
+  if (alignment > kMaxAlignment) {
+    out.why_not = absl::StrCat("direct I/O alignment ", alignment,
+                               " is larger than staging buffers promise");
+    Refuse(dev, out.why_not);
+    return out;
+  }
+  // The same open file, not whatever the path names now.
+  std::string self = absl::StrCat("/proc/self/fd/", fd);
+  int raw;
+  do {
+    raw = ::open(self.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+  } while (raw < 0 && errno == EINTR);
+  if (raw < 0) {
+    int err = errno;
+    out.why_not = absl::StrCat("open(O_DIRECT) of ", name, ": ",
+                               std::strerror(err), " (errno ", err, ")");
+    // EINVAL: the file system has no direct I/O. Anything else (no /proc,
+    // EMFILE) is about this open only.
+    if (err == EINVAL) Refuse(dev, out.why_not);
+    return out;
+  }
+  ScopedFd direct(raw);
+  struct stat again;
+  if (::fstat(direct.get(), &again) != 0 || again.st_dev != st.st_dev ||
+      again.st_ino != st.st_ino) {
+    out.why_not = "reopened descriptor is a different file";
+    return out;
+  }
+  out.fd = std::move(direct);
+  out.alignment = alignment;
+  return out;
+}
+
+void NoteDirectIoRefused(int direct_fd, absl::string_view why) {
+  struct stat st;
+  if (::fstat(direct_fd, &st) != 0) return;
+  Refuse(static_cast<uint64_t>(st.st_dev), absl::StrCat("direct read: ", why));
+}
+
+std::string DirectIoSummary(DirectIoMode mode) {
+  if (mode == DirectIoMode::kOff) return "off: --direct_io=off";
+  Refusals& r = GetRefusals();
+  MutexLock lock(&r.mu);
+  std::string out = "on";
+  for (const auto& [dev, why] : r.by_device) {
+    absl::StrAppend(&out, "; off on device ", DeviceName(dev), ": ", why);
+  }
+  return out;
+}
+
+BlockQueueInfo BlockQueueAt(const std::string& sys_block_dir) {
+  BlockQueueInfo info;
+  // A partition has a "partition" file and its queue lives in the parent.
+  std::string dir = sys_block_dir;
+  uint64_t unused = 0;
+  if (ReadSysfsNumber(dir + "/partition", &unused)) dir += "/..";
+  uint64_t v = 0;
+  if (ReadSysfsNumber(dir + "/queue/nr_requests", &v) && v <= (1u << 20)) {
+    info.nr_requests = static_cast<uint32_t>(v);
+  }
+  if (ReadSysfsNumber(dir + "/queue/max_sectors_kb", &v) && v <= (1ull << 30)) {
+    info.max_sectors_bytes = v << 10;
+  }
+  if (ReadSysfsNumber(dir + "/queue/logical_block_size", &v) &&
+      v <= (1u << 20)) {
+    info.logical_block_size = static_cast<uint32_t>(v);
+  }
+  char resolved[4096];
+  ssize_t n = ::readlink(sys_block_dir.c_str(), resolved, sizeof(resolved) - 1);
+  if (n > 0) {
+    resolved[n] = 0;
+    std::string target(resolved);
+    size_t slash = target.rfind('/');
+    info.device =
+        slash == std::string::npos ? target : target.substr(slash + 1);
+  }
+  return info;
+}
+
+BlockQueueInfo BlockQueueOf(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return {};
+  return BlockQueueAt(
+      absl::StrCat("/sys/dev/block/", major(st.st_dev), ":", minor(st.st_dev)));
+}
+
+double CachedFraction(int fd, uint64_t offset, uint64_t length) {
+  if (length == 0) return 1.0;
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  const uint64_t end = (offset + length + page - 1) / page * page;
+  const uint64_t pages = (end - start) / page;
+#ifndef __NR_cachestat
+#define __NR_cachestat 451  // the same number on every architecture
+#endif
+  struct {
+    uint64_t off, len;
+  } range = {start, end - start};
+  struct {
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+  } cs;
+  static std::atomic<bool> no_cachestat{false};
+  if (!no_cachestat.load(std::memory_order_relaxed)) {
+    if (::syscall(__NR_cachestat, fd, &range, &cs, 0) == 0) {
+      return static_cast<double>(std::min(cs.nr_cache, pages)) /
+             static_cast<double>(pages);
+    }
+    if (errno == ENOSYS || errno == EPERM) no_cachestat.store(true);
+  }
+  void* p = ::mmap(nullptr, static_cast<size_t>(end - start), PROT_READ,
+                   MAP_SHARED, fd, static_cast<off_t>(start));
+  if (p == MAP_FAILED) return -1;
+  std::vector<unsigned char> vec(static_cast<size_t>(pages));
+  double fraction = -1;
+  if (::mincore(p, static_cast<size_t>(end - start), vec.data()) == 0) {
+    uint64_t cached = 0;
+    for (unsigned char c : vec) cached += c & 1;
+    fraction = static_cast<double>(cached) / static_cast<double>(pages);
+  }
+  ::munmap(p, static_cast<size_t>(end - start));
+  return fraction;
+}
+
+}  // namespace weightd
