@@ -95,7 +95,7 @@ class RegistryDeviceSet : public DeviceSet {
   uint64_t io_request_bytes() const override { return staging_.request_bytes; }
 
   absl::StatusOr<FilledArena> FillGpuArena(
-      int gpu, int fd, const std::string& file_name, uint64_t size,
+      int gpu, absl::Span<const ArenaFile> files, uint64_t size,
       const std::vector<CopyRange>& ranges, const CancellationToken* cancel,
       const ProgressFn& progress) override {
     if (gpu < 0 || gpu >= static_cast<int>(pipelines_.size())) {
@@ -103,20 +103,25 @@ class RegistryDeviceSet : public DeviceSet {
     }
     Device* device = registry_->gpus()[gpu];
     ASSIGN_OR_RETURN(StagingPipeline * pipeline, Pipeline(gpu, device));
-    FileSource file;
-    file.fd = fd;
-    struct stat info;
-    file.size = fstat(fd, &info) == 0 ? static_cast<uint64_t>(info.st_size) : 0;
-    file.name = file_name;
+    std::vector<FileSource> sources(files.size());
     // Reopened per load: cheap next to the load, and never stale.
-    DirectFd direct;
-    if (direct_mode_ == DirectIoMode::kAuto) {
-      direct = OpenDirectIo(fd, file_name);
-      file.direct_fd = direct.fd.get();
-      file.direct_alignment = direct.alignment;
+    std::vector<DirectFd> direct(files.size());
+    for (size_t i = 0; i < files.size(); ++i) {
+      FileSource& source = sources[i];
+      source.fd = files[i].fd;
+      struct stat info;
+      source.size = fstat(files[i].fd, &info) == 0
+                        ? static_cast<uint64_t>(info.st_size)
+                        : 0;
+      source.name = files[i].name;
+      if (direct_mode_ == DirectIoMode::kAuto) {
+        direct[i] = OpenDirectIo(files[i].fd, files[i].name);
+        source.direct_fd = direct[i].fd.get();
+        source.direct_alignment = direct[i].alignment;
+      }
     }
     ASSIGN_OR_RETURN(std::unique_ptr<DeviceArena> arena,
-                     pipeline->Load(size, file, ranges, cancel, progress));
+                     pipeline->Load(size, sources, ranges, cancel, progress));
     ASSIGN_OR_RETURN(ArenaHandle handle, device->ExportHandle(*arena));
     FilledArena filled;
     filled.handle_kind = handle.kind;

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "loader/cache/gpu_description.h"
 #include "loader/cache/loaded_model.h"
 #include "loader/common/cancellation.h"
@@ -23,6 +24,12 @@ namespace weightd {
 // Placed bytes so far, of the load's total.
 using ProgressFn =
     std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
+
+// A file a GPU arena's file ranges are read from.
+struct ArenaFile {
+  int fd = -1;
+  std::string name;  // for errors
+};
 
 struct FilledArena {
   std::unique_ptr<LoadedModel::Owned> owner;  // frees the arena
@@ -69,10 +76,12 @@ class DeviceSet {
   virtual uint64_t io_request_bytes() const { return 0; }
 
   // Allocates an arena of `size` bytes on GPU `gpu` and fills it through the
-  // staging pipeline: file ranges are read from `fd`, generated ranges (bytes
-  // that change on the way) are produced chunk by chunk into the ring.
+  // staging pipeline in one run: file ranges are read from
+  // files[range.file_index] (reads of several files in flight together),
+  // generated ranges (bytes that change on the way) are produced chunk by
+  // chunk into the ring.
   virtual absl::StatusOr<FilledArena> FillGpuArena(
-      int gpu, int fd, const std::string& file_name, uint64_t size,
+      int gpu, absl::Span<const ArenaFile> files, uint64_t size,
       const std::vector<CopyRange>& ranges, const CancellationToken* cancel,
       const ProgressFn& progress) = 0;
   // A writable shared-memory segment other processes can map read-only by name.

@@ -248,8 +248,9 @@ class Placer {
       return SharedGpuRange(planned, arena_offset);
     }
     if (!planned.changes_bytes) {
-      return CopyRange::FromFile(storage.file_offset, planned.placed_bytes,
-                                 arena_offset);
+      return CopyRange::FromFile(
+          storage.file_offset, planned.placed_bytes, arena_offset,
+          static_cast<uint32_t>(source_.ShardOf(planned.index)));
     }
     const size_t out_size = DTypeSize(planned.placed_dtype);
     const DType placed = planned.placed_dtype;
@@ -337,7 +338,8 @@ class Placer {
           storage.file_offset +
               static_cast<uint64_t>(planned.slice.view.storage_offset) *
                   DTypeSize(storage.dtype),
-          planned.placed_bytes, arena_offset);
+          planned.placed_bytes, arena_offset,
+          static_cast<uint32_t>(source_.ShardOf(tensor.storage_index)));
     }
     const size_t out_size = DTypeSize(planned.placed_dtype);
     const DType placed = planned.placed_dtype;
@@ -355,30 +357,32 @@ class Placer {
         arena_offset);
   }
 
-  // One arena per GPU (per GPU and shard for a model directory), filled
-  // through the staging pipeline.
+  // One arena per GPU, filled through the staging pipeline in one run over
+  // every shard file (a model directory's shards are read in flight
+  // together, not one after another).
   absl::Status PlaceOnGpus() {
     struct OnGpu {
       std::vector<const PlannedStorage*> storages;
       std::vector<const PlannedSlice*> slices;
     };
-    std::map<std::pair<int, size_t>, OnGpu> per_gpu;
+    std::map<int, OnGpu> per_gpu;
     for (const PlannedStorage& planned : plan_.storages) {
       if (planned.target.kind == StorageTarget::Kind::kGpu)
-        per_gpu[{planned.target.gpu, source_.ShardOf(planned.index)}]
-            .storages.push_back(&planned);
+        per_gpu[planned.target.gpu].storages.push_back(&planned);
     }
     for (const PlannedSlice& planned : plan_.slices) {
       if (planned.target.kind == StorageTarget::Kind::kGpu)
-        per_gpu[{planned.target.gpu,
-                 source_.ShardOf(
-                     checkpoint_.tensors[planned.tensor].storage_index)}]
-            .slices.push_back(&planned);
+        per_gpu[planned.target.gpu].slices.push_back(&planned);
     }
     if (per_gpu.empty()) return absl::OkStatus();
     const std::vector<GpuDescription> gpus = devices_.Gpus();
-    for (const auto& [gpu_and_shard, on_gpu] : per_gpu) {
-      const auto [gpu, shard] = gpu_and_shard;
+    std::vector<ArenaFile> files;
+    const size_t shards =
+        source_.directory ? source_.directory->shard_files.size() : 1;
+    for (size_t shard = 0; shard < shards; ++shard)
+      files.push_back(
+          {source_.ShardFile(shard).fd(), source_.ShardPath(shard)});
+    for (const auto& [gpu, on_gpu] : per_gpu) {
       const std::vector<const PlannedStorage*>& storages = on_gpu.storages;
       RETURN_IF_ERROR(CheckCancelled());
       uint64_t size = 0;
@@ -401,8 +405,7 @@ class Placer {
       const uint64_t done_before = bytes_done_;
       ASSIGN_OR_RETURN(FilledArena arena,
                        devices_.FillGpuArena(
-                           gpu, source_.ShardFile(shard).fd(),
-                           source_.ShardPath(shard), size, ranges, &cancel_,
+                           gpu, files, size, ranges, &cancel_,
                            [this, done_before](uint64_t done, uint64_t) {
                              if (progress_)
                                progress_(done_before + done, plan_.bytes_total);

@@ -24,8 +24,8 @@ namespace weightd {
 // The parsed checkpoint a load places, and the mapping its bytes come from.
 // For a model directory, `checkpoint` is every shard's merged (hf_model.h),
 // `file` the first shard and `directory` says which shard holds each storage:
-// host views are made per shard, and each GPU gets one arena per shard (the
-// staging pipeline reads one file per run).
+// host views are made per shard, and each GPU gets one arena filled from
+// every shard in one staging run (reads of several shards in flight at once).
 struct LoadSource {
   std::string path;  // canonical, for errors and the model's description
   std::shared_ptr<const MappedFile> file;
