@@ -3,6 +3,8 @@ against numpy.memmap + torch.from_numpy of the same safetensors file. A measurin
 test: it prints a table.
 
   /usr/bin/python3 tests/python/warm_attach_bench.py WEIGHTD client/python [--counts 100,1000,10000]
+      [--dtype F32|BF16]
+first: the first client.load of the process (the lease session opens in it); best: of three.
 """
 import argparse
 import json
@@ -43,7 +45,12 @@ else:
         out = {}
         for name, t in header.items():
             a, b = t["data_offsets"]
-            out[name] = torch.from_numpy(raw[base + a:base + b].view(numpy.float32)).view(t["shape"])
+            if t["dtype"] == "BF16":
+                tensor = torch.from_numpy(raw[base + a:base + b].view(numpy.int16))
+                tensor = tensor.view(torch.bfloat16)
+            else:
+                tensor = torch.from_numpy(raw[base + a:base + b].view(numpy.float32))
+            out[name] = tensor.view(t["shape"])
         n = len(out)
         times.append(time.perf_counter() - start)
 print(json.dumps({"n": n, "first": times[0], "best": min(times)}))
@@ -57,6 +64,7 @@ def main():
     parser.add_argument("--counts", default="100,1000,3000,10000")
     parser.add_argument("--python", default="/usr/bin/python3")
     parser.add_argument("--profile", default="")
+    parser.add_argument("--dtype", default="F32", choices=["F32", "BF16"])
     args = parser.parse_args()
     harness.configure(os.path.abspath(args.weightd), os.path.abspath(args.package_dir))
     root = tempfile.mkdtemp(prefix="weightd-attach-")
@@ -66,8 +74,10 @@ def main():
                                           "memmap first", "ratio"))
         for count in [int(c) for c in args.counts.split(",")]:
             path = os.path.join(root, "m%d.safetensors" % count)
+            path = path.replace(".safetensors", "-%s.safetensors" % args.dtype)
+            shape = (4, 8) if args.dtype == "F32" else (4, 16)  # 128 bytes either way
             harness.write_safetensors(path, {
-                "layers.%d.w" % i: ("F32", (4, 8), harness.float_bytes(32, seed=i))
+                "layers.%d.w" % i: (args.dtype, shape, harness.float_bytes(32, seed=i))
                 for i in range(count)})
             daemon.load(path)  # warm
             def child(mode, *extra):
