@@ -1,13 +1,19 @@
 #include "client/commands.h"
 
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -442,7 +448,67 @@ int Info(const std::string& address, const std::vector<std::string>& args,
   return 0;
 }
 
-// Writes tensors streamed by ReadTensors into a .safetensors file.
+// The output file of a fetch: written under a temporary name beside it and
+// renamed into place by Commit, so that a failed fetch leaves no partial file
+// (the temporary one is removed when this goes away uncommitted).
+class PartialFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<PartialFile>> Create(
+      const std::string& path) {
+    std::string temp = path + ".partial-XXXXXX";
+    int fd = mkstemp(temp.data());
+    if (fd < 0) return ErrnoStatus("create", path);
+    // mkstemp makes 0600; the output gets what open(2) would give it.
+    mode_t mask = umask(0);
+    umask(mask);
+    (void)fchmod(fd, 0666 & ~mask);
+    return std::unique_ptr<PartialFile>(new PartialFile(path, temp, fd));
+  }
+
+  ~PartialFile() {
+    if (fd_ >= 0) close(fd_);
+    if (!committed_) unlink(temp_.c_str());
+  }
+
+  absl::Status Write(absl::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = write(fd_, data.data(), data.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return ErrnoStatus("write", path_);
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Commit() {
+    int fd = fd_;
+    fd_ = -1;
+    if (close(fd) != 0) return ErrnoStatus("write", path_);
+    if (rename(temp_.c_str(), path_.c_str()) != 0)
+      return ErrnoStatus("rename into", path_);
+    committed_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  PartialFile(std::string path, std::string temp, int fd)
+      : path_(std::move(path)), temp_(std::move(temp)), fd_(fd) {}
+
+  static absl::Status ErrnoStatus(absl::string_view what,
+                                  const std::string& path) {
+    int error = errno;
+    return absl::ErrnoToStatus(error, absl::StrCat(what, " ", path));
+  }
+
+  const std::string path_;
+  const std::string temp_;
+  int fd_;
+  bool committed_ = false;
+};
+
+// Writes tensors streamed by ReadTensors into a .safetensors file: the header
+// from the model's description first, then each chunk as it arrives (one
+// chunk in memory, whatever the model's size).
 int Fetch(const std::string& address, const std::vector<std::string>& args,
           std::ostream& out, std::ostream& err) {
   auto line = ParseCommandLine(args, {}, {"tensor"});
@@ -455,58 +521,110 @@ int Fetch(const std::string& address, const std::vector<std::string>& args,
   const std::string& output = line->positional[1];
   auto client = ConnectOrExplain(address);
   if (!client.ok()) return Fail(err, source, client.status());
-  std::string model_id = source;
+  auto description = (*client)->Describe(source);
   std::unique_ptr<ClientModel> loaded;  // holds the lease while fetching
-  if (!(*client)->Describe(source).ok()) {
+  if (!description.ok()) {
     ClientLoadOptions options;
     options.path = source;
     options.device = "cpu";
     auto model = (*client)->Load(options);
     if (!model.ok()) return Fail(err, source, model.status());
     loaded = *std::move(model);
-    model_id = loaded->model_id();
+    description = (*client)->Describe(loaded->model_id());
+    if (!description.ok()) return Fail(err, source, description.status());
   }
+  // The tensors in the order ReadTensors sends them: every one, or the named
+  // ones (each name once) as the daemon finds them (its first of a name).
+  std::vector<const v1::Tensor*> tensors;
   std::vector<std::string> names;
-  if (line->Has("tensor")) names = line->flags.at("tensor");
+  if (line->Has("tensor")) {
+    absl::flat_hash_map<absl::string_view, const v1::Tensor*> by_name;
+    for (const v1::Tensor& tensor : description->tensors())
+      by_name.emplace(tensor.name(), &tensor);
+    absl::flat_hash_set<std::string> seen;
+    for (const std::string& name : line->flags.at("tensor")) {
+      if (!seen.insert(name).second) continue;
+      auto it = by_name.find(name);
+      if (it == by_name.end()) {
+        return Fail(err, source,
+                    absl::NotFoundError(absl::StrCat(
+                        "no tensor \"", name, "\" in ", description->path())));
+      }
+      tensors.push_back(it->second);
+      names.push_back(name);
+    }
+  } else {
+    for (const v1::Tensor& tensor : description->tensors())
+      tensors.push_back(&tensor);
+  }
   Json header = Json::MakeObject();
-  std::string data;
-  absl::Status status = (*client)->ReadTensors(
-      model_id, names,
-      [&](const v1::Tensor& tensor, std::string bytes) -> absl::Status {
-        ASSIGN_OR_RETURN(DType dtype, DTypeFromName(tensor.dtype()));
-        absl::string_view st_dtype = DTypeSafetensorsName(dtype);
-        if (st_dtype.empty()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("tensor ", tensor.name(),
-                           ": safetensors has no dtype for ", tensor.dtype()));
-        }
-        Json entry = Json::MakeObject();
-        entry.Set("dtype", Json(std::string(st_dtype)));
-        Json shape = Json::MakeArray();
-        for (int64_t dim : tensor.shape()) shape.Append(Json(dim));
-        entry.Set("shape", std::move(shape));
-        Json offsets = Json::MakeArray();
-        offsets.Append(Json(static_cast<uint64_t>(data.size())));
-        offsets.Append(Json(static_cast<uint64_t>(data.size() + bytes.size())));
-        entry.Set("data_offsets", std::move(offsets));
-        header.Set(tensor.name(), std::move(entry));
-        data.append(bytes);
-        return absl::OkStatus();
-      });
-  if (!status.ok()) return Fail(err, source, status);
+  uint64_t total = 0;
+  for (const v1::Tensor* tensor : tensors) {
+    auto dtype = DTypeFromName(tensor->dtype());
+    if (!dtype.ok()) return Fail(err, source, dtype.status());
+    absl::string_view st_dtype = DTypeSafetensorsName(*dtype);
+    if (st_dtype.empty()) {
+      return Fail(err, source,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "tensor ", tensor->name(),
+                      ": safetensors has no dtype for ", tensor->dtype())));
+    }
+    Json entry = Json::MakeObject();
+    entry.Set("dtype", Json(std::string(st_dtype)));
+    Json shape = Json::MakeArray();
+    for (int64_t dim : tensor->shape()) shape.Append(Json(dim));
+    entry.Set("shape", std::move(shape));
+    Json offsets = Json::MakeArray();
+    offsets.Append(Json(total));
+    offsets.Append(Json(total + tensor->byte_size()));
+    entry.Set("data_offsets", std::move(offsets));
+    header.Set(tensor->name(), std::move(entry));
+    total += tensor->byte_size();
+  }
   std::string header_text = header.Dump(false);
   while (header_text.size() % 8 != 0) header_text.push_back(' ');
-  std::ofstream file(output, std::ios::binary | std::ios::trunc);
-  uint64_t header_size = header_text.size();
-  unsigned char size_bytes[8];
+  auto file = PartialFile::Create(output);
+  if (!file.ok()) return Fail(err, output, file.status());
+  std::string prefix(8, '\0');
   for (int i = 0; i < 8; ++i)
-    size_bytes[i] = static_cast<unsigned char>(header_size >> (8 * i));
-  file.write(reinterpret_cast<const char*>(size_bytes), 8);
-  file.write(header_text.data(), header_text.size());
-  file.write(data.data(), data.size());
-  file.close();
-  if (!file) return Fail(err, output, absl::InternalError("write failed"));
-  out << "wrote " << header.size() << " tensors (" << HumanBytes(data.size())
+    prefix[i] =
+        static_cast<char>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
+  absl::Status status = (*file)->Write(prefix);
+  if (status.ok()) status = (*file)->Write(header_text);
+  if (!status.ok()) return Fail(err, output, status);
+  // Each chunk must belong to the tensor the header put next, with the
+  // description's byte count.
+  size_t next = 0;
+  uint64_t written = 0;
+  status = (*client)->StreamTensors(
+      description->model_id(), names,
+      [&](const v1::Tensor& tensor, uint64_t offset, absl::string_view data,
+          bool last) -> absl::Status {
+        if (offset == 0) ++next;
+        const v1::Tensor* want =
+            next > 0 && next <= tensors.size() ? tensors[next - 1] : nullptr;
+        if (want == nullptr || tensor.name() != want->name() ||
+            offset + data.size() > want->byte_size() ||
+            (last && offset + data.size() != want->byte_size())) {
+          return absl::DataLossError(absl::StrCat(
+              "ReadTensors sent tensor \"", tensor.name(), "\" bytes ", offset,
+              "..", offset + data.size(), " where the description has ",
+              want == nullptr ? std::string("no more tensors")
+                              : absl::StrCat("\"", want->name(), "\" of ",
+                                             want->byte_size(), " bytes")));
+        }
+        written += data.size();
+        return (*file)->Write(data);
+      });
+  if (status.ok() && (next != tensors.size() || written != total)) {
+    status = absl::DataLossError(
+        absl::StrCat("ReadTensors ended after ", next, " of ", tensors.size(),
+                     " tensors (", written, " of ", total, " bytes)"));
+  }
+  if (!status.ok()) return Fail(err, source, status);
+  status = (*file)->Commit();
+  if (!status.ok()) return Fail(err, output, status);
+  out << "wrote " << header.size() << " tensors (" << HumanBytes(total)
       << ") to " << output << "\n";
   return 0;
 }

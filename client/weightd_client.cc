@@ -466,6 +466,24 @@ absl::Status WeightdClient::ReadTensors(
     const std::string& model_id, const std::vector<std::string>& names,
     const std::function<absl::Status(const v1::Tensor&, std::string)>&
         on_tensor) {
+  std::string bytes;
+  return StreamTensors(model_id, names,
+                       [&](const v1::Tensor& tensor, uint64_t offset,
+                           absl::string_view data, bool last) -> absl::Status {
+                         if (offset == 0) {
+                           bytes.clear();
+                           bytes.reserve(tensor.byte_size());
+                         }
+                         bytes.append(data.data(), data.size());
+                         if (last) return on_tensor(tensor, std::move(bytes));
+                         return absl::OkStatus();
+                       });
+}
+
+absl::Status WeightdClient::StreamTensors(
+    const std::string& model_id, const std::vector<std::string>& names,
+    const std::function<absl::Status(const v1::Tensor&, uint64_t,
+                                     absl::string_view, bool)>& on_chunk) {
   grpc::ClientContext context;
   v1::ReadTensorsRequest request;
   request.set_model_id(model_id);
@@ -473,28 +491,35 @@ absl::Status WeightdClient::ReadTensors(
   auto reader = stub_->ReadTensors(&context, request);
   v1::TensorChunk chunk;
   v1::Tensor current;
-  std::string bytes;
+  bool inside = false;  // a tensor began and its last chunk has not come
+  uint64_t received = 0;
   absl::Status callback_status;
   while (callback_status.ok() && reader->Read(&chunk)) {
     if (chunk.has_tensor()) {
       current = chunk.tensor();
-      bytes.clear();
-      bytes.reserve(current.byte_size());
+      received = 0;
+      inside = true;
     }
-    if (chunk.offset() != bytes.size()) {
-      context.TryCancel();
+    if (!inside || chunk.offset() != received) {
       callback_status = absl::DataLossError("ReadTensors chunk out of order");
       break;
     }
-    bytes.append(chunk.data());
-    if (chunk.last()) callback_status = on_tensor(current, std::move(bytes));
+    received += chunk.data().size();
+    if (chunk.last()) inside = false;
+    callback_status =
+        on_chunk(current, chunk.offset(), chunk.data(), chunk.last());
   }
   if (!callback_status.ok()) {
     context.TryCancel();
     (void)reader->Finish();
     return callback_status;
   }
-  return FromGrpcStatus(reader->Finish());
+  RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (inside) {
+    return absl::DataLossError(absl::StrCat(
+        "ReadTensors ended inside tensor \"", current.name(), "\""));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace weightd

@@ -129,6 +129,16 @@ class WeightdClient {
       const std::string& model_id, const std::vector<std::string>& names,
       const std::function<absl::Status(const weightd::v1::Tensor&,
                                        std::string bytes)>& on_tensor);
+  // Streams tensors chunk by chunk with one chunk in memory: `on_chunk` gets
+  // each chunk's tensor (the one its first chunk described), the chunk's
+  // offset into that tensor's bytes and its data, in order; a chunk out of
+  // order, or a stream that ends inside a tensor, is DATA_LOSS. An error from
+  // `on_chunk` cancels the stream and is returned.
+  absl::Status StreamTensors(
+      const std::string& model_id, const std::vector<std::string>& names,
+      const std::function<absl::Status(const weightd::v1::Tensor& tensor,
+                                       uint64_t offset, absl::string_view data,
+                                       bool last)>& on_chunk);
 
   weightd::v1::WeightService::Stub* stub() { return stub_.get(); }
 

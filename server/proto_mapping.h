@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "loader/cache/checkpoint_cache.h"
@@ -23,10 +24,21 @@ LoadSpec SpecFromRequest(const weightd::v1::LoadRequest& request);
 
 void FillTensor(const PlacedTensor& tensor, weightd::v1::Tensor* out);
 
-// The description a client needs to reach every tensor's bytes.
+// How a description carries its tensors: one Tensor message each, or the
+// packed table (ModelDescription.packed_tensors) clients decode in bulk.
+enum class TensorListForm { kRepeated, kCompact };
+
+// The description a client needs to reach every tensor's bytes. kCompact
+// falls back to the repeated form where PackTensors cannot pack.
 void FillModelDescription(const std::string& model_id, const LoadedModel& model,
-                          const CacheEntryInfo* info,
+                          const CacheEntryInfo* info, TensorListForm form,
                           weightd::v1::ModelDescription* out);
+
+// The packed table of `tensors` into out's packed_* fields; false (nothing
+// written) when a name holds a NUL byte (the names are NUL-separated) or a
+// stride list's length is not its shape's.
+bool PackTensors(const std::vector<PlacedTensor>& tensors,
+                 weightd::v1::ModelDescription* out);
 
 }  // namespace weightd
 

@@ -50,7 +50,11 @@ class WeightServiceImpl::LoadReactor
     : public grpc::ServerWriteReactor<v1::LoadEvent> {
  public:
   LoadReactor(WeightServiceImpl* service, const v1::LoadRequest& request)
-      : service_(service), path_(request.path()), start_(absl::Now()) {
+      : service_(service),
+        path_(request.path()),
+        form_(request.compact_description() ? TensorListForm::kCompact
+                                            : TensorListForm::kRepeated),
+        start_(absl::Now()) {
     service_->load_requests_->Increment();
     {
       MutexLock lock(&service_->threads_mu_);
@@ -108,7 +112,7 @@ class WeightServiceImpl::LoadReactor
         auto info = service_->manager_->Describe(result->model_id);
         v1::ModelDescription* model = final_event_.mutable_model();
         FillModelDescription(result->model_id, *result->model,
-                             info.ok() ? &*info : nullptr, model);
+                             info.ok() ? &*info : nullptr, form_, model);
         model->set_cache_hit(result->cache_hit);
         model->set_bytes_read(result->cache_hit ? 0
                                                 : result->model->bytes_read);
@@ -170,6 +174,7 @@ class WeightServiceImpl::LoadReactor
 
   WeightServiceImpl* const service_;
   const std::string path_;
+  const TensorListForm form_;
   const absl::Time start_;
   std::atomic<int> refs_{2};  // the load's answer and gRPC
   CancellationToken cancel_;
@@ -554,6 +559,9 @@ grpc::ServerUnaryReactor* WeightServiceImpl::Describe(
     return reactor;
   }
   FillModelDescription(info->model_id, *AsLoadedModel(info->value), &*info,
+                       request->compact_description()
+                           ? TensorListForm::kCompact
+                           : TensorListForm::kRepeated,
                        response);
   response->set_cache_hit(true);
   reactor->Finish(grpc::Status::OK);

@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover
 
 WEIGHTD = None
 FIXTURES = None
+HAS_ASSIGN = torch is not None and "assign" in inspect.signature(
+    torch.nn.Module.load_state_dict).parameters
 # torch.load honours the zip `byteorder` record only in releases that write it (2.x).
 TORCH_READS_BYTEORDER = torch is not None and re.search(
     r"""['"]byteorder['"]""", open(torch.serialization.__file__).read()) is not None
@@ -203,6 +205,60 @@ class PythonClientTest(unittest.TestCase):
                 same_tensor(self, f"{entry}:{key}", got[key], tensor)
             checked += 1
         self.assertGreater(checked, 0)
+
+    def test_packed_description_equals_the_repeated_one_for_every_fixture(self):
+        if not FIXTURES:
+            self.skipTest("no fixtures directory")
+        from weightd import _model
+        numpy_client = self.weightd.Client(self.daemon.address, backend="numpy")
+        self.addCleanup(numpy_client.close)
+        checked = 0
+        for entry in sorted(os.listdir(FIXTURES)):
+            path = os.path.join(FIXTURES, entry)
+            if entry.endswith(".json") or "bad" in entry:
+                continue
+            for device, cast in [("cpu", None), ("cuda:0", None), ("meta", None),
+                                 ("cpu", "bfloat16")]:
+                with self.subTest(entry=entry, device=device, cast=cast):
+                    client = self.client
+                    try:
+                        got = client.load(path, device=device, dtype=cast)
+                    except self.weightd.UnsupportedDtypeError:  # float8 before torch 2.1
+                        client = numpy_client
+                        got = client.load(path, device=device, dtype=cast)
+                    self.assertIsNotNone(got._table, "the daemon sent no packed table")
+                    repeated = client.describe(got.model_id)  # the repeated form
+                    self.assertGreater(len(repeated.tensors), 0)
+                    table = got._table
+                    self.assertEqual([table.tensor(i) for i in range(len(table))],
+                                     list(repeated.tensors))
+                    want, anchors, none = _model.materialize(
+                        repeated, client._backend, torch=torch)
+                    self.assertIsNone(none)
+                    self.assertEqual(list(got), list(want))
+                    for name, tensor in want.items():
+                        if client is numpy_client:
+                            if isinstance(tensor, self.weightd.TensorSpec):
+                                self.assertEqual(got[name], tensor, name)
+                                continue
+                            self.assertEqual((got[name].dtype, got[name].shape,
+                                              got[name].strides),
+                                             (tensor.dtype, tensor.shape, tensor.strides), name)
+                            self.assertEqual(got[name].tobytes(), tensor.tobytes(), name)
+                            continue
+                        self.assertEqual(got[name].storage_offset(), tensor.storage_offset(),
+                                         name)
+                        if tensor.is_meta:
+                            self.assertTrue(got[name].is_meta, name)
+                            self.assertEqual(got[name].shape, tensor.shape, name)
+                            continue
+                        same_tensor(self, f"{entry}:{name}", got[name], tensor)
+                        self.assertEqual(got[name].data_ptr(), tensor.data_ptr(), name)
+                    # Expanded on demand into the same messages.
+                    self.assertEqual(list(got.description.tensors), list(repeated.tensors))
+                    del want, anchors
+            checked += 1
+        self.assertGreater(checked, 5)
 
     def test_two_processes_read_once(self):
         daemon = Daemon(self.root)
@@ -627,33 +683,57 @@ class TorchLoadTest(unittest.TestCase):
         assert_same_tree(self, got, want)
         self.assertEqual(got_extra, want_extra)
 
-    def test_load_into_a_meta_module(self):
+    def save_module(self, name):
         def build(device):
             return torch.nn.Sequential(torch.nn.Linear(4, 8, device=device),
                                        torch.nn.BatchNorm1d(8, device=device))
         source = build("cpu")
         source(torch.randn(5, 4))  # BatchNorm statistics move
-        path = self.save("module.pt", {"model": source.state_dict(), "epoch": 3})
-        target = build("meta")
-        result = self.weightd.load_into(target, path, prefix="model", client=self.client)
+        return build, source, self.save(name, {"model": source.state_dict(), "epoch": 3})
+
+    def check_module(self, target, source, result):
         self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
         want = source.state_dict()
         got = target.state_dict()
         self.assertEqual(list(got), list(want))
         for key in want:
             same_tensor(self, key, got[key], want[key])
-        if "assign" in inspect.signature(torch.nn.Module.load_state_dict).parameters:
-            # torch >= 2.1: the module's tensors are the daemon's, not copies.
-            served = self.client.load(path, tensors=["model"])
-            for key, tensor in got.items():
-                self.assertEqual(tensor.data_ptr(), served["model." + key].data_ptr(), key)
-        else:
-            # A copy into memory of the module's own: writable.
-            target[0].weight.data.add_(1)
-            self.assertFalse(torch.equal(target[0].weight, source[0].weight))
+        # The module works: the same outputs as the module that was saved.
+        target.eval()
+        source.eval()
+        x = torch.randn(3, 4)
+        self.assertTrue(torch.equal(target(x), source(x)))
+
+    def test_load_into_a_meta_module_copies_without_assign(self):
+        build, source, path = self.save_module("module_copy.pt")
+        target = build("meta")
+        result = self.weightd.load_into(target, path, prefix="model", assign=False,
+                                        client=self.client)
+        self.check_module(target, source, result)
+        # A copy into memory of the module's own: writable.
+        target[0].weight.data.add_(1)
+        self.assertFalse(torch.equal(target[0].weight, source[0].weight))
+        if not HAS_ASSIGN:
             with self.assertRaisesRegex(TypeError, "needs torch >= 2.1"):
                 self.weightd.load_into(build("meta"), path, prefix="model", assign=True,
                                        client=self.client)
+            # The default on this torch is the copy.
+            target = build("meta")
+            self.check_module(target, source, self.weightd.load_into(
+                target, path, prefix="model", client=self.client))
+
+    @unittest.skipUnless(HAS_ASSIGN, "load_state_dict(assign=True) needs torch >= 2.1; this "
+                         "is torch %s (the copy path is tested)"
+                         % (torch.__version__ if torch is not None else "absent"))
+    def test_load_into_a_meta_module_assigns_without_copying(self):
+        build, source, path = self.save_module("module_assign.pt")
+        target = build("meta")
+        result = self.weightd.load_into(target, path, prefix="model", client=self.client)
+        self.check_module(target, source, result)
+        # The module's tensors are the daemon's, not copies.
+        served = self.client.load(path, tensors=["model"])
+        for key, tensor in target.state_dict().items():
+            self.assertEqual(tensor.data_ptr(), served["model." + key].data_ptr(), key)
 
 
 if __name__ == "__main__":

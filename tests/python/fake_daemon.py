@@ -5,6 +5,7 @@ import collections
 import itertools
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import uuid
@@ -22,6 +23,37 @@ _counter = itertools.count()
 def bf16_bits(values):
     """bfloat16 bit patterns of values that bfloat16 represents exactly."""
     return (np.asarray(values, dtype="<f4").view("<u4") >> 16).astype("<u2")
+
+
+def pack_description(d, record_bytes=48):
+    """A copy of description `d` with its tensors in the packed form (weightd.proto's layout,
+    written here with struct, independently of the client's reader)."""
+    out = pb.ModelDescription()
+    out.CopyFrom(d)
+    out.ClearField("tensors")
+    strings, index = [], {}
+
+    def code(text):
+        if text not in index:
+            index[text] = len(strings)
+            strings.append(text)
+        return index[text]
+
+    records, shapes, strides = bytearray(), [], []
+    for t in d.tensors:
+        records += struct.pack("<3IiIIqQQ", code(t.dtype), code(t.saved_location),
+                               code(t.placed_location), t.buffer_index, len(t.shape),
+                               1 if t.requires_grad else 0, t.storage_offset,
+                               t.storage_byte_offset, t.byte_size)
+        records += b"\0" * (record_bytes - 48)
+        shapes += list(t.shape)
+        strides += list(t.stride)
+    out.packed_tensors = (struct.pack("<4I", 1, record_bytes, len(d.tensors), len(shapes)) +
+                          bytes(records) + struct.pack("<%dq" % len(shapes), *shapes) +
+                          struct.pack("<%dq" % len(strides), *strides))
+    out.packed_names = "\0".join(t.name for t in d.tensors).encode()
+    out.packed_strings.extend(strings)
+    return out
 
 
 class Fixture:
@@ -153,6 +185,7 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
         self.sessions = set()
         self.ended_sessions = set()
         self.progress_total = 1000
+        self.compact = False  # answer compact_description requests with packed tensors
         self.cond = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         pb_grpc.add_WeightServiceServicer_to_server(self, self.server)
@@ -213,7 +246,7 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
                 with self.cond:
                     self.leases[(request.lease_session, model_id)] += 1
                     self.lease_log.append((request.lease_session, "acquire", model_id))
-            yield pb.LoadEvent(model=description)
+            yield pb.LoadEvent(model=self._form(request, description))
             return
         if real not in self.fixtures:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -231,8 +264,13 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
                 self.leases[(request.lease_session, model_id)] += 1
                 self.lease_log.append((request.lease_session, "acquire", model_id))
                 self.cond.notify_all()
-        yield pb.LoadEvent(model=fixture.description(
-            model_id, list(request.tensor_filter) or None))
+        yield pb.LoadEvent(model=self._form(request, fixture.description(
+            model_id, list(request.tensor_filter) or None)))
+
+    def _form(self, request, description):
+        if self.compact and request.compact_description:
+            return pack_description(description)
+        return description
 
     def Lease(self, request_iterator, context):
         session = uuid.uuid4().hex

@@ -24,9 +24,11 @@ def _collect_until(predicate, daemon, timeout=10.0):
 
 class ClientTestBase(unittest.TestCase):
     backend = None
+    compact = False  # the daemon answers with the packed tensor table (weightd.proto)
 
     def setUp(self):
         self.daemon = FakeDaemon()
+        self.daemon.compact = self.compact
         self.addCleanup(self.daemon.stop)
         self.model_id, self.fixture = self.daemon.add_fixture()
         self.client = weightd.Client(self.daemon.address, backend=self.backend, timeout=10)
@@ -365,6 +367,23 @@ class WithoutTorchTest(unittest.TestCase):
             os.path.abspath(__file__)), env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, timeout=120)
         self.assertEqual(done.returncode, 0, done.stdout.decode(errors="replace"))
+
+
+# Every test above again with the daemon's answers in the packed form the client asks for.
+class TorchLoadPackedTest(TorchLoadTest):
+    compact = True
+
+
+class LeasePackedTest(LeaseTest):
+    compact = True
+
+
+class ErrorPackedTest(ErrorTest):
+    compact = True
+
+
+class NumpyLoadPackedTest(NumpyLoadTest):
+    compact = True
 
 
 if __name__ == "__main__":

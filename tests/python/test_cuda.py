@@ -188,11 +188,11 @@ class ArenaTest(unittest.TestCase):
                       byte_size=8, buffer_index=0, storage_byte_offset=96)
         session = FakeSession()
         with mock.patch.object(_cuda, "_runtime", _cuda.CudaRuntime(lib)):
-            entries, anchors = _model.materialize(d, self.Backend(torch), torch=fake_torch)
+            entries, anchors, _ = _model.materialize(d, self.Backend(torch), torch=fake_torch)
             _lease.LoadLease(session, "m1", anchors)
             del anchors
             # A second load of the same arena reuses the opened handle.
-            again, anchors2 = _model.materialize(d, self.Backend(torch), torch=fake_torch)
+            again, anchors2, _ = _model.materialize(d, self.Backend(torch), torch=fake_torch)
             _lease.LoadLease(session, "m1", anchors2)
             del anchors2
         self.assertEqual(len(lib.opened), 1)

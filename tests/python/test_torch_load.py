@@ -122,8 +122,11 @@ class TreeTest(unittest.TestCase):
 
 @needs_torch
 class LoadThroughFakeDaemonTest(unittest.TestCase):
+    compact = False
+
     def setUp(self):
         self.daemon = FakeDaemon()
+        self.daemon.compact = self.compact
         self.addCleanup(self.daemon.stop)
         self.model_id, self.fixture = self.daemon.add_fixture()
         self.client = weightd.Client(self.daemon.address, timeout=10)
@@ -271,6 +274,10 @@ class LoadThroughFakeDaemonTest(unittest.TestCase):
         with self.assertRaises(RuntimeError):  # strict: wrong names
             weightd.load_into(torch.nn.Linear(5, 4, bias=False), self.path,
                               client=self.client)
+
+
+class LoadThroughFakeDaemonPackedTest(LoadThroughFakeDaemonTest):
+    compact = True
 
 
 if __name__ == "__main__":

@@ -71,6 +71,18 @@ def numpy_dtype(np, name):
     return np.dtype(d.raw_numpy), True
 
 
+# Element types torch.from_numpy takes as they are; the others are read as signed integers of
+# their size and viewed as the torch dtype.
+_FROM_NUMPY = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "complex128": "<c16",
+               "complex64": "<c8", "int64": "<i8", "int32": "<i4", "int16": "<i2",
+               "int8": "|i1", "uint8": "|u1", "bool": "|b1"}
+
+
+def from_numpy_dtype(name):
+    """The numpy dtype string torch.from_numpy turns into this dtype, or None."""
+    return _FROM_NUMPY.get(ALIASES.get(name, name))
+
+
 def name_of(dtype):
     """The daemon name of a dtype given as a string ("bfloat16", "torch.bfloat16") or a
     torch.dtype."""

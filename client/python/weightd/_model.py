@@ -1,12 +1,15 @@
 """Turns a ModelDescription into tensors over the bytes the daemon points at."""
 import collections
+import contextlib
+import gc
 import json
 import threading
 import warnings
 
 import grpc
+import numpy as np
 
-from . import _cuda, _dtypes, _host
+from . import _cuda, _dtypes, _host, _table
 from ._proto import weightd_pb2 as pb
 from .errors import WeightdError
 
@@ -16,6 +19,20 @@ _warnings_lock = threading.Lock()  # catch_warnings swaps process-wide state
 
 def _bad(message):
     return WeightdError(grpc.StatusCode.INTERNAL, message)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic collector paused while a load builds its tensors: they make no cycles, and
+    with a large model alive each of the collections thousands of new objects trigger would
+    walk all of it (a second 10,000-tensor load took 3x the first)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class TensorSpec(collections.namedtuple("TensorSpec", "name dtype shape stride storage_offset")):
@@ -29,9 +46,10 @@ class Model(dict):
     write to them (torch does not stop you and the process gets SIGSEGV) - `.clone()` first.
     """
 
-    def __init__(self, entries, description, backend):
+    def __init__(self, entries, description, backend, table=None):
         super().__init__(entries)
-        self.description = description
+        self._description = description
+        self._table = table  # the packed tensor table, expanded into the description on demand
         self.backend = backend
         self.model_id = description.model_id
         self.path = description.path
@@ -44,17 +62,48 @@ class Model(dict):
         self.extra_file_bytes = dict(description.extra_files)
         self.extra_files = {name: _text_or_bytes(content)
                             for name, content in self.extra_file_bytes.items()}
-        self._infos = {t.name: t for t in description.tensors}
+        self._infos = None
+        self._lock = threading.Lock()
+
+    @property
+    def description(self):
+        """The daemon's weightd.v1.ModelDescription, with one Tensor message per tensor (a
+        compact answer's table is expanded into `tensors` on first access)."""
+        with self._lock:
+            table, self._table = self._table, None
+            if table is not None:
+                d = self._description
+                d.tensors.extend(table.tensor(i) for i in range(len(table)))
+                d.ClearField("packed_tensors")
+                d.ClearField("packed_names")
+                del d.packed_strings[:]
+            return self._description
 
     @property
     def metadata(self):
         """Non-tensor values of the checkpoint (parsed metadata_json), or None."""
-        text = self.description.metadata_json
+        text = self._description.metadata_json
+        return json.loads(text) if text else None
+
+    @property
+    def config(self):
+        """A model directory's config.json as a dict; None when it has none (or for a single
+        file)."""
+        text = self._description.config_json
+        return json.loads(text) if text else None
+
+    @property
+    def generation_config(self):
+        """A model directory's generation_config.json as a dict, or None."""
+        text = self._description.generation_config_json
         return json.loads(text) if text else None
 
     def tensor_info(self, name):
         """The daemon's weightd.v1.Tensor for `name` (true dtype, placement, bytes)."""
-        return self._infos[name]
+        infos = self._infos
+        if infos is None:
+            infos = self._infos = {t.name: t for t in self.description.tensors}
+        return infos[name]
 
     def __repr__(self):
         return "<weightd.Model %s %s, %d tensors>" % (self.model_id, self.path, len(self))
@@ -67,39 +116,46 @@ def _text_or_bytes(content):
         return content
 
 
-def _geometry(t, itemsize):
-    """(numel, extent in bytes from the storage start) after checking the description."""
-    shape, stride = list(t.shape), list(t.stride)
-    if len(stride) != len(shape):
-        raise _bad("tensor %s: %d dims but %d strides" % (t.name, len(shape), len(stride)))
-    if any(n < 0 for n in shape) or any(s < 0 for s in stride) or t.storage_offset < 0:
-        raise _bad("tensor %s: negative shape, stride or storage offset" % t.name)
-    numel = 1
-    for n in shape:
-        numel *= n
-    if t.byte_size and t.byte_size != numel * itemsize:
-        raise _bad("tensor %s: byte_size %d but numel %d x %d bytes"
-                   % (t.name, t.byte_size, numel, itemsize))
-    if numel == 0:
-        return 0, 0
-    last = t.storage_offset + sum((n - 1) * s for n, s in zip(shape, stride))
-    return numel, (last + 1) * itemsize
-
-
 class TorchBackend:
     name = "torch"
 
     def __init__(self, torch):
         self.torch = torch
 
-    def host_storage(self, buffer, offset, nbytes):
-        """(uint8 tensor over nbytes of `buffer` at offset, the object it keeps alive)."""
-        with _warnings_lock, warnings.catch_warnings():
+    def dtype_plan(self, name):
+        """(numpy dtype torch.from_numpy takes, the torch dtype to view it as or None)."""
+        dtype = _dtypes.torch_dtype(self.torch, name)
+        native = _dtypes.from_numpy_dtype(name)
+        if native is not None:
+            return np.dtype(native), None
+        return np.dtype("<i%d" % _dtypes.info(name).itemsize), dtype
+
+    @contextlib.contextmanager
+    def building(self):
+        with _warnings_lock, warnings.catch_warnings(), _no_gc():
             # The mapping is read-only by contract; torch warns that it is not writable.
             warnings.simplefilter("ignore", UserWarning)
-            # torch.frombuffer holds `buffer` (this load's memoryview) until the storage dies.
-            return self.torch.frombuffer(buffer, dtype=self.torch.uint8, count=nbytes,
-                                         offset=offset), buffer
+            yield
+
+    def many(self, shapes, plans, bases, offsets, strides):
+        """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes."""
+        from_numpy, ndarray = self.torch.from_numpy, np.ndarray
+        out = []
+        append = out.append
+        for shape, (dtype, view), base, offset, stride in zip(shapes, plans, bases, offsets,
+                                                              strides):
+            tensor = from_numpy(ndarray(shape, dtype, base, offset, stride))
+            append(tensor if view is None else tensor.view(view))
+        return out
+
+    def set_requires_grad(self, tensor):
+        if tensor.is_floating_point() or tensor.is_complex():
+            tensor.requires_grad_(True)
+        return tensor
+
+    def host_storage(self, base, offset, nbytes):
+        """A uint8 tensor over nbytes of a buffer's array at offset."""
+        return self.torch.from_numpy(base[offset:offset + nbytes])
 
     def cuda_storage(self, cuda_bytes, device):
         return self.torch.as_tensor(cuda_bytes, device="cuda:%d" % device)
@@ -128,24 +184,27 @@ class TorchBackend:
         return self._finish(flat.reshape(tuple(t.shape)), t)
 
 
-class _ArrayHolder:
-    def __init__(self, array):
-        self.array = array
-        self.__array_interface__ = array.__array_interface__
-
-
 class NumpyBackend:
     name = "numpy"
 
     def __init__(self, np):
         self.np = np
 
-    def host_storage(self, buffer, offset, nbytes):
-        # np.frombuffer keeps a fresh memoryview of the mapping, not `buffer`: hang the array
-        # on a holder every view's base chain keeps alive, and anchor the lease on that.
-        flat = self.np.frombuffer(buffer, dtype=self.np.uint8, count=nbytes, offset=offset)
-        holder = _ArrayHolder(flat)
-        return self.np.asarray(holder), holder
+    def dtype_plan(self, name):
+        return _dtypes.numpy_dtype(self.np, name)[0]
+
+    def building(self):
+        return _no_gc()
+
+    def many(self, shapes, dtypes, bases, offsets, strides):
+        # Read-only: each base views a read-only mapping.
+        return list(map(self.np.ndarray, shapes, dtypes, bases, offsets, strides))
+
+    def set_requires_grad(self, array):
+        return array
+
+    def host_storage(self, base, offset, nbytes):
+        return base[offset:offset + nbytes]
 
     def cuda_storage(self, cuda_bytes, device):
         raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -173,94 +232,148 @@ class NumpyBackend:
 
 
 def materialize(description, backend, torch=None):
-    """Returns (entries, anchors): the tensors in the daemon's order, and the per-load objects
-    every tensor keeps alive (torch: one memoryview per mapped host buffer; numpy: one holder
-    per host storage; one CudaBytes per GPU storage). When the last
-    anchor is collected no tensor of this load is left."""
+    """Returns (entries, anchors, table): the tensors in the daemon's order, the per-load
+    objects every tensor keeps alive (one array per mapped host buffer, one CudaBytes per GPU
+    storage; when the last anchor is collected no tensor of this load is left), and the tensor
+    table (None for a description with repeated tensors).
+
+    The table's geometry is checked once for the whole model (numpy); each host tensor is then
+    one array over its buffer's mapping (torch: torch.from_numpy of it), except tensors that
+    share a storage with others or start inside it, which get one storage tensor per storage
+    (as torch.load gives them) and a strided view of it."""
     buffers = description.buffers
-    infos = []
-    extents = {}  # (buffer_index, storage_byte_offset) -> bytes needed
-    for t in description.tensors:
-        itemsize = _dtypes.info(t.dtype).itemsize
-        numel, extent = _geometry(t, itemsize)
-        if t.buffer_index >= len(buffers) or t.buffer_index < -1:
-            raise _bad("tensor %s: buffer %d of %d" % (t.name, t.buffer_index, len(buffers)))
-        infos.append((t, extent))
-        if t.buffer_index >= 0 and extent > 0:
-            key = (t.buffer_index, t.storage_byte_offset)
-            extents[key] = max(extents.get(key, 0), extent)
+    table = _table.from_description(description)
+    geometry = _table.Geometry(table, len(buffers))
+    count = len(table)
+    with_bytes = (geometry.extent > 0) & (table.buffer >= 0)
 
     anchors = []
-    opened = {}  # buffer_index -> ("host", memoryview) | ("gpu", OpenedArena, device)
-    storages = {}
+    anchors_by_buffer = {}
+    opened = {}  # buffer_index -> ("host", uint8 array, size) | ("gpu", OpenedArena, device)
+    limits = [-1] * len(buffers)
     gpu_uuids = None
-    for (index, offset), extent in extents.items():
-        if index not in opened:
-            buffer = buffers[index]
-            kind = buffer.WhichOneof("kind")
-            if kind == "file":
-                identity = buffer.file.identity if buffer.file.HasField("identity") else None
-                mapping, size = _host.map_file(buffer.file.path, identity), None
-            elif kind == "shared_memory":
-                size = buffer.shared_memory.size
-                mapping = _host.map_segment(buffer.shared_memory.name, size)
-            elif kind == "gpu" and _handle_kind(buffer.gpu) == pb.GpuArena.SHARED_MEMORY:
-                name, held = _cuda.shared_memory_segment(buffer.gpu.ipc_handle)
-                size = buffer.gpu.size
-                if size > held:
-                    raise _bad("buffer %d: %d bytes described, the handle's segment holds %d"
-                               % (index, size, held))
-                mapping = _host.map_segment(name, size)
-            elif kind == "gpu":  # CUDA_IPC (_handle_kind refused every other kind)
-                if torch is None or not torch.cuda.is_available():
-                    raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       "model %s lives on GPU %s; this process has no torch "
-                                       "with CUDA" % (description.model_id, buffer.gpu.gpu_uuid))
-                if gpu_uuids is None:
-                    gpu_uuids = _cuda.visible_gpu_uuids(torch)
-                device = _cuda.device_for_uuid(gpu_uuids, buffer.gpu.gpu_uuid)
-                arena = _cuda.open_arena(_cuda.runtime(torch), buffer.gpu.ipc_handle, device,
-                                         buffer.gpu.size)
-                opened[index] = ("gpu", arena, device)
-                mapping = None
-            else:
-                raise _bad("buffer %d has no kind" % index)
-            if mapping is not None:
-                view = memoryview(mapping)  # per load: tensors of this load keep it alive
-                if size is None:
-                    size = len(mapping)
-                if size > len(mapping):
-                    raise _bad("buffer %d: %d bytes described, %d mapped"
-                               % (index, size, len(mapping)))
-                opened[index] = ("host", view, size)
-        entry = opened[index]
-        limit = entry[1].size if entry[0] == "gpu" else entry[2]
-        if offset > limit or extent > limit - offset:
-            names = [t.name for t, _ in infos if (t.buffer_index, t.storage_byte_offset) ==
-                     (index, offset)]
-            raise _bad("tensor %s extends past its buffer (%d bytes at %d, buffer of %d)"
-                       % (names[0], extent, offset, limit))
-        if entry[0] == "host":
-            storages[(index, offset)], anchor = backend.host_storage(entry[1], offset, extent)
-            if not any(a is anchor for a in anchors):
-                anchors.append(anchor)
+    for index in np.unique(table.buffer[with_bytes]).tolist():
+        buffer = buffers[index]
+        kind = buffer.WhichOneof("kind")
+        if kind == "file":
+            identity = buffer.file.identity if buffer.file.HasField("identity") else None
+            mapping, size = _host.map_file(buffer.file.path, identity), None
+        elif kind == "shared_memory":
+            size = buffer.shared_memory.size
+            mapping = _host.map_segment(buffer.shared_memory.name, size)
+        elif kind == "gpu" and _handle_kind(buffer.gpu) == pb.GpuArena.SHARED_MEMORY:
+            name, held = _cuda.shared_memory_segment(buffer.gpu.ipc_handle)
+            size = buffer.gpu.size
+            if size > held:
+                raise _bad("buffer %d: %d bytes described, the handle's segment holds %d"
+                           % (index, size, held))
+            mapping = _host.map_segment(name, size)
+        elif kind == "gpu":  # CUDA_IPC (_handle_kind refused every other kind)
+            if torch is None or not torch.cuda.is_available():
+                raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "model %s lives on GPU %s; this process has no torch "
+                                   "with CUDA" % (description.model_id, buffer.gpu.gpu_uuid))
+            if gpu_uuids is None:
+                gpu_uuids = _cuda.visible_gpu_uuids(torch)
+            device = _cuda.device_for_uuid(gpu_uuids, buffer.gpu.gpu_uuid)
+            arena = _cuda.open_arena(_cuda.runtime(torch), buffer.gpu.ipc_handle, device,
+                                     buffer.gpu.size)
+            opened[index] = ("gpu", arena, device)
+            limits[index] = arena.size
+            continue
         else:
-            cuda_bytes = entry[1].bytes_at(offset, extent)
-            anchors.append(cuda_bytes)
-            storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
-    del opened
+            raise _bad("buffer %d has no kind" % index)
+        if size is None:
+            size = len(mapping)
+        if size > len(mapping):
+            raise _bad("buffer %d: %d bytes described, %d mapped" % (index, size, len(mapping)))
+        # Per load: every array and tensor of this load keeps it alive (it is the lease's
+        # anchor); np.ndarray(buffer=it) views name it as their base.
+        base = np.frombuffer(memoryview(mapping), dtype=np.uint8, count=size)
+        opened[index] = ("host", base, size)
+        limits[index] = size
+        anchors.append(base)
+        anchors_by_buffer[index] = base
+    geometry.check_bounds(limits)
 
-    entries = collections.OrderedDict()
-    for t, extent in infos:
-        if t.buffer_index < 0:
-            entries[t.name] = backend.empty(t, "meta")
-        elif extent == 0:
-            entries[t.name] = backend.empty(t, _empty_device(buffers[t.buffer_index], t,
-                                                             torch))
+    # Where each tensor's view starts in its buffer, and its strides in bytes.
+    itemsize = geometry.itemsize
+    first_byte = np.where(with_bytes, table.storage_byte_offset.clip(0, 1 << 62).astype(
+        np.int64) + table.storage_offset * itemsize, 0)
+    byte_strides = table.strides * itemsize[geometry.owner]
+    host = np.zeros(count, dtype=bool)
+    for index, entry in opened.items():
+        if entry[0] == "host":
+            host |= table.buffer == index
+    host &= with_bytes
+    direct = host.copy()
+    if backend.name == "torch" and count:
+        # One storage per (buffer, storage offset), as torch.load gives them: a tensor alone
+        # in its storage and at its start is one array; the others view a storage tensor.
+        keyed = np.flatnonzero(with_bytes)
+        order = keyed[np.lexsort((table.storage_byte_offset[keyed], table.buffer[keyed]))]
+        same = ((table.buffer[order][1:] == table.buffer[order][:-1]) &
+                (table.storage_byte_offset[order][1:] == table.storage_byte_offset[order][:-1]))
+        shared = np.zeros(count, dtype=bool)
+        shared[order[1:][same]] = True
+        shared[order[:-1][same]] = True
+        direct &= ~shared & (table.storage_offset == 0)
+
+    plans = {code: backend.dtype_plan(table.strings[code])
+             for code in np.unique(table.dtype).tolist()}
+    grad = (table.flags & 1).astype(bool)
+    storages = {}
+    extents = {}
+    for i in np.flatnonzero(with_bytes & ~direct).tolist():
+        key = (int(table.buffer[i]), int(table.storage_byte_offset[i]))
+        extents[key] = max(extents.get(key, 0), int(geometry.extent[i]))
+
+    # The direct tensors in one tight loop (a few microseconds each), the others after.
+    shapes = table.shapes.tolist()
+    strides = byte_strides.tolist()
+    starts = table.starts.tolist()
+    direct_at = np.flatnonzero(direct).tolist()
+    plan_of = [plans[c] for c in table.dtype[direct_at].tolist()]
+    bases = [anchors_by_buffer.get(b) for b in range(len(buffers))]
+    base_of = [bases[b] for b in table.buffer[direct_at].tolist()]
+    with backend.building():
+        for (index, offset), extent in extents.items():
+            entry = opened[index]
+            if entry[0] == "host":
+                storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
+            else:
+                cuda_bytes = entry[1].bytes_at(offset, extent)
+                anchors.append(cuda_bytes)
+                storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
+        del opened
+        made = backend.many(
+            [tuple(shapes[starts[i]:starts[i + 1]]) for i in direct_at], plan_of, base_of,
+            first_byte[direct_at].tolist(),
+            [tuple(strides[starts[i]:starts[i + 1]]) for i in direct_at])
+        for k in np.flatnonzero(direct[direct_at] & grad[direct_at]).tolist():
+            made[k] = backend.set_requires_grad(made[k])
+        if len(direct_at) == count:
+            entries = collections.OrderedDict(zip(table.names, made))
         else:
-            entries[t.name] = backend.view(storages[(t.buffer_index, t.storage_byte_offset)], t,
-                                           extent)
-    return entries, anchors
+            built = dict(zip(direct_at, made))
+            entries = collections.OrderedDict()
+            for i, name in enumerate(table.names):
+                tensor = built.get(i)
+                if tensor is None:
+                    tensor = _one(backend, table.row(i), with_bytes[i], geometry.extent[i],
+                                  storages, buffers, torch)
+                entries[name] = tensor
+    return entries, anchors, table if description.packed_tensors else None
+
+
+def _one(backend, row, with_bytes, extent, storages, buffers, torch):
+    """A tensor that is not one array over its buffer: meta, without elements, or a view of a
+    storage it shares (or starts inside)."""
+    if row.buffer_index < 0:
+        return backend.empty(row, "meta")
+    if not with_bytes:
+        return backend.empty(row, _empty_device(buffers[row.buffer_index], row, torch))
+    return backend.view(storages[(row.buffer_index, row.storage_byte_offset)], row, int(extent))
 
 
 def _handle_kind(arena):

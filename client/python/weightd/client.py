@@ -272,7 +272,8 @@ class Client:
         """
         # The daemon resolves paths in its own working directory: send an absolute one.
         request = pb.LoadRequest(path=os.path.abspath(os.fspath(path)),
-                                 format_hint=format_hint, host_copy=bool(host_copy))
+                                 format_hint=format_hint, host_copy=bool(host_copy),
+                                 compact_description=True)
         if isinstance(map_location, dict):
             for saved, target in map_location.items():
                 request.placement.remap[str(saved)] = self._target(target)
@@ -312,14 +313,13 @@ class Client:
 
     def _materialize(self, description, session):
         try:
-            entries, anchors = _model.materialize(description, self._backend,
-                                                  torch=_torch if self.backend == "torch"
-                                                  else None)
+            entries, anchors, table = _model.materialize(
+                description, self._backend, torch=_torch if self.backend == "torch" else None)
         except BaseException:
             session.release(description.model_id)
             raise
         LoadLease(session, description.model_id, anchors)
-        return _model.Model(entries, description, self.backend)
+        return _model.Model(entries, description, self.backend, table)
 
     def _target(self, device):
         """A daemon placement target for a user's device."""
