@@ -45,6 +45,23 @@ void SharedRegionReads::Rejoin(const Key& key, int consumer) {
   if (--it->second.count == 0) groups_.erase(it);
 }
 
+absl::Time SharedRegionReads::Now() const {
+  return options_.clock ? options_.clock() : absl::Now();
+}
+
+void SharedRegionReads::ExpireLingering() {
+  if (ready_order_.empty()) return;
+  const absl::Time now = Now();
+  if (now - last_sweep_ < options_.linger / 4) return;
+  last_sweep_ = now;
+  std::vector<Key> stale;
+  for (const auto& [sequence, key] : ready_order_) {
+    if (now - entries_[key].last_use >= options_.linger) stale.push_back(key);
+  }
+  for (const Key& key : stale) Forget(key);
+  stats_.expired += stale.size();
+}
+
 bool SharedRegionReads::MakeRoom(uint64_t length) {
   while (held_ + length > options_.budget_bytes && !ready_order_.empty()) {
     auto oldest = ready_order_.begin();
@@ -72,6 +89,7 @@ SharedRegionReads::Decision SharedRegionReads::Decide(const Key& key,
                                                       int consumer,
                                                       Taken* taken) {
   MutexLock lock(&mu_);
+  ExpireLingering();
   Rejoin(key, consumer);
   while (true) {
     auto it = entries_.find(key);
@@ -87,6 +105,7 @@ SharedRegionReads::Decision SharedRegionReads::Decide(const Key& key,
     const bool last = MarkTaken(entry, consumer, key.consumers);
     if (entry.state == State::kReady) {
       *taken = Taken{entry.bytes, 0};
+      entry.last_use = Now();
       stats_.bytes_shared += key.length;
       if (last) Forget(key);
       return Decision::kShared;
@@ -153,6 +172,7 @@ absl::StatusOr<SharedRegionReads::Taken> SharedRegionReads::Take(
   }
   entry.state = State::kReady;
   entry.bytes = bytes;
+  entry.last_use = Now();
   ready_order_.emplace(entry.sequence, key);
   return Taken{std::move(bytes), region.length};
 }
@@ -184,8 +204,9 @@ void SharedRegionReads::Abandon(const FileIdentity& file, int consumers,
   for (const Key& key : done) Forget(key);
 }
 
-SharedRegionReads::Stats SharedRegionReads::stats() const {
+SharedRegionReads::Stats SharedRegionReads::stats() {
   MutexLock lock(&mu_);
+  ExpireLingering();
   Stats stats = stats_;
   stats.held_bytes = held_;
   stats.regions = entries_.size();

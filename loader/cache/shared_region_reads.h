@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -19,6 +20,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "loader/common/mutex.h"
 #include "loader/io/mapped_file.h"
 
@@ -35,6 +38,12 @@ class SharedRegionReads {
     // Groups remembered with abandoned consumers; beyond, one is forgotten
     // (regions read later then wait for its consumers, within the budget).
     size_t max_abandoned_groups = 4096;
+    // A ready region nobody took for this long is freed: the ranks it waits
+    // for may never come (a rank reloaded alone after the others finished
+    // looks like the first of a new group).
+    absl::Duration linger = absl::Seconds(30);
+    // The time now; empty: absl::Now.
+    std::function<absl::Time()> clock;
   };
 
   struct Region {
@@ -64,6 +73,7 @@ class SharedRegionReads {
     uint64_t bytes_shared = 0;  // taken from another take's read
     uint64_t rereads = 0;       // regions read again after an eviction
     uint64_t evictions = 0;
+    uint64_t expired = 0;     // freed after `linger` untaken
     uint64_t held_bytes = 0;  // now
     uint64_t regions = 0;     // now: reading, ready or evicted, remembered
     uint64_t abandoned_groups = 0;  // now: groups with a consumer gone
@@ -85,7 +95,8 @@ class SharedRegionReads {
   // it, until it takes again.
   void Abandon(const FileIdentity& file, int consumers, int consumer);
 
-  Stats stats() const;
+  // Also frees regions past their linger.
+  Stats stats();
 
  private:
   struct Key {
@@ -125,6 +136,7 @@ class SharedRegionReads {
     std::vector<bool> takers;  // by consumer: took it, or abandoned
     int taken = 0;             // takers set
     uint64_t sequence = 0;     // insertion order, for oldest-first eviction
+    absl::Time last_use;       // read or last taken
   };
 
   enum class Decision { kShared, kReadAlone, kReadAndKeep };
@@ -135,6 +147,10 @@ class SharedRegionReads {
   Decision Decide(const Key& key, int consumer, Taken* taken);
   // Evicts ready regions, oldest first, until `length` more bytes fit.
   bool MakeRoom(uint64_t length) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees ready regions untaken for `linger` (a sweep at most every quarter
+  // linger).
+  void ExpireLingering() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Time Now() const;
   void Forget(const Key& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Marks `consumer` in `entry`; whether every consumer now has.
   static bool MarkTaken(Entry& entry, int consumer, int consumers);
@@ -149,6 +165,7 @@ class SharedRegionReads {
   std::map<uint64_t, Key> ready_order_ ABSL_GUARDED_BY(mu_);  // sequence
   std::deque<std::pair<uint64_t, Key>> evicted_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   uint64_t held_ ABSL_GUARDED_BY(mu_) = 0;  // ready and reading entries
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };

@@ -323,5 +323,32 @@ TEST(SharedRegionReadsTest, RanksFailingAtRandomLeaveNothingHeld) {
   }
 }
 
+// A rank reloaded alone after its group finished keeps its blocks for ranks
+// that never come: they are freed after the linger.
+TEST(SharedRegionReadsTest, RegionsNobodyTakesAreFreedAfterTheLinger) {
+  CountingFile file(300);
+  absl::Time now = absl::FromUnixSeconds(1000);
+  SharedRegionReads::Options options;
+  options.linger = absl::Seconds(30);
+  options.clock = [&now] { return now; };
+  SharedRegionReads reads(options);
+  ASSERT_TRUE(TakeFrom(reads, file, 0, 100, 4, 2).ok());
+  ASSERT_TRUE(TakeFrom(reads, file, 100, 100, 4, 2).ok());
+  now += absl::Seconds(20);
+  ASSERT_TRUE(TakeFrom(reads, file, 100, 100, 4, 1).ok());  // still used
+  EXPECT_EQ(reads.stats().held_bytes, 200u);
+  now += absl::Seconds(15);  // region 0 untaken for 35 s, region 1 for 15 s
+  EXPECT_EQ(reads.stats().held_bytes, 100u);
+  EXPECT_EQ(reads.stats().expired, 1u);
+  now += absl::Seconds(30);
+  EXPECT_EQ(reads.stats().held_bytes, 0u);
+  EXPECT_EQ(reads.stats().regions, 0u);
+  // A late rank reads for itself.
+  auto late = TakeFrom(reads, file, 0, 100, 4, 3);
+  ASSERT_TRUE(late.ok());
+  EXPECT_EQ(late->bytes_read, 100u);
+  EXPECT_EQ(std::memcmp(late->bytes->data.get(), file.data(), 100), 0);
+}
+
 }  // namespace
 }  // namespace weightd
