@@ -480,10 +480,10 @@ class HardeningTest(unittest.TestCase):
         stats = daemon.stats()
         self.assertEqual(stats.models, 0)
         self.assertTrue(all(t.used_bytes == 0 for t in stats.tiers), stats)
-        # Many stars are linear for this matcher: 1024 such rules plan at once (no
-        # name matches, every tensor is whole).
+        # Many stars are linear for this matcher: 256 such rules plan at once (no
+        # name matches, every tensor is whole); 1024 of them would pass the step budget.
         start = time.monotonic()
-        model = self.sharded_load(daemon, path, 0, 2, [("*a" * 127 + "*b", 0)] * 1024)
+        model = self.sharded_load(daemon, path, 0, 2, [("*a" * 127 + "*b", 0)] * 256)
         self.assertEqual(len(model.tensors), len(names))
         self.assertLess(time.monotonic() - start, 30)
         self.assert_still_serving(daemon)
