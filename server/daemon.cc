@@ -103,6 +103,14 @@ class DaemonServices {
                static_cast<double>(manager->SharedReadStats().bytes_shared)}};
         });
     metrics->AddGaugeCallback(
+        "weightd_shared_read_held_bytes",
+        "Host bytes of shared reads kept for ranks that have yet to take "
+        "them; 0 once every rank of each group has loaded or failed.",
+        [manager] {
+          return MetricsRegistry::GaugeSamples{
+              {{}, static_cast<double>(manager->SharedReadStats().held_bytes)}};
+        });
+    metrics->AddGaugeCallback(
         "weightd_tier_used_bytes", "Bytes held per memory tier.", [manager] {
           MetricsRegistry::GaugeSamples samples;
           for (const auto& [tier, bytes] : manager->Stats().used) {

@@ -14,6 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/listing.h"
+#include "client/shard_rules_file.h"
+#include "loader/cache/convert.h"
+#include "loader/cache/shard.h"
 #include "loader/common/json.h"
 #include "loader/format/checkpoint.h"
 #include "loader/format/hf_model.h"
@@ -25,7 +28,49 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: weightctl inspect [--json] [--hash] [--encoding=utf8|latin1|bytes] "
-    "[--format=hf-safetensors|hf-torch] FILE|MODEL_DIR";
+    "[--format=hf-safetensors|hf-torch] [--tp RANK/WORLD [--tp_rules "
+    "FILE.json | --tp_rule_set NAME]] FILE|MODEL_DIR";
+
+// Each tensor as a cpu load lists it (`listed`) and where its bytes are in
+// the file (`source`, what is hashed): with a shard spec, rank r's slice
+// (loader/cache/shard, the daemon's own rules). A slice is a view of the file
+// (the same strides, the storage offset moved) unless the host copy changes
+// its bytes (big-endian, compressed): then its own contiguous bytes.
+struct Tensors {
+  std::vector<TensorInfo> listed;
+  std::vector<TensorInfo> source;
+};
+
+absl::StatusOr<Tensors> ShardTensors(const Checkpoint& ckpt,
+                                     const CanonicalShard& shard,
+                                     const std::string& path) {
+  Tensors out;
+  out.listed = ckpt.tensors;
+  out.source = ckpt.tensors;
+  uint64_t budget = kShardMatchBudget;  // as one daemon plan
+  for (size_t i = 0; i < ckpt.tensors.size(); ++i) {
+    const TensorInfo& tensor = ckpt.tensors[i];
+    absl::StatusOr<std::optional<TensorSlice>> slice =
+        SliceFor(shard, tensor, path, &budget);
+    if (!slice.ok()) return slice.status();
+    if (!slice->has_value()) continue;
+    out.source[i] = (*slice)->view;
+    TensorInfo& listed = out.listed[i];
+    listed = (*slice)->view;
+    listed.dtype = tensor.dtype;
+    if (tensor.storage_index < ckpt.storages.size() &&
+        PlacementChangesBytes(ckpt.storages[tensor.storage_index],
+                              ckpt.storages[tensor.storage_index].dtype)) {
+      listed.storage_offset = 0;
+      int64_t stride = 1;
+      for (size_t d = listed.shape.size(); d-- > 0;) {
+        listed.stride[d] = stride;
+        stride *= std::max<int64_t>(listed.shape[d], 1);
+      }
+    }
+  }
+  return out;
+}
 
 // Read-only mapping of a whole file.
 class MappedFile {
@@ -104,7 +149,8 @@ bool Exists(const std::string& path) {
 // here (no daemon, so no model roots: the user reads what they can read).
 int InspectDirectory(const std::string& dir, bool json, bool hash,
                      const std::string& format_hint, ReadOptions options,
-                     std::ostream& out, std::ostream& err) {
+                     const CanonicalShard& shard, std::ostream& out,
+                     std::ostream& err) {
   auto failed = [&](const absl::Status& status) {
     err << OneLine(status.message()) << "\n";
     return 1;
@@ -163,10 +209,12 @@ int InspectDirectory(const std::string& dir, bool json, bool hash,
     if (name == std::string(kHfConfigFile)) config = std::string(file.bytes());
   }
   const Checkpoint& ckpt = model->checkpoint;
+  absl::StatusOr<Tensors> tensors = ShardTensors(ckpt, shard, dir);
+  if (!tensors.ok()) return failed(tensors.status());
   std::vector<std::string> hashes;
   if (hash) {
     CheckpointHasher hasher(CheckpointHasher::HeldBytes(ckpt, file_bytes));
-    for (const TensorInfo& t : ckpt.tensors) {
+    for (const TensorInfo& t : tensors->source) {
       const StorageInfo& s = ckpt.storages[t.storage_index];
       const size_t shard = model->storage_shard[t.storage_index];
       absl::StatusOr<std::string> h =
@@ -183,7 +231,7 @@ int InspectDirectory(const std::string& dir, bool json, bool hash,
   if (json) {
     std::vector<ListedTensor> listed;
     for (size_t i = 0; i < ckpt.tensors.size(); ++i) {
-      ListedTensor item{&ckpt.tensors[i], std::nullopt};
+      ListedTensor item{&tensors->listed[i], std::nullopt};
       if (hash) item.sha256 = hashes[i];
       listed.push_back(std::move(item));
     }
@@ -194,13 +242,13 @@ int InspectDirectory(const std::string& dir, bool json, bool hash,
     return 0;
   }
   uint64_t total = 0;
-  for (const TensorInfo& t : ckpt.tensors)
+  for (const TensorInfo& t : tensors->listed)
     total += static_cast<uint64_t>(std::max<int64_t>(t.NumElements(), 0)) *
              DTypeSize(t.dtype);
   out << dir << ": " << format << ", " << model->shards.size() << " shard(s), "
       << ckpt.tensors.size() << " tensors, " << total << " bytes\n";
   for (size_t i = 0; i < ckpt.tensors.size(); ++i) {
-    const TensorInfo& t = ckpt.tensors[i];
+    const TensorInfo& t = tensors->listed[i];
     out << t.name << "  " << DTypeName(t.dtype) << "  " << ShapeText(t.shape)
         << "  " << model->shards[model->storage_shard[t.storage_index]];
     if (hash) out << "  " << hashes[i];
@@ -216,7 +264,29 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
   bool json = false, hash = false;
   std::string path, format_hint;
   ReadOptions options;
-  for (const std::string& a : args) {
+  std::optional<std::string> tp, tp_rules, tp_rule_set;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    // --tp, --tp_rules and --tp_rule_set take a value, as for `load`.
+    bool took_value = false;
+    for (auto [flag, value] :
+         {std::pair{"--tp", &tp}, std::pair{"--tp_rules", &tp_rules},
+          std::pair{"--tp_rule_set", &tp_rule_set}}) {
+      const std::string prefix = std::string(flag) + "=";
+      if (a == flag) {
+        if (i + 1 >= args.size()) {
+          err << "weightctl inspect: " << flag << " needs a value\n"
+              << kUsage << "\n";
+          return 2;
+        }
+        *value = args[++i];
+        took_value = true;
+      } else if (a.rfind(prefix, 0) == 0) {
+        *value = a.substr(prefix.size());
+        took_value = true;
+      }
+    }
+    if (took_value) continue;
     if (a == "--json") {
       json = true;
     } else if (a == "--hash") {
@@ -246,8 +316,41 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
     err << kUsage << "\n";
     return 2;
   }
+  CanonicalShard shard;
+  if (!tp && (tp_rules || tp_rule_set)) {
+    err << "--tp_rules needs --tp RANK/WORLD\n";
+    return 2;
+  }
+  if (tp) {
+    absl::StatusOr<std::pair<int, int>> rank_world = ParseTpFlag(*tp);
+    if (!rank_world.ok()) {
+      err << rank_world.status().message() << "\n";
+      return 2;
+    }
+    ShardSpec spec;
+    spec.rank = rank_world->first;
+    spec.world_size = rank_world->second;
+    if (tp_rules) {
+      absl::StatusOr<std::vector<std::pair<std::string, int>>> rules =
+          ReadShardRules(*tp_rules);
+      if (!rules.ok()) {
+        err << OneLine(rules.status().message()) << "\n";
+        return 1;
+      }
+      spec.rules = *std::move(rules);
+    }
+    // As `load`: the built-in llama rules unless rules are given.
+    spec.rule_set = tp_rule_set ? *tp_rule_set : tp_rules ? "" : "llama";
+    absl::StatusOr<CanonicalShard> canonical = CanonicalShardSpec(spec, path);
+    if (!canonical.ok()) {
+      err << OneLine(canonical.status().message()) << "\n";
+      return 1;
+    }
+    shard = *std::move(canonical);
+  }
   if (IsDirectory(path)) {
-    return InspectDirectory(path, json, hash, format_hint, options, out, err);
+    return InspectDirectory(path, json, hash, format_hint, options, shard, out,
+                            err);
   }
   if (!format_hint.empty()) {
     err << "weightctl inspect: --format is for model directories\n";
@@ -269,13 +372,18 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
     err << msg << "\n";
     return 1;
   }
+  absl::StatusOr<Tensors> tensors = ShardTensors(*ckpt, shard, path);
+  if (!tensors.ok()) {
+    err << OneLine(tensors.status().message()) << "\n";
+    return 1;
+  }
   std::vector<std::string> hashes;
   if (hash) {
     // Work bounded by what the file holds, not by what its views claim.
     CheckpointHasher hasher(
         CheckpointHasher::HeldBytes(*ckpt, file.bytes().size()));
     hashes.reserve(ckpt->tensors.size());
-    for (const TensorInfo& t : ckpt->tensors) {
+    for (const TensorInfo& t : tensors->source) {
       const StorageInfo& s = ckpt->storages[t.storage_index];
       absl::StatusOr<std::string> h =
           hasher.Sha256Hex(t, s, StorageBytes(s, file.bytes()));
@@ -290,7 +398,7 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
     std::vector<ListedTensor> listed;
     listed.reserve(ckpt->tensors.size());
     for (size_t i = 0; i < ckpt->tensors.size(); ++i) {
-      ListedTensor item{&ckpt->tensors[i], std::nullopt};
+      ListedTensor item{&tensors->listed[i], std::nullopt};
       if (hash) item.sha256 = hashes[i];
       listed.push_back(std::move(item));
     }
@@ -308,7 +416,7 @@ int RunInspect(const std::vector<std::string>& args, std::ostream& out,
   if (hash) rows[0].push_back("SHA256");
   uint64_t total = 0;
   for (size_t i = 0; i < ckpt->tensors.size(); ++i) {
-    const TensorInfo& t = ckpt->tensors[i];
+    const TensorInfo& t = tensors->listed[i];
     uint64_t bytes =
         static_cast<uint64_t>(t.NumElements()) * DTypeSize(t.dtype);
     total += bytes;

@@ -197,6 +197,7 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
                                   absl::string_view file) {
   LoadPlan plan;
   plan.shard_world_size = placement.shard.world_size;
+  plan.shard_rank = placement.shard.rank;
   for (size_t i = 0; i < checkpoint.tensors.size(); ++i) {
     if (Selected(checkpoint.tensors[i].name, placement.filter))
       plan.tensors.push_back(i);

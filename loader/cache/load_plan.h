@@ -111,6 +111,7 @@ struct LoadPlan {
   // The shard group's size (0: not sharded): how many ranks read the same
   // replicated regions.
   int shard_world_size = 0;
+  int shard_rank = 0;  // which of them this load is
 
   // The planned storage for checkpoint storage `index`, or null when no
   // selected tensor uses it.

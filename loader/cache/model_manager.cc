@@ -345,6 +345,7 @@ absl::StatusOr<std::unique_ptr<ModelManager>> ModelManager::Create(
       std::make_unique<MappedFiles>(manager->watcher_.get());
   SharedRegionReads::Options shared_options;
   shared_options.budget_bytes = options.shared_read_budget_bytes;
+  shared_options.linger = options.shared_read_linger;
   if (options.host_budget_bytes > 0) {
     shared_options.budget_bytes =
         std::min(shared_options.budget_bytes, options.host_budget_bytes);

@@ -16,6 +16,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "loader/cache/checkpoint_cache.h"
 #include "loader/cache/device_set.h"
 #include "loader/cache/gpu_description.h"
@@ -64,6 +65,8 @@ class ModelManager {
     // tensors (read once, taken by each rank); never more than the host
     // budget when there is one.
     uint64_t shared_read_budget_bytes = uint64_t{1} << 30;
+    // How long a shared block waits for ranks that have not taken it.
+    absl::Duration shared_read_linger = absl::Seconds(30);
   };
 
   struct LoadResult {

@@ -100,6 +100,22 @@ class Placer {
   }
 
   absl::StatusOr<std::shared_ptr<LoadedModel>> Run() {
+    absl::StatusOr<std::shared_ptr<LoadedModel>> model = PlaceAll();
+    if (!model.ok() && shared_reads_ != nullptr && plan_.shard_world_size > 1) {
+      // This rank takes nothing more: the group's other ranks must not keep
+      // blocks for it.
+      const size_t files =
+          source_.directory ? source_.directory->shard_files.size() : 1;
+      for (size_t shard = 0; shard < files; ++shard) {
+        shared_reads_->Abandon(source_.ShardFile(shard).identity(),
+                               plan_.shard_world_size, plan_.shard_rank);
+      }
+    }
+    return model;
+  }
+
+ private:
+  absl::StatusOr<std::shared_ptr<LoadedModel>> PlaceAll() {
     ReportProgress();
     RETURN_IF_ERROR(PlaceFileViews());
     RETURN_IF_ERROR(PlaceHostCopies());
@@ -110,7 +126,6 @@ class Placer {
     return std::move(model_);
   }
 
- private:
   absl::Status CheckCancelled() const {
     if (!cancel_.cancelled()) return absl::OkStatus();
     return absl::CancelledError(
@@ -301,6 +316,7 @@ class Placer {
                   kSharedBlockBytes,
                   storage->num_bytes - block * kSharedBlockBytes);
               region.consumers = consumers;
+              region.consumer = plan_.shard_rank;
               held->bytes.reset();  // before taking the next: memory bounded
               ASSIGN_OR_RETURN(SharedRegionReads::Taken taken,
                                shared_reads_->Take(region, [&](uint8_t* into) {
@@ -510,8 +526,8 @@ class Placer {
   ThreadPool& workers_;
   const CancellationToken& cancel_;
   const ProgressFn& progress_;
-  std::shared_ptr<LoadedModel> model_;
   SharedRegionReads* const shared_reads_;
+  std::shared_ptr<LoadedModel> model_;
   // Storage index -> (buffer index, byte offset in the buffer).
   std::map<size_t, std::pair<int, uint64_t>> storage_place_;
   // Sliced tensor index -> (buffer index, byte offset of its storage or of

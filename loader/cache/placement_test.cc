@@ -1,10 +1,13 @@
 #include "loader/cache/placement.h"
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -395,6 +398,134 @@ TEST_F(PlacementTest, RanksShareReplicatedReadsOnce) {
   EXPECT_EQ(bytes_read, checkpoint_bytes);
   EXPECT_EQ(shared.stats().held_bytes, 0u);
   EXPECT_GT(shared.stats().bytes_shared, 0u);
+}
+
+// W ranks at once, one of them cancelled part way (its client went away):
+// the others finish with the right bytes, and once every load has ended no
+// block waits for the cancelled rank.
+TEST_F(PlacementTest, ACancelledRankLeavesTheOthersAndNothingHeld) {
+  LoadSource source = Source("model.safetensors");
+  constexpr int kWorld = 4;
+  constexpr int kCancelled = 2;
+  std::vector<std::pair<std::string, int>> rules =
+      SplittableRules(source, kWorld, false);
+  ASSERT_GE(rules.size(), 1u);
+  rules.resize((rules.size() + 1) / 2);
+  for (bool at_once : {false, true}) {
+    SharedRegionReads shared(SharedRegionReads::Options{});
+    const uint64_t free_before = FakeGpuFreeBytes();
+    std::vector<absl::StatusOr<std::shared_ptr<LoadedModel>>> models(
+        kWorld, absl::UnknownError("not run"));
+    std::vector<std::map<std::string, std::string>> want(kWorld);
+    auto load = [&](int rank) {
+      LoadSpec spec;
+      spec.path = source.path;
+      spec.target = "cuda:0";
+      spec.shard.rank = rank;
+      spec.shard.world_size = kWorld;
+      spec.shard.rules = rules;
+      auto gpus = devices_->Gpus();
+      auto placement = CanonicalPlacement(spec, gpus);
+      ASSERT_TRUE(placement.ok());
+      auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
+      ASSERT_TRUE(plan.ok());
+      want[rank] = OfflineSliceHashes(source, placement->shard);
+      // The cancelled rank sees its cancellation after a few chunks.
+      std::atomic<int> checks{0};
+      CancellationToken cancel(
+          [&checks, rank] { return rank == kCancelled && ++checks > 3; });
+      models[rank] = Place(*plan, source, placement->Key(), *devices_,
+                           *workers_, cancel, nullptr, &shared);
+    };
+    if (at_once) {
+      std::vector<std::thread> ranks;
+      for (int rank = 0; rank < kWorld; ++rank) ranks.emplace_back(load, rank);
+      for (std::thread& t : ranks) t.join();
+    } else {
+      for (int rank = 0; rank < kWorld; ++rank) load(rank);
+    }
+    for (int rank = 0; rank < kWorld; ++rank) {
+      if (rank == kCancelled) {
+        EXPECT_EQ(models[rank].status().code(), absl::StatusCode::kCancelled)
+            << models[rank].status();
+        continue;
+      }
+      ASSERT_TRUE(models[rank].ok()) << models[rank].status();
+      EXPECT_EQ(PlacedHashes(**models[rank]), want[rank]) << rank;
+    }
+    const SharedRegionReads::Stats stats = shared.stats();
+    EXPECT_EQ(stats.held_bytes, 0u) << at_once;
+    EXPECT_EQ(stats.regions, 0u) << at_once;
+    models.clear();
+    EXPECT_EQ(FakeGpuFreeBytes(), free_before);
+  }
+}
+
+// The file is truncated under its mapping between the ranks' plans and their
+// reads: every rank fails with the file's own error, none hangs, nothing
+// stays held.
+TEST_F(PlacementTest, ATruncatedFileFailsEveryRankAndHoldsNothing) {
+  const std::string copy =
+      absl::StrCat(::testing::TempDir(), "/truncated.safetensors");
+  fs::copy_file(FixturePath("model.safetensors"), copy,
+                fs::copy_options::overwrite_existing);
+  LoadSource source;
+  source.path = copy;
+  auto file = MappedFile::Open(copy);
+  ASSERT_TRUE(file.ok()) << file.status();
+  source.file = *std::move(file);
+  ReadOptions read_options;
+  read_options.file_name = copy;
+  auto checkpoint = ReadCheckpoint(
+      absl::string_view(reinterpret_cast<const char*>(source.file->data()),
+                        source.file->size()),
+      read_options);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  source.checkpoint = *std::move(checkpoint);
+  uint64_t first_data = source.file->size();
+  for (const StorageInfo& storage : source.checkpoint.storages)
+    first_data = std::min<uint64_t>(first_data, storage.file_offset);
+  constexpr int kWorld = 2;
+  SharedRegionReads shared(SharedRegionReads::Options{});
+  std::vector<LoadPlan> plans;
+  std::vector<std::string> keys;
+  for (int rank = 0; rank < kWorld; ++rank) {
+    LoadSpec spec;
+    spec.path = copy;
+    spec.target = "cuda:0";
+    spec.shard.rank = rank;
+    spec.shard.world_size = kWorld;  // no rules: everything replicated
+    auto gpus = devices_->Gpus();
+    auto placement = CanonicalPlacement(spec, gpus);
+    ASSERT_TRUE(placement.ok());
+    auto plan = PlanLoad(*placement, source.checkpoint, gpus, copy);
+    ASSERT_TRUE(plan.ok());
+    plans.push_back(*std::move(plan));
+    keys.push_back(placement->Key());
+  }
+  fs::resize_file(copy, first_data);
+  const uint64_t free_before = FakeGpuFreeBytes();
+  std::vector<absl::Status> results(kWorld);
+  std::vector<std::thread> ranks;
+  for (int rank = 0; rank < kWorld; ++rank) {
+    ranks.emplace_back([&, rank] {
+      CancellationToken never;
+      results[rank] = Place(plans[rank], source, keys[rank], *devices_,
+                            *workers_, never, nullptr, &shared)
+                          .status();
+    });
+  }
+  for (std::thread& t : ranks) t.join();
+  for (int rank = 0; rank < kWorld; ++rank) {
+    EXPECT_EQ(results[rank].code(), absl::StatusCode::kDataLoss)
+        << results[rank];
+    EXPECT_NE(results[rank].message().find("truncated.safetensors"),
+              std::string::npos)
+        << results[rank];
+  }
+  EXPECT_EQ(shared.stats().held_bytes, 0u);
+  EXPECT_EQ(shared.stats().regions, 0u);
+  EXPECT_EQ(FakeGpuFreeBytes(), free_before);
 }
 
 }  // namespace

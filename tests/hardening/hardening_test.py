@@ -308,6 +308,186 @@ class HardeningTest(unittest.TestCase):
         self.assertIn("x", details)
         self.assert_still_serving(daemon)
 
+    # --- tensor-parallel groups ---------------------------------------------------------
+
+    def metrics(self, daemon):
+        """{name: value} of the daemon's unlabelled /metrics samples."""
+        import urllib.request
+        line = next(l for l in daemon.log if "metrics on http://" in l)
+        url = line.split("metrics on ")[1].split()[0].rstrip(";,")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        values = {}
+        for row in text.splitlines():
+            if row and not row.startswith("#") and "{" not in row:
+                name, value = row.split()[:2]
+                values[name] = float(value)
+        return values
+
+    def sharded_load(self, daemon, path, rank, world, rules, timeout=120):
+        request = harness.pb.LoadRequest(path=path)
+        request.placement.target = "cuda:%d" % rank
+        request.shard.rank = rank
+        request.shard.world_size = world
+        for pattern, dim in rules:
+            request.shard.rules.add(pattern=pattern, dim=dim)
+        model = None
+        for event in daemon.stub.Load(request, timeout=timeout):
+            if event.HasField("model"):
+                model = event.model
+        return model
+
+    def test_a_rank_killed_mid_load_leaves_the_others_their_slices(self):
+        world, killed = 4, 2
+        daemon = self.start("--fake_gpus=4", "--fake_gpu_copy_delay_us=20000",
+                            "--staging_chunk=64K", "--metrics_address=127.0.0.1:0")
+        rows, cols = 256, 1024  # 1 MiB matrices, split on dim 0 and dim 1
+        tensors = {"rep": ("F32", [3 << 20], float_bytes(3 << 20, 7)),  # 12 MiB, 3 blocks
+                   "col": ("F32", [rows, cols], float_bytes(rows * cols, 8)),
+                   "row": ("F32", [rows, cols], float_bytes(rows * cols, 9))}
+        path = os.path.join(self.root, "tp.safetensors")
+        write_safetensors(path, tensors)
+        rules = [("col", 0), ("row", 1)]
+
+        def expected(name, rank):
+            data = tensors[name][2]
+            if name == "rep":
+                return data
+            if name == "col":
+                part = len(data) // world
+                return data[rank * part:(rank + 1) * part]
+            width = cols // world * 4
+            return b"".join(data[r * cols * 4 + rank * width:r * cols * 4 + (rank + 1) * width]
+                            for r in range(rows))
+
+        # The killed rank is its own client process, SIGKILLed once its load is under way.
+        script = (
+            "import sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import grpc\n"
+            "from weightd._proto import weightd_pb2 as pb, weightd_pb2_grpc as pbg\n"
+            "stub = pbg.WeightServiceStub(grpc.insecure_channel(sys.argv[2]))\n"
+            "r = pb.LoadRequest(path=sys.argv[3])\n"
+            "r.placement.target = 'cuda:%d' % int(sys.argv[4])\n"
+            "r.shard.rank, r.shard.world_size = int(sys.argv[4]), int(sys.argv[5])\n"
+            "r.shard.rules.add(pattern='col', dim=0)\n"
+            "r.shard.rules.add(pattern='row', dim=1)\n"
+            "for e in stub.Load(r, timeout=120):\n"
+            "    if e.HasField('progress') and e.progress.bytes_done > 0:\n"
+            "        print('started', flush=True)\n"
+            "        break\n"
+            "import time\n"
+            "time.sleep(120)\n")
+        victim = subprocess.Popen(
+            [sys.executable, "-c", script, harness.PACKAGE_DIR, daemon.address, path,
+             str(killed), str(world)], stdout=subprocess.PIPE, text=True)
+        results = {}
+
+        def load(rank):
+            try:
+                results[rank] = self.sharded_load(daemon, path, rank, world, rules)
+            except grpc.RpcError as error:
+                results[rank] = error
+        threads = [threading.Thread(target=load, args=(r,)) for r in range(world)
+                   if r != killed]
+        for thread in threads:
+            thread.start()
+        self.assertEqual(victim.stdout.readline().strip(), "started")
+        victim.kill()
+        victim.wait(10)
+        for thread in threads:
+            thread.join(120)
+        for rank in range(world):
+            if rank == killed:
+                continue
+            model = results[rank]
+            self.assertNotIsInstance(model, grpc.RpcError, model)
+            got = daemon.read_tensors(model.model_id)
+            for name in tensors:
+                self.assertEqual(bytes(got[name]), expected(name, rank), (rank, name))
+        # The killed rank's load is cancelled; no block stays kept for it.
+        self.assertTrue(wait_until(
+            lambda: self.metrics(daemon)["weightd_shared_read_held_bytes"] == 0, 30),
+            self.metrics(daemon))
+        gpus = {g.index: g.uuid for g in
+                daemon.stub.ServerInfo(harness.pb.ServerInfoRequest()).gpus}
+        self.assertTrue(wait_until(lambda: daemon.stats().models == world - 1, 30),
+                        daemon.stats())
+        stats = daemon.stats()
+        tiers = {t.tier: t.used_bytes for t in stats.tiers}
+        self.assertEqual(tiers[gpus[killed]], 0, stats)
+        total = sum(len(t[2]) for t in tensors.values())
+        self.assertLessEqual(stats.bytes_read, total)  # never more than once
+        self.assertGreater(self.metrics(daemon)["weightd_shared_read_bytes_total"], 0)
+        # Its retry, alone, gets its slices; what it keeps for ranks that will not come
+        # is at most the replicated bytes, freed after the linger (unit-tested).
+        model = self.sharded_load(daemon, path, killed, world, rules)
+        got = daemon.read_tensors(model.model_id)
+        for name in tensors:
+            self.assertEqual(bytes(got[name]), expected(name, killed), name)
+        self.assertLessEqual(self.metrics(daemon)["weightd_shared_read_held_bytes"],
+                             len(tensors["rep"][2]))
+        self.assert_still_serving(daemon)
+
+    def test_a_burst_of_bad_shard_specs_is_refused_quickly(self):
+        daemon = self.start("--fake_gpus=2")
+        # Long names make a backtracking glob expensive.
+        names = {("a" * 2000) + str(i): ("F32", [4], float_bytes(4, i)) for i in range(64)}
+        path = os.path.join(self.root, "long_names.safetensors")
+        write_safetensors(path, names)
+        # A star then a long literal: the two-pointer matcher backtracks |literal| per
+        # character of every name, for every rule, until the plan's step budget ends.
+        pathological = "*" + "a" * 254 + "b"
+        bad = [
+            (dict(rank=2, world_size=2), [], "rank 2"),
+            (dict(rank=-1, world_size=2), [], "rank -1"),
+            (dict(rank=0, world_size=0), [("*", 0)], "world_size is 0"),
+            (dict(rank=0, world_size=1 << 30), [], "world"),
+            (dict(rank=0, world_size=2), [("x%d" % i, 0) for i in range(1025)], "rules"),
+            (dict(rank=0, world_size=2), [("a" * 10240, 0)], "pattern"),
+            (dict(rank=0, world_size=2), [("", 0)], "empty"),
+            (dict(rank=0, world_size=2, rule_set="x" * 10240), [], "rule_set"),
+            (dict(rank=0, world_size=2), [(pathological, 0)] * 1024, "too long to match"),
+            (dict(rank=0, world_size=2), [("*a*", 5)], "on dim 5"),
+            (dict(rank=0, world_size=3), [("*", 0)], "does not split evenly"),
+        ]
+        codes, lock = [], threading.Lock()
+
+        def send(i):
+            spec, rules, reason = bad[i % len(bad)]
+            request = harness.pb.LoadRequest(path=path)
+            request.placement.target = "cuda:%d" % (i % 2)
+            for key, value in spec.items():
+                setattr(request.shard, key, value)
+            for pattern, dim in rules:
+                request.shard.rules.add(pattern=pattern, dim=dim)
+            code, details = code_of(lambda: list(daemon.stub.Load(request, timeout=60)))
+            with lock:
+                codes.append((code, details, reason))
+        started = time.monotonic()
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(330)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        elapsed = time.monotonic() - started
+        self.assertEqual(len(codes), 330)
+        for code, details, reason in codes:
+            self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, (details, reason))
+            self.assertIn(reason, details)
+            self.assertLess(len(details), 4096)  # a 10 KB pattern is not echoed whole
+        print("330 bad shard specs answered in %.2f s" % elapsed, file=sys.stderr)
+        stats = daemon.stats()
+        self.assertEqual(stats.models, 0)
+        self.assertTrue(all(t.used_bytes == 0 for t in stats.tiers), stats)
+        # Many stars are linear for this matcher: 256 such rules plan at once (no
+        # name matches, every tensor is whole); 1024 of them would pass the step budget.
+        start = time.monotonic()
+        model = self.sharded_load(daemon, path, 0, 2, [("*a" * 127 + "*b", 0)] * 256)
+        self.assertEqual(len(model.tensors), len(names))
+        self.assertLess(time.monotonic() - start, 30)
+        self.assert_still_serving(daemon)
+
 
 def main():
     harness.configure(sys.argv[1], sys.argv[2])

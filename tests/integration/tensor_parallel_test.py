@@ -7,7 +7,8 @@ and every rank, on the host and on a fake GPU, each tensor equals torch's narrow
 replicated tensors are whole on every rank; `weightctl load --tp --json --hash` prints the
 sliced shapes and the slice's sha256; W ranks in W processes at once on W fake GPUs read the
 checkpoint's bytes once between them and each GPU holds only its rank's bytes; bad specs are
-refused with the reason.
+refused with the reason; `weightctl inspect --tp` (offline) prints exactly what a cpu
+`load --tp --json --hash` prints.
 
 Usage: tensor_parallel_test.py WEIGHTD WEIGHTCTL PYTHON_PACKAGE_DIR
 """
@@ -190,6 +191,56 @@ class TensorParallelTest(unittest.TestCase):
                                      list(want.contiguous().stride()), name)
                 digest = hashlib.sha256(want.contiguous().numpy().tobytes()).hexdigest()
                 self.assertEqual(listing[name]["sha256"], digest, (device, name))
+
+    def test_inspect_tp_equals_load_tp_and_torch_narrow(self):
+        rules = os.path.join(self.root, "inspect_rules.json")
+        with open(rules, "w") as f:
+            json.dump([["*.down_proj.weight", 1], ["*.q_proj.weight", 0], ["*norm*", 0]], f)
+
+        def explicit_dim(name):
+            return (1 if name.endswith("down_proj.weight") else
+                    0 if name.endswith("q_proj.weight") or "norm" in name else None)
+        for case in self.cases:
+            for world in (1, 2, 4):
+                for rank in range(world):
+                    for rule_args, dim_of in (([], llama_dim),
+                                              (["--tp_rules", rules], explicit_dim)):
+                        tp = ["--tp", "%d/%d" % (rank, world), *rule_args]
+                        with self.subTest(case=case, tp=tp):
+                            inspect = self.weightctl("inspect", self.path(case), "--json",
+                                                     "--hash", *tp)
+                            self.assertEqual(inspect.returncode, 0, inspect.stderr)
+                            load = self.weightctl("load", self.path(case), "--device", "cpu",
+                                                  "--json", "--hash", "--quiet", *tp)
+                            self.assertEqual(load.returncode, 0, load.stderr)
+                            offline = json.loads(inspect.stdout)
+                            self.assertEqual(offline, json.loads(load.stdout))
+                            listing = {t["name"]: t for t in offline["tensors"]}
+                            for name, whole in self.state.items():
+                                want = self.expected(name, rank, world, dim_of(name))
+                                got = listing[name]
+                                self.assertEqual(got["shape"], list(want.shape), name)
+                                self.assertEqual(got["stride"], list(whole.stride()), name)
+                                digest = hashlib.sha256(
+                                    want.contiguous().numpy().tobytes()).hexdigest()
+                                self.assertEqual(got["sha256"], digest, name)
+        # The table form lists the slices' shapes too.
+        table = self.weightctl("inspect", self.path("model.bin"), "--tp", "1/2")
+        self.assertEqual(table.returncode, 0, table.stderr)
+        self.assertIn("[%d, %d]" % (VOCAB // 2, HIDDEN), table.stdout)
+        for args, reason in [(["--tp", "2/2"], "rank 2 is not in [0, 2)"),
+                             (["--tp", "0/0"], "world size 0"),
+                             (["--tp", "x"], "--tp expects RANK/WORLD"),
+                             (["--tp_rules", rules], "--tp_rules needs --tp"),
+                             (["--tp", "0/2", "--tp_rules", self.path("none.json")],
+                              "none.json"),
+                             (["--tp", "0/3"], "does not split evenly"),
+                             (["--tp", "0/2", "--tp_rule_set", "nope"],
+                              "no built-in shard rule set")]:
+            with self.subTest(args=args):
+                run = self.weightctl("inspect", self.path("st_dir"), *args)
+                self.assertNotEqual(run.returncode, 0)
+                self.assertIn(reason, run.stderr)
 
     def test_ranks_at_once_read_the_checkpoint_once(self):
         world = 4

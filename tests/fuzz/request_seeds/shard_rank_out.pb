@@ -1,0 +1,3 @@
+
+/models/a.pt
+cuda:0B

@@ -1,0 +1,5 @@
+
+/models/a.pt
+cpuB$
+
+layers.2.*ÿÿÿÿÿÿÿÿÿ"llama

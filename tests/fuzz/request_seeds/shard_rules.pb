@@ -1,0 +1,6 @@
+
+/models/a.pt
+cuda:0B#
+layers.*.weight
+
+*.bias

@@ -1,0 +1,4 @@
+
+/models/a.pt
+cuda:0B
+*
