@@ -135,6 +135,23 @@ class Daemon:
     def threads(self):
         return len(os.listdir(f"/proc/{self.pid}/task"))
 
+    def shm_segments(self):
+        """This daemon's own shared-memory segments: those named with the
+        instance id of the lock file it holds open (other daemons on the
+        machine, e.g. tests running in parallel, have their own)."""
+        ids = set()
+        fd_dir = f"/proc/{self.pid}/fd"
+        for fd in os.listdir(fd_dir):
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            name = os.path.basename(target)
+            if name.startswith("weightd-") and name.endswith(".lock"):
+                ids.add(name[len("weightd-"):-len(".lock")])
+        return sorted(n for n in shm_names()
+                      if any(f"-{i}-" in n for i in ids))
+
     def rss_anon_kib(self):
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:

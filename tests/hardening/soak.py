@@ -207,7 +207,7 @@ def prepare_models(fixtures, root):
 
 def resources(daemon):
     return {"fds": daemon.fds(), "rss_anon_mib": daemon.rss_anon_kib() / 1024.0,
-            "segments": len([n for n in harness.shm_names() if n.startswith("weightd")])}
+            "segments": len(daemon.shm_segments())}
 
 
 def run(args):
