@@ -333,6 +333,8 @@ int Info(const std::string& address, const std::vector<std::string>& args,
   out << "io backend: " << info->io_backend();
   if (!info->io_backend_reason().empty())
     out << " (" << info->io_backend_reason() << ")";
+  if (!info->huge_pages().empty())
+    out << "\nhuge pages: " << info->huge_pages();
   out << "\nmodel roots: " << absl::StrJoin(info->model_roots(), ", ") << "\n";
   out << "host budget: "
       << (info->host_budget_bytes() ? HumanBytes(info->host_budget_bytes())
