@@ -61,6 +61,8 @@ ABSL_FLAG(bool, private_tmpfs, true,
           "mount tmpfs huge=never and huge=advise in a private mount "
           "namespace for the fresh-memory rows (needs CAP_SYS_ADMIN)");
 ABSL_FLAG(bool, keep_file, false, "keep the generated file");
+ABSL_FLAG(std::string, sections, "cold,warm,fresh,cast,attach",
+          "which sections to run");
 
 namespace weightd {
 namespace {
@@ -375,287 +377,307 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
     }
   };
 
-  // ---- cold ----
+  const std::string sections =
+      absl::StrCat(",", absl::GetFlag(FLAGS_sections), ",");
+  auto run = [&](const char* section) {
+    return sections.find(absl::StrCat(",", section, ",")) != std::string::npos;
+  };
   std::string error;
-  const std::string dd = absl::StrCat("dd if=", path,
-                                      " of=/dev/null iflag=direct bs=16M "
-                                      "status=none");
-  Row dd_row{"cold", "dd iflag=direct bs=16M (baseline)",
-             Measure(
-                 repeats, drop, [&] { return TimeCommand(dd); }, &error),
-             size};
-  rows.push_back(dd_row);
-  error.clear();
-  Row fio_row{
-      "cold",
-      "fio read direct bs=1M iodepth=16 io_uring (baseline)",
-      Measure(
-          repeats, drop, [&] { return FioSeconds(path, &error); }, &error),
-      size,
-      NAN,
-      error};
-  rows.push_back(fio_row);
-  const double cold_baseline = std::isnan(fio_row.seconds) ? dd_row.seconds
-                               : std::isnan(dd_row.seconds)
-                                   ? fio_row.seconds
-                                   : std::min(dd_row.seconds, fio_row.seconds);
-  const size_t cold_begin = rows.size();
-  read_rows("cold", true, drop);
-  double cold_ratio = NAN;
-  for (size_t i = cold_begin; i < rows.size(); ++i) {
-    rows[i].ratio = cold_baseline / rows[i].seconds;
-    // The daemon's figure: the better backend onto the (fake) GPU.
-    if (rows[i].name.find("fake GPU") != std::string::npos &&
-        !(rows[i].ratio <= cold_ratio)) {
-      cold_ratio = rows[i].ratio;
+  double cold_ratio = NAN, warm_io_uring = NAN, warm_pread = NAN;
+  if (run("cold")) {
+    // ---- cold ----
+    const std::string dd = absl::StrCat("dd if=", path,
+                                        " of=/dev/null iflag=direct bs=16M "
+                                        "status=none");
+    Row dd_row{"cold", "dd iflag=direct bs=16M (baseline)",
+               Measure(
+                   repeats, drop, [&] { return TimeCommand(dd); }, &error),
+               size};
+    rows.push_back(dd_row);
+    error.clear();
+    Row fio_row{
+        "cold",
+        "fio read direct bs=1M iodepth=16 io_uring (baseline)",
+        Measure(
+            repeats, drop, [&] { return FioSeconds(path, &error); }, &error),
+        size,
+        NAN,
+        error};
+    rows.push_back(fio_row);
+    const double cold_baseline =
+        std::isnan(fio_row.seconds) ? dd_row.seconds
+        : std::isnan(dd_row.seconds)
+            ? fio_row.seconds
+            : std::min(dd_row.seconds, fio_row.seconds);
+    const size_t cold_begin = rows.size();
+    read_rows("cold", true, drop);
+    for (size_t i = cold_begin; i < rows.size(); ++i) {
+      rows[i].ratio = cold_baseline / rows[i].seconds;
+      // The daemon's figure: the better backend onto the (fake) GPU.
+      if (rows[i].name.find("fake GPU") != std::string::npos &&
+          !(rows[i].ratio <= cold_ratio)) {
+        cold_ratio = rows[i].ratio;
+      }
+    }
+    if (max_resident > 0.01) {
+      absl::StrAppend(&warnings, "warning: up to ", int(max_resident * 100),
+                      "% of the file stayed in the page cache after a drop\n");
     }
   }
-  if (max_resident > 0.01) {
-    absl::StrAppend(&warnings, "warning: up to ", int(max_resident * 100),
-                    "% of the file stayed in the page cache after a drop\n");
-  }
-
-  // ---- warm ----
-  bench::ReadWholeFile(path, kChunk, nullptr);
-  error.clear();
-  Row read_row{"warm", "read() 8 MiB buffer (baseline)",
-               Measure(
-                   repeats, nullptr,
-                   [&] {
-                     uint64_t got = 0;
-                     double t = bench::ReadWholeFile(path, kChunk, &got);
-                     return got == size ? t : -1;
-                   },
-                   &error),
-               size};
-  rows.push_back(read_row);
-  const size_t warm_begin = rows.size();
-  read_rows("warm", false, nullptr);
-  double warm_io_uring = NAN, warm_pread = NAN;
-  for (size_t i = warm_begin; i < rows.size(); ++i) {
-    rows[i].ratio = read_row.seconds / rows[i].seconds;
-    if (rows[i].name.find("host arena") == std::string::npos) continue;
-    if (rows[i].name.find("io_uring") != std::string::npos) {
-      warm_io_uring = rows[i].ratio;
-    } else if (rows[i].name.find("pread") != std::string::npos) {
-      warm_pread = rows[i].ratio;
+  if (run("warm")) {
+    // ---- warm ----
+    bench::ReadWholeFile(path, kChunk, nullptr);
+    error.clear();
+    Row read_row{"warm", "read() 8 MiB buffer (baseline)",
+                 Measure(
+                     repeats, nullptr,
+                     [&] {
+                       uint64_t got = 0;
+                       double t = bench::ReadWholeFile(path, kChunk, &got);
+                       return got == size ? t : -1;
+                     },
+                     &error),
+                 size};
+    rows.push_back(read_row);
+    const size_t warm_begin = rows.size();
+    read_rows("warm", false, nullptr);
+    for (size_t i = warm_begin; i < rows.size(); ++i) {
+      rows[i].ratio = read_row.seconds / rows[i].seconds;
+      if (rows[i].name.find("host arena") == std::string::npos) continue;
+      if (rows[i].name.find("io_uring") != std::string::npos) {
+        warm_io_uring = rows[i].ratio;
+      } else if (rows[i].name.find("pread") != std::string::npos) {
+        warm_pread = rows[i].ratio;
+      }
     }
   }
   arena_segment->reset();
   gpu_arena->reset();
-
-  // ---- fresh memory: allocate, then write every byte once ----
-  auto fill = [&](uint8_t* p) { std::memset(p, 1, size); };
-  error.clear();
-  Row anon_row{"fresh", "anonymous mmap, first touch by memset (baseline)",
-               Measure(
-                   repeats, nullptr,
-                   [&] {
-                     double start = Now();
-                     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-                     if (p == MAP_FAILED) return -1.0;
-                     fill(static_cast<uint8_t*>(p));
-                     double t = Now() - start;
-                     munmap(p, size);
-                     return t;
-                   },
-                   &error),
-               size};
-  rows.push_back(anon_row);
-  auto fresh_row =
-      [&](const std::string& name,
-          const std::function<absl::Status(uint8_t**, std::function<void()>*)>&
-              make) {
-        std::string err;
-        double t = Measure(
-            repeats, nullptr,
-            [&] {
-              double start = Now();
-              uint8_t* p = nullptr;
-              std::function<void()> release;
-              absl::Status s = make(&p, &release);
-              if (!s.ok()) {
-                err = s.ToString();
-                return -1.0;
-              }
-              fill(p);
-              double elapsed = Now() - start;
-              release();
-              return elapsed;
-            },
-            &err);
-        rows.push_back({"fresh", name, t, size, anon_row.seconds / t, err});
-      };
-  fresh_row("host memory (MADV_HUGEPAGE, parallel prefault) + memset",
-            [&](uint8_t** p, std::function<void()>* release) {
-              auto buffer = AllocateHostMemory(size);
-              if (!buffer.ok()) return buffer.status();
-              *p = (*buffer)->data();
-              std::shared_ptr<PinnedBuffer> held(std::move(*buffer));
-              *release = [held]() mutable { held.reset(); };
-              return absl::OkStatus();
-            });
-  // What the daemon did before: fallocate, then MAP_POPULATE on one thread.
-  fresh_row("segment /dev/shm, fallocate + MAP_POPULATE (old) + memset",
-            [&](uint8_t** p, std::function<void()>* release) {
-              auto segment =
-                  SharedMemorySegment::Create(size, "weightd", false);
-              if (!segment.ok()) return segment.status();
-              const std::string name = (*segment)->name();
-              int shm = shm_open(name.c_str(), O_RDWR, 0);
-              void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                             MAP_SHARED | MAP_POPULATE, shm, 0);
-              close(shm);
-              if (m == MAP_FAILED) return absl::InternalError("mmap");
-              *p = static_cast<uint8_t*>(m);
-              std::shared_ptr<SharedMemorySegment> held(std::move(*segment));
-              *release = [held, m, size]() mutable {
-                munmap(m, size);
-                held.reset();
-              };
-              return absl::OkStatus();
-            });
-  auto segment_in = [&](std::shared_ptr<SharedMemoryInstance> instance) {
-    return [instance, size](uint8_t** p, std::function<void()>* release) {
-      auto segment = instance->CreateSegment(size, "weightd", true);
-      if (!segment.ok()) return segment.status();
-      *p = (*segment)->data();
-      std::shared_ptr<SharedMemorySegment> held(std::move(*segment));
-      *release = [held]() mutable { held.reset(); };
-      return absl::OkStatus();
-    };
-  };
   auto default_instance = SharedMemoryInstance::Default();
-  if (default_instance.ok()) {
-    const HugePagePolicy& policy = (*default_instance)->huge_pages();
-    fresh_row(
-        absl::StrCat("segment /dev/shm (",
-                     policy.segments == HugePageMode::kNever ? "4 KiB pages"
-                                                             : "huge pages",
-                     "), parallel prefault + memset"),
-        segment_in(*default_instance));
-  }
-  for (auto [dir, label] :
-       {std::pair<std::string, const char*>{mounts.never, "huge=never"},
-        {mounts.advise, "huge=advise, MADV_HUGEPAGE"}}) {
-    if (dir.empty()) {
-      rows.push_back({"fresh", absl::StrCat("segment tmpfs ", label), NAN, 0,
-                      NAN, mounts.why_not});
-      continue;
-    }
-    SharedMemoryInstance::Options options;
-    options.directory = dir;
-    auto instance = SharedMemoryInstance::Create(options);
-    if (!instance.ok()) continue;
-    fresh_row(
-        absl::StrCat("segment tmpfs ", label, ", parallel prefault + memset"),
-        segment_in(*instance));
-  }
-
-  // ---- casts: float32 source, same pool and chunks as placement ----
-  const size_t elements = size / 4;
-  std::vector<float> source(elements);
-  for (size_t i = 0; i < elements; ++i) {
-    source[i] = std::sin(static_cast<float>(i)) * 3.0f;
-  }
-  const uint8_t* src = reinterpret_cast<const uint8_t*>(source.data());
-  std::vector<uint8_t> warm_copy(size, 0), warm_cast(size / 2, 0);
-  const size_t tasks = (elements + kElementsPerTask - 1) / kElementsPerTask;
-  auto parallel = [&](const std::function<void(size_t, size_t)>& work) {
-    return (*pool)
-        ->ParallelFor(tasks,
-                      [&](size_t task) {
-                        const size_t begin = task * kElementsPerTask;
-                        work(begin,
-                             std::min(kElementsPerTask, elements - begin));
-                        return absl::OkStatus();
-                      })
-        .ok();
-  };
-  auto copy = [&](uint8_t* dst) {
-    return parallel([&](size_t begin, size_t n) {
-      std::memcpy(dst + 4 * begin, src + 4 * begin, 4 * n);
-    });
-  };
-  auto cast = [&](uint8_t* dst, CastIsa isa, bool half) {
-    return parallel([&](size_t begin, size_t n) {
-      if (half) {
-        Float32ToFloat16(src + 4 * begin, n, dst + 2 * begin, isa);
-      } else {
-        Float32ToBFloat16(src + 4 * begin, n, dst + 2 * begin, isa);
-      }
-    });
-  };
-  auto timed = [&](const std::function<bool()>& op) {
-    double start = Now();
-    return op() ? Now() - start : -1.0;
-  };
-  error.clear();
-  Row copy_warm{
-      "cast", "memcpy, warm destination (baseline)",
-      Measure(
+  if (run("fresh")) {
+    // ---- fresh memory: allocate, then write every byte once ----
+    auto fill = [&](uint8_t* p) { std::memset(p, 1, size); };
+    error.clear();
+    Row anon_row{"fresh", "anonymous mmap, first touch by memset (baseline)",
+                 Measure(
+                     repeats, nullptr,
+                     [&] {
+                       double start = Now();
+                       void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                       if (p == MAP_FAILED) return -1.0;
+                       fill(static_cast<uint8_t*>(p));
+                       double t = Now() - start;
+                       munmap(p, size);
+                       return t;
+                     },
+                     &error),
+                 size};
+    rows.push_back(anon_row);
+    auto fresh_row = [&](const std::string& name,
+                         const std::function<absl::Status(
+                             uint8_t**, std::function<void()>*)>& make) {
+      std::string err;
+      double t = Measure(
           repeats, nullptr,
-          [&] { return timed([&] { return copy(warm_copy.data()); }); },
-          &error),
-      size};
-  rows.push_back(copy_warm);
-  const CastIsa isa = BestCastIsa();
-  struct CastCase {
-    const char* name;
-    CastIsa isa;
-    bool half;
-  };
-  double cast_ratio = NAN;
-  for (CastCase c :
-       {CastCase{"float32 -> bfloat16", isa, false},
-        CastCase{"float32 -> float16", isa, true},
-        CastCase{"float32 -> bfloat16", CastIsa::kScalar, false}}) {
-    if (c.isa == CastIsa::kScalar && isa == CastIsa::kScalar &&
-        c.half == false && !std::isnan(cast_ratio)) {
-      continue;  // the first row was already scalar
+          [&] {
+            double start = Now();
+            uint8_t* p = nullptr;
+            std::function<void()> release;
+            absl::Status s = make(&p, &release);
+            if (!s.ok()) {
+              err = s.ToString();
+              return -1.0;
+            }
+            fill(p);
+            double elapsed = Now() - start;
+            release();
+            return elapsed;
+          },
+          &err);
+      rows.push_back({"fresh", name, t, size, anon_row.seconds / t, err});
+    };
+    fresh_row("host memory (MADV_HUGEPAGE, parallel prefault) + memset",
+              [&](uint8_t** p, std::function<void()>* release) {
+                auto buffer = AllocateHostMemory(size);
+                if (!buffer.ok()) return buffer.status();
+                *p = (*buffer)->data();
+                std::shared_ptr<PinnedBuffer> held(std::move(*buffer));
+                *release = [held]() mutable { held.reset(); };
+                return absl::OkStatus();
+              });
+    // What the daemon did before: fallocate, then MAP_POPULATE on one thread.
+    fresh_row("segment /dev/shm, fallocate + MAP_POPULATE (old) + memset",
+              [&](uint8_t** p, std::function<void()>* release) {
+                auto segment =
+                    SharedMemorySegment::Create(size, "weightd", false);
+                if (!segment.ok()) return segment.status();
+                const std::string name = (*segment)->name();
+                int shm = shm_open(name.c_str(), O_RDWR, 0);
+                void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                               MAP_SHARED | MAP_POPULATE, shm, 0);
+                close(shm);
+                if (m == MAP_FAILED) return absl::InternalError("mmap");
+                *p = static_cast<uint8_t*>(m);
+                std::shared_ptr<SharedMemorySegment> held(std::move(*segment));
+                *release = [held, m, size]() mutable {
+                  munmap(m, size);
+                  held.reset();
+                };
+                return absl::OkStatus();
+              });
+    auto segment_in = [&](std::shared_ptr<SharedMemoryInstance> instance) {
+      return [instance, size](uint8_t** p, std::function<void()>* release) {
+        auto segment = instance->CreateSegment(size, "weightd", true);
+        if (!segment.ok()) return segment.status();
+        *p = (*segment)->data();
+        std::shared_ptr<SharedMemorySegment> held(std::move(*segment));
+        *release = [held]() mutable { held.reset(); };
+        return absl::OkStatus();
+      };
+    };
+    if (default_instance.ok()) {
+      const HugePagePolicy& policy = (*default_instance)->huge_pages();
+      fresh_row(
+          absl::StrCat("segment /dev/shm (",
+                       policy.segments == HugePageMode::kNever ? "4 KiB pages"
+                                                               : "huge pages",
+                       "), parallel prefault + memset"),
+          segment_in(*default_instance));
     }
+    for (auto [dir, label] :
+         {std::pair<std::string, const char*>{mounts.never, "huge=never"},
+          {mounts.advise, "huge=advise, MADV_HUGEPAGE"}}) {
+      if (dir.empty()) {
+        rows.push_back({"fresh", absl::StrCat("segment tmpfs ", label), NAN, 0,
+                        NAN, mounts.why_not});
+        continue;
+      }
+      SharedMemoryInstance::Options options;
+      options.directory = dir;
+      auto instance = SharedMemoryInstance::Create(options);
+      if (!instance.ok()) continue;
+      fresh_row(
+          absl::StrCat("segment tmpfs ", label, ", parallel prefault + memset"),
+          segment_in(*instance));
+    }
+  }
+  double cast_ratio = NAN;
+  if (run("cast")) {
+    // ---- casts: float32 source, same pool and chunks as placement ----
+    const size_t elements = size / 4;
+    std::vector<float> source(elements);
+    for (size_t i = 0; i < elements; ++i) {
+      source[i] = std::sin(static_cast<float>(i)) * 3.0f;
+    }
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(source.data());
+    std::vector<uint8_t> warm_copy(size, 0), warm_cast(size / 2, 0);
+    const size_t tasks = (elements + kElementsPerTask - 1) / kElementsPerTask;
+    auto parallel = [&](const std::function<void(size_t, size_t)>& work) {
+      return (*pool)
+          ->ParallelFor(tasks,
+                        [&](size_t task) {
+                          const size_t begin = task * kElementsPerTask;
+                          work(begin,
+                               std::min(kElementsPerTask, elements - begin));
+                          return absl::OkStatus();
+                        })
+          .ok();
+    };
+    auto copy = [&](uint8_t* dst) {
+      return parallel([&](size_t begin, size_t n) {
+        std::memcpy(dst + 4 * begin, src + 4 * begin, 4 * n);
+      });
+    };
+    auto cast = [&](uint8_t* dst, CastIsa isa, bool half) {
+      return parallel([&](size_t begin, size_t n) {
+        if (half) {
+          Float32ToFloat16(src + 4 * begin, n, dst + 2 * begin, isa);
+        } else {
+          Float32ToBFloat16(src + 4 * begin, n, dst + 2 * begin, isa);
+        }
+      });
+    };
+    auto timed = [&](const std::function<bool()>& op) {
+      double start = Now();
+      return op() ? Now() - start : -1.0;
+    };
+    error.clear();
+    Row copy_warm{
+        "cast", "memcpy, warm destination (baseline)",
+        Measure(
+            repeats, nullptr,
+            [&] { return timed([&] { return copy(warm_copy.data()); }); },
+            &error),
+        size};
+    rows.push_back(copy_warm);
+    rows.push_back({"cast", "memcpy one thread, warm destination",
+                    Measure(
+                        repeats, nullptr,
+                        [&] {
+                          return timed([&] {
+                            std::memcpy(warm_copy.data(), src, size);
+                            return true;
+                          });
+                        },
+                        &error),
+                    size, NAN});
+    const CastIsa isa = BestCastIsa();
+    struct CastCase {
+      const char* name;
+      CastIsa isa;
+      bool half;
+    };
+    for (CastCase c :
+         {CastCase{"float32 -> bfloat16", isa, false},
+          CastCase{"float32 -> float16", isa, true},
+          CastCase{"float32 -> bfloat16", CastIsa::kScalar, false}}) {
+      if (c.isa == CastIsa::kScalar && isa == CastIsa::kScalar &&
+          c.half == false && !std::isnan(cast_ratio)) {
+        continue;  // the first row was already scalar
+      }
+      double t = Measure(
+          repeats, nullptr,
+          [&] {
+            return timed([&] { return cast(warm_cast.data(), c.isa, c.half); });
+          },
+          &error);
+      Row row{
+          "cast",
+          absl::StrCat(c.name, " (", CastIsaName(c.isa), "), warm destination"),
+          t, size, copy_warm.seconds / t};
+      if (std::isnan(cast_ratio)) cast_ratio = row.ratio;
+      rows.push_back(row);
+    }
+    // Fresh: the daemon's segment (parallel prefault) made inside the timing.
+    auto fresh_segment_op = [&](uint64_t bytes,
+                                const std::function<bool(uint8_t*)>& op) {
+      return timed([&] {
+        auto segment = SharedMemorySegment::Create(bytes, "weightd", true);
+        return segment.ok() && op((*segment)->data());
+      });
+    };
+    Row copy_fresh{"cast", "memcpy, fresh segment (baseline of the row below)",
+                   Measure(
+                       repeats, nullptr,
+                       [&] { return fresh_segment_op(size, copy); }, &error),
+                   size};
+    rows.push_back(copy_fresh);
     double t = Measure(
         repeats, nullptr,
         [&] {
-          return timed([&] { return cast(warm_cast.data(), c.isa, c.half); });
+          return fresh_segment_op(
+              size / 2, [&](uint8_t* dst) { return cast(dst, isa, false); });
         },
         &error);
-    Row row{
-        "cast",
-        absl::StrCat(c.name, " (", CastIsaName(c.isa), "), warm destination"),
-        t, size, copy_warm.seconds / t};
-    if (std::isnan(cast_ratio)) cast_ratio = row.ratio;
-    rows.push_back(row);
+    rows.push_back({"cast",
+                    absl::StrCat("float32 -> bfloat16 (", CastIsaName(isa),
+                                 "), fresh segment"),
+                    t, size, copy_fresh.seconds / t});
+    source = std::vector<float>();
+    warm_copy = std::vector<uint8_t>();
+    warm_cast = std::vector<uint8_t>();
   }
-  // Fresh: the daemon's segment (parallel prefault) made inside the timing.
-  auto fresh_segment_op = [&](uint64_t bytes,
-                              const std::function<bool(uint8_t*)>& op) {
-    return timed([&] {
-      auto segment = SharedMemorySegment::Create(bytes, "weightd", true);
-      return segment.ok() && op((*segment)->data());
-    });
-  };
-  Row copy_fresh{"cast", "memcpy, fresh segment (baseline of the row below)",
-                 Measure(
-                     repeats, nullptr,
-                     [&] { return fresh_segment_op(size, copy); }, &error),
-                 size};
-  rows.push_back(copy_fresh);
-  double t = Measure(
-      repeats, nullptr,
-      [&] {
-        return fresh_segment_op(
-            size / 2, [&](uint8_t* dst) { return cast(dst, isa, false); });
-      },
-      &error);
-  rows.push_back({"cast",
-                  absl::StrCat("float32 -> bfloat16 (", CastIsaName(isa),
-                               "), fresh segment"),
-                  t, size, copy_fresh.seconds / t});
-  source = std::vector<float>();
-  warm_copy = std::vector<uint8_t>();
-  warm_cast = std::vector<uint8_t>();
 
   // ---- warm attach (Python) ----
   const std::string counts = absl::GetFlag(FLAGS_attach_counts);
@@ -663,8 +685,9 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
   const std::string script = Runfile(argv0, "tests/bench/attach_bench.py");
   const std::string harness = Runfile(argv0, "tests/hardening/harness.py");
   const std::string package = Runfile(argv0, "client/python/weightd/client.py");
-  if (!counts.empty() && (weightd.empty() || script.empty() ||
-                          harness.empty() || package.empty())) {
+  if (!run("attach")) {
+  } else if (!counts.empty() && (weightd.empty() || script.empty() ||
+                                 harness.empty() || package.empty())) {
     rows.push_back({"attach", "skipped", NAN, 0, NAN,
                     "run through bazel run (needs the daemon and client)"});
   } else if (!counts.empty()) {
@@ -704,7 +727,8 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
 
   std::printf(
       "\nread_bench: %s, %.0f MiB, median of %d, %d CPUs, casts %s\n%s\n",
-      path.c_str(), size / 1048576.0, repeats, cores, CastIsaName(isa),
+      path.c_str(), size / 1048576.0, repeats, cores,
+      CastIsaName(BestCastIsa()),
       default_instance.ok()
           ? (*default_instance)->huge_pages().Describe().c_str()
           : "");
