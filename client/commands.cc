@@ -391,6 +391,8 @@ int Info(const std::string& address, const std::vector<std::string>& args,
                 ? std::string("per device")
                 : std::to_string(info->io_request_bytes() >> 10) + " KiB");
   }
+  if (!info->huge_pages().empty())
+    out << "\nhuge pages: " << info->huge_pages();
   out << "\nmodel roots: " << absl::StrJoin(info->model_roots(), ", ") << "\n";
   out << "host budget: "
       << (info->host_budget_bytes() ? HumanBytes(info->host_budget_bytes())

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "loader/common/logging.h"
+#include "loader/device/shared_memory.h"
 #include "server/proto_mapping.h"
 #include "server/request_validation.h"
 
@@ -671,6 +672,7 @@ grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
   response->set_direct_io(info.direct_io);
   response->set_io_queue_depth(info.io_queue_depth);
   response->set_io_request_bytes(info.io_request_bytes);
+  response->set_huge_pages(DescribeDefaultHugePages());
   response->set_host_budget_bytes(info.host_budget_bytes);
   response->set_gpu_budget_bytes(info.gpu_budget_bytes);
   for (const std::string& root : info.model_roots)

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "loader/cache/cast_kernels.h"
 
 namespace weightd {
 namespace {
@@ -40,36 +41,13 @@ float HalfToFloat(uint16_t half) {
 uint16_t FloatToHalf(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, 4);
-  uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
-  uint32_t abs = bits & 0x7fffffff;
-  if (abs >= 0x7f800000u) {  // inf or nan
-    return sign | 0x7c00 | (abs > 0x7f800000u ? 0x200 : 0);
-  }
-  if (abs >= 0x477ff000u)
-    return sign | 0x7c00;   // rounds past the largest half: inf
-  if (abs < 0x38800000u) {  // below the smallest normal half
-    // Subnormal: value / 2^-24, rounded to nearest even.
-    float magnitude;
-    std::memcpy(&magnitude, &abs, 4);
-    float scaled = magnitude * 16777216.0f;  // 2^24
-    return sign | static_cast<uint16_t>(std::nearbyint(scaled));
-  }
-  uint32_t exponent = (abs >> 23) - 127 + 15;
-  uint32_t mantissa = abs & 0x7fffff;
-  uint32_t half = exponent << 10 | mantissa >> 13;
-  uint32_t rest = mantissa & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (half & 1)))
-    ++half;  // carries into the exponent
-  return sign | static_cast<uint16_t>(half);
+  return FloatBitsToHalf(bits);
 }
 
 uint16_t FloatToBFloat16(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, 4);
-  if ((bits & 0x7fffffff) > 0x7f800000u)
-    return static_cast<uint16_t>((bits >> 16) | 0x40);
-  uint32_t rounding = 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>((bits + rounding) >> 16);
+  return FloatBitsToBFloat16(bits);
 }
 
 float BFloat16ToFloat(uint16_t value) {
@@ -121,9 +99,7 @@ size_t SwapUnit(DType dtype) {
 }
 
 void SwapBytesInPlace(uint8_t* data, size_t size, size_t unit) {
-  if (unit <= 1) return;
-  for (size_t i = 0; i + unit <= size; i += unit)
-    std::reverse(data + i, data + i + unit);
+  SwapBytesCopy(data, data, size, unit);
 }
 
 bool IsCastableFloat(DType dtype) {
@@ -133,16 +109,23 @@ bool IsCastableFloat(DType dtype) {
 
 namespace {
 
-// Tight loops for the little-endian float32 sources that dominate casts on
-// load.
-template <typename Narrow>
-void CastFloat32Loop(const uint8_t* src, size_t count, uint8_t* dst,
-                     Narrow narrow) {
-  for (size_t i = 0; i < count; ++i) {
-    float value;
-    std::memcpy(&value, src + 4 * i, 4);
-    uint16_t out = narrow(value);
-    std::memcpy(dst + 2 * i, &out, 2);
+// Big-endian float32 is swapped into a block this big on the stack, then
+// narrowed by the same kernels.
+constexpr size_t kSwapBlockElements = 2048;
+
+void NarrowFloat32(const uint8_t* src, ByteOrder order, size_t count,
+                   uint8_t* dst, DType to) {
+  auto narrow = to == DType::kBFloat16 ? Float32ToBFloat16 : Float32ToFloat16;
+  if (order == ByteOrder::kLittle) {
+    narrow(src, count, dst, BestCastIsa());
+    return;
+  }
+  alignas(32) uint8_t block[kSwapBlockElements * 4];
+  for (size_t done = 0; done < count;) {
+    const size_t n = std::min(kSwapBlockElements, count - done);
+    SwapBytesCopy(src + 4 * done, block, 4 * n, 4);
+    narrow(block, n, dst + 2 * done, BestCastIsa());
+    done += n;
   }
 }
 
@@ -156,24 +139,19 @@ absl::Status CastElements(const uint8_t* src, DType from, ByteOrder order,
   }
   const size_t in_size = DTypeSize(from);
   const size_t out_size = DTypeSize(to);
-  if (from == DType::kFloat32 && order == ByteOrder::kLittle) {
-    if (to == DType::kBFloat16) {
-      CastFloat32Loop(src, count, dst, FloatToBFloat16);
-      return absl::OkStatus();
-    }
-    if (to == DType::kFloat16) {
-      CastFloat32Loop(src, count, dst, FloatToHalf);
-      return absl::OkStatus();
-    }
+  if (from == DType::kFloat32 &&
+      (to == DType::kBFloat16 || to == DType::kFloat16)) {
+    NarrowFloat32(src, order, count, dst, to);
+    return absl::OkStatus();
+  }
+  if (from == to) {
+    SwapBytesCopy(src, dst, count * in_size,
+                  order == ByteOrder::kBig ? SwapUnit(from) : 1);
+    return absl::OkStatus();
   }
   for (size_t i = 0; i < count; ++i) {
     const uint8_t* in = src + i * in_size;
     uint8_t* out = dst + i * out_size;
-    if (from == to) {
-      std::memcpy(out, in, in_size);
-      if (order == ByteOrder::kBig) std::reverse(out, out + in_size);
-      continue;
-    }
     float value = static_cast<float>(ReadAsDouble(in, from, order));
     uint16_t narrow;
     switch (to) {
@@ -220,10 +198,10 @@ absl::Status ConvertStorageElements(const StorageInfo& storage,
     return CastElements(in, storage.dtype, storage.byte_order, count, out,
                         placed);
   }
-  std::memcpy(out, in, count * in_size);
-  if (storage.byte_order == ByteOrder::kBig) {
-    SwapBytesInPlace(out, count * in_size, SwapUnit(storage.dtype));
-  }
+  // One pass: the swap is the copy.
+  SwapBytesCopy(
+      in, out, count * in_size,
+      storage.byte_order == ByteOrder::kBig ? SwapUnit(storage.dtype) : 1);
   return absl::OkStatus();
 }
 

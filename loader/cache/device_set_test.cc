@@ -1,6 +1,8 @@
 #include "loader/cache/device_set.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,6 +62,52 @@ TEST(DeviceSetTest, StartReclaimsWhatAKilledDaemonLeftInDevShm) {
     EXPECT_EQ(segment->name.rfind(prefix, 0), 0u) << segment->name;
     std::memset(segment->data, 1, 8192);
   }
+}
+
+long MinorFaults() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
+
+// The staging ring is the daemon's, not the load's: a GPU's pipeline (and its
+// pinned buffers) is made by the first load and reused by every later one.
+// Seen in page faults: fresh buffers fault in every page, reused ones none.
+TEST(DeviceSetTest, LoadsOntoOneGpuReuseItsStagingBuffers) {
+  DeviceSet::Options options;
+  options.fake_gpus = 1;
+  options.io_backend = "pread";
+  options.staging_chunk_bytes = 1 << 20;
+  options.staging_buffers = 4;
+  auto devices = DeviceSet::Create(options);
+  ASSERT_TRUE(devices.ok()) << devices.status();
+  char path[] = "/tmp/weightd-device-set-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  unlink(path);
+  std::vector<uint8_t> bytes(64 << 10, 7);
+  ASSERT_EQ(write(fd, bytes.data(), bytes.size()),
+            static_cast<ssize_t>(bytes.size()));
+  const std::vector<CopyRange> ranges = {
+      CopyRange::FromFile(0, bytes.size(), 0)};
+  std::vector<long> faults;
+  std::vector<FilledArena> arenas;
+  for (int load = 0; load < 3; ++load) {
+    const long before = MinorFaults();
+    auto arena = (*devices)->FillGpuArena(0, fd, path, bytes.size(), ranges,
+                                          nullptr, nullptr);
+    ASSERT_TRUE(arena.ok()) << arena.status();
+    faults.push_back(MinorFaults() - before);
+    arenas.push_back(std::move(*arena));
+  }
+  close(fd);
+  // 4 MiB of staging is 1,024 pages: the first load faults them in, the
+  // others (same arena size, same everything else) do not.
+  const long staging_pages = (4 << 20) / 4096;
+  EXPECT_GE(faults[0] - faults[1], staging_pages * 3 / 4)
+      << faults[0] << " " << faults[1];
+  EXPECT_GE(faults[0] - faults[2], staging_pages * 3 / 4)
+      << faults[0] << " " << faults[2];
 }
 
 }  // namespace

@@ -244,8 +244,10 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> FakeDevice::Allocate(
     state_->allocated_bytes += bytes;  // reserved; undone below on failure
     ++state_->live_arenas;
   }
-  auto segment =
-      SharedMemorySegment::Create(bytes, absl::StrCat("weightd-fake", index_));
+  // Prefaulted in parallel (on huge pages where /dev/shm has them): the
+  // stream workers' copies then run at memory speed, not page-fault speed.
+  auto segment = SharedMemorySegment::Create(
+      bytes, absl::StrCat("weightd-fake", index_), /*populate=*/true);
   if (!segment.ok()) {
     MutexLock lock(&state_->mu);
     state_->allocated_bytes -= bytes;
@@ -261,7 +263,7 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> FakeDevice::Allocate(
 
 absl::StatusOr<std::unique_ptr<PinnedBuffer>> FakeDevice::AllocatePinned(
     uint64_t bytes) {
-  return AllocateAlignedHostBuffer(bytes);
+  return AllocateHostMemory(bytes);
 }
 
 absl::Status FakeDevice::CopyToDeviceAsync(DeviceArena* arena, uint64_t offset,

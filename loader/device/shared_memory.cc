@@ -9,12 +9,16 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,6 +28,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "loader/common/mutex.h"
 #include "loader/io/mapped_file.h"
@@ -188,12 +193,261 @@ bool SameFile(const struct stat& a, const struct stat& b) {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+constexpr char kThpDirectory[] = "/sys/kernel/mm/transparent_hugepage";
+constexpr uint64_t kHugePageBytes = 2ull << 20;
+// Below this a prefault stays on the caller's thread: a thread costs more.
+constexpr uint64_t kMinBytesPerPrefaultThread = 32ull << 20;
+constexpr int kMaxPrefaultThreads = 8;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return "";
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+HugePageMode ModeOf(absl::string_view choice) {
+  if (choice == "always" || choice == "within_size" || choice == "force") {
+    return HugePageMode::kAlways;
+  }
+  if (choice == "advise" || choice == "madvise") return HugePageMode::kAdvise;
+  return HugePageMode::kNever;
+}
+
+const char* ModeDescription(HugePageMode mode) {
+  switch (mode) {
+    case HugePageMode::kAlways:
+      return "huge pages";
+    case HugePageMode::kAdvise:
+      return "huge pages (MADV_HUGEPAGE)";
+    default:
+      return "4 KiB pages";
+  }
+}
+
+// Touches one byte per page; for kernels without MADV_POPULATE_WRITE, and
+// only over space already reserved (a hole would SIGBUS).
+void TouchPages(uint8_t* data, uint64_t size) {
+  const long page = sysconf(_SC_PAGESIZE);
+  const uint64_t step = page > 0 ? static_cast<uint64_t>(page) : 4096;
+  for (uint64_t off = 0; off < size; off += step) {
+    // Fresh memory is zero: writing a zero keeps it so.
+    reinterpret_cast<volatile uint8_t*>(data)[off] = 0;
+  }
+}
+
+// Runs `fault(begin, length)` over [data, data + size) on several threads,
+// slices split at 2 MiB-aligned addresses; returns the first errno any slice
+// reported, or 0.
+template <typename Fault>
+int SplitOverThreads(uint8_t* data, uint64_t size, Fault fault) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t by_size =
+      std::max<uint64_t>(1, size / kMinBytesPerPrefaultThread);
+  const int threads = static_cast<int>(std::min<uint64_t>(
+      {by_size, cores, static_cast<uint64_t>(kMaxPrefaultThreads)}));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t end = start + size;
+  uintptr_t slice = (size + threads - 1) / threads;
+  slice = (slice + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  std::vector<uintptr_t> cuts = {start};
+  for (uintptr_t cut = (start / kHugePageBytes) * kHugePageBytes + slice;
+       cut < end; cut += slice) {
+    if (cut > start) cuts.push_back(cut);
+  }
+  cuts.push_back(end);
+  std::vector<int> errors(cuts.size() - 1, 0);
+  std::vector<std::thread> helpers;
+  for (size_t i = 1; i + 1 < cuts.size(); ++i) {
+    helpers.emplace_back([&, i] {
+      errors[i] =
+          fault(reinterpret_cast<uint8_t*>(cuts[i]), cuts[i + 1] - cuts[i]);
+    });
+  }
+  errors[0] = fault(data, cuts[1] - cuts[0]);
+  for (std::thread& t : helpers) t.join();
+  for (int err : errors) {
+    if (err != 0) return err;
+  }
+  return 0;
+}
+
 struct DefaultInstance {
   Mutex mu;
   std::weak_ptr<SharedMemoryInstance> instance ABSL_GUARDED_BY(mu);
 };
 
 }  // namespace
+
+std::string HugePagePolicy::Describe() const {
+  return absl::StrCat("shared memory: ", ModeDescription(segments), " (",
+                      segments_reason,
+                      "); anonymous: ", ModeDescription(anonymous), " (",
+                      anonymous_reason, ")");
+}
+
+std::string SelectedSysfsChoice(absl::string_view text) {
+  const size_t open = text.find('[');
+  const size_t close = text.find(']', open);
+  if (open == absl::string_view::npos || close == absl::string_view::npos) {
+    return "";
+  }
+  return std::string(text.substr(open + 1, close - open - 1));
+}
+
+std::string MountHugeOption(absl::string_view mountinfo, dev_t dev) {
+  const std::string device = absl::StrCat(major(dev), ":", minor(dev));
+  for (absl::string_view line : absl::StrSplit(mountinfo, '\n')) {
+    // id parent major:minor root mount-point options ... - type source super
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (fields.size() < 3 || fields[2] != device) continue;
+    const size_t dash = line.find(" - ");
+    if (dash == absl::string_view::npos) continue;
+    std::vector<absl::string_view> tail =
+        absl::StrSplit(line.substr(dash + 3), ' ', absl::SkipEmpty());
+    if (tail.size() < 3) continue;
+    for (absl::string_view option : absl::StrSplit(tail[2], ',')) {
+      if (absl::ConsumePrefix(&option, "huge=")) return std::string(option);
+    }
+    return "never";
+  }
+  return "";
+}
+
+HugePagePolicy ReadHugePagePolicy(int directory_fd,
+                                  const std::string& directory) {
+  HugePagePolicy policy;
+  const std::string thp = kThpDirectory;
+  const std::string anon = SelectedSysfsChoice(ReadSmallFile(thp + "/enabled"));
+  const std::string shmem =
+      SelectedSysfsChoice(ReadSmallFile(thp + "/shmem_enabled"));
+  if (anon.empty()) {
+    policy.anonymous_reason = absl::StrCat("no ", thp, "/enabled");
+  } else {
+    policy.anonymous = ModeOf(anon);
+    policy.anonymous_reason =
+        absl::StrCat("transparent_hugepage/enabled ", anon);
+  }
+  struct stat st;
+  std::string mount;
+  if (fstat(directory_fd, &st) == 0) {
+    mount = MountHugeOption(ReadSmallFile("/proc/self/mountinfo"), st.st_dev);
+  }
+  const std::string mounted =
+      mount.empty() ? absl::StrCat(directory, " not found in the mount table")
+                    : absl::StrCat(directory, " mounted huge=", mount);
+  if (shmem.empty()) {
+    policy.segments_reason =
+        absl::StrCat(mounted, "; no ", thp, "/shmem_enabled");
+    return policy;
+  }
+  // force and deny apply to every tmpfs; the other choices only to the
+  // kernel's internal one (memfd, SysV), so the mount decides.
+  policy.segments = shmem == "force"  ? HugePageMode::kAlways
+                    : shmem == "deny" ? HugePageMode::kNever
+                                      : ModeOf(mount);
+  policy.segments_reason = absl::StrCat(mounted, ", shmem_enabled ", shmem);
+  return policy;
+}
+
+std::string DescribeDefaultHugePages() {
+  absl::StatusOr<std::shared_ptr<SharedMemoryInstance>> instance =
+      SharedMemoryInstance::Default();
+  if (!instance.ok()) {
+    return absl::StrCat("shared memory unavailable: ",
+                        instance.status().message());
+  }
+  return (*instance)->huge_pages().Describe();
+}
+
+int PrefaultForWrite(uint8_t* data, uint64_t size) {
+  if (size == 0) return 0;
+  return SplitOverThreads(data, size, [](uint8_t* begin, uint64_t length) {
+    // madvise wants whole pages: the ones the slice touches.
+    const uintptr_t page = 4096;
+    const uintptr_t first = reinterpret_cast<uintptr_t>(begin) & ~(page - 1);
+    const uintptr_t last =
+        (reinterpret_cast<uintptr_t>(begin) + length + page - 1) & ~(page - 1);
+    for (;;) {
+      if (madvise(reinterpret_cast<void*>(first), last - first,
+                  MADV_POPULATE_WRITE) == 0) {
+        return 0;
+      }
+      // EINTR: a signal arrived; the pages done stay done.
+      if (errno != EINTR) return errno;
+    }
+  });
+}
+
+namespace {
+
+class AnonymousHostBuffer : public PinnedBuffer {
+ public:
+  AnonymousHostBuffer(uint8_t* data, uint64_t size, uint64_t mapped)
+      : data_(data), size_(size), mapped_(mapped) {}
+  ~AnonymousHostBuffer() override { munmap(data_, mapped_); }
+  uint8_t* data() const override { return data_; }
+  uint64_t size() const override { return size_; }
+
+ private:
+  uint8_t* const data_;
+  const uint64_t size_;
+  const uint64_t mapped_;
+};
+
+HugePageMode AnonymousHugePages() {
+  static const HugePageMode mode = ModeOf(SelectedSysfsChoice(
+      ReadSmallFile(absl::StrCat(kThpDirectory, "/enabled"))));
+  return mode;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PinnedBuffer>> AllocateHostMemory(
+    uint64_t bytes) {
+  const uint64_t page = 4096;
+  if (bytes > (uint64_t{1} << 47)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  const uint64_t mapped = std::max(page, (bytes + page - 1) / page * page);
+  void* p = mmap(nullptr, static_cast<size_t>(mapped), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes,
+                     " bytes of host memory: ", std::strerror(err)));
+  }
+  uint8_t* data = static_cast<uint8_t*>(p);
+  if (AnonymousHugePages() == HugePageMode::kAdvise) {
+    (void)madvise(data, static_cast<size_t>(mapped), MADV_HUGEPAGE);
+  }
+  // Anonymous memory has no space to run out of but RAM (ENOMEM: the
+  // mapping above already counted against overcommit).
+  int err = PrefaultForWrite(data, mapped);
+  if (err == EINVAL) {
+    SplitOverThreads(data, mapped, [](uint8_t* begin, uint64_t length) {
+      TouchPages(begin, length);
+      return 0;
+    });
+    err = 0;
+  }
+  if (err != 0) {
+    munmap(data, static_cast<size_t>(mapped));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot fault in ", bytes,
+                     " bytes of host memory: ", std::strerror(err)));
+  }
+  return std::unique_ptr<PinnedBuffer>(
+      new AnonymousHostBuffer(data, bytes, mapped));
+}
 
 absl::StatusOr<std::unique_ptr<SharedMemorySegment>>
 SharedMemorySegment::Create(uint64_t size, absl::string_view prefix,
@@ -211,11 +465,13 @@ SharedMemorySegment::~SharedMemorySegment() {
 
 SharedMemoryInstance::SharedMemoryInstance(std::string directory,
                                            int directory_fd, int lock_fd,
-                                           std::string id)
+                                           std::string id,
+                                           HugePagePolicy huge_pages)
     : directory_(std::move(directory)),
       directory_fd_(directory_fd),
       lock_fd_(lock_fd),
-      id_(std::move(id)) {}
+      id_(std::move(id)),
+      huge_pages_(std::move(huge_pages)) {}
 
 SharedMemoryInstance::~SharedMemoryInstance() {
   // Unlinked while still locked: a reclaimer never sees our lock file free.
@@ -271,8 +527,11 @@ SharedMemoryInstance::Create(const Options& options) {
       continue;
     }
     (void)fchmod(lock.get(), 0600);  // exact mode whatever the umask
-    return std::shared_ptr<SharedMemoryInstance>(new SharedMemoryInstance(
-        options.directory, directory.Release(), lock.Release(), *id));
+    HugePagePolicy huge_pages =
+        ReadHugePagePolicy(directory.get(), options.directory);
+    return std::shared_ptr<SharedMemoryInstance>(
+        new SharedMemoryInstance(options.directory, directory.Release(),
+                                 lock.Release(), *id, std::move(huge_pages)));
   }
   return absl::UnavailableError(
       absl::StrCat("could not take a weightd lock file in ", options.directory,
@@ -330,23 +589,49 @@ SharedMemoryInstance::CreateSegment(uint64_t size, absl::string_view prefix,
   segment->instance_ = shared_from_this();
   segment->name_ = absl::StrCat("/", file_name);
   (void)fchmod(fd.get(), 0640);  // exact mode whatever the umask
-  if (int err = ReserveSpace(fd.get(), size); err != 0) {
-    segment.reset();  // unlinks the name
+  // Where huge pages need MADV_HUGEPAGE, the pages must be allocated by
+  // faults of the advised mapping: fallocate would allocate small ones.
+  const bool reserve_by_fault =
+      populate && size > 0 && huge_pages_.segments == HugePageMode::kAdvise;
+  auto fail = [&](int err) {
+    segment.reset();  // unmaps, unlinks the name
     (void)ftruncate(fd.get(), 0);
     return ReserveError(err, fd.get(), path, directory_, size);
+  };
+  if (!reserve_by_fault) {
+    if (int err = ReserveSpace(fd.get(), size); err != 0) return fail(err);
+  } else if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    return fail(errno);
   }
-  if (size > 0) {
-    int flags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
-    void* p = mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE,
-                   flags, fd.get(), 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      return absl::ErrnoToStatus(err,
-                                 absl::StrCat("mmap(", path, ", ", size, ")"));
+  if (size == 0) return segment;
+  void* p = mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE,
+                 MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    segment.reset();
+    return absl::ErrnoToStatus(err,
+                               absl::StrCat("mmap(", path, ", ", size, ")"));
+  }
+  segment->data_ = static_cast<uint8_t*>(p);
+  segment->size_ = size;
+  if (huge_pages_.segments == HugePageMode::kAdvise) {
+    (void)madvise(p, static_cast<size_t>(size), MADV_HUGEPAGE);
+  }
+  if (!populate) return segment;
+  int err = PrefaultForWrite(segment->data_, size);
+  if (err == EINVAL) {
+    // No MADV_POPULATE_WRITE: reserve what faults did not, then touch.
+    err = reserve_by_fault ? ReserveSpace(fd.get(), size) : 0;
+    if (err == 0) {
+      SplitOverThreads(segment->data_, size, [](uint8_t* begin, uint64_t n) {
+        TouchPages(begin, n);
+        return 0;
+      });
     }
-    segment->data_ = static_cast<uint8_t*>(p);
-    segment->size_ = size;
   }
+  // A fault past the filesystem's space is EFAULT (the SIGBUS it would be).
+  if (err == EFAULT) err = ENOSPC;
+  if (err != 0) return fail(err);
   return segment;
 }
 

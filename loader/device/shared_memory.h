@@ -15,8 +15,15 @@
 // (prefix "weightd" for host segments, "weightd-fake<N>" for fake GPU N). A
 // lock file nobody holds, or a segment whose lock file is gone, belongs to a
 // weightd that is no longer running; ReclaimDeadInstances() removes those.
+//
+// Fresh memory: a populated segment is faulted in by several threads at once
+// (MADV_POPULATE_WRITE), and backed by transparent huge pages where the
+// directory's tmpfs allows them (HugePagePolicy below). Fresh anonymous host
+// memory (AllocateHostMemory) gets the same.
 #ifndef WEIGHTD_LOADER_DEVICE_SHARED_MEMORY_H_
 #define WEIGHTD_LOADER_DEVICE_SHARED_MEMORY_H_
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
@@ -33,6 +40,55 @@ namespace weightd {
 // and unlinks its name; mappings other processes hold stay valid until they
 // unmap.
 class SharedMemoryInstance;
+
+// Whether the kernel backs a kind of memory with transparent huge pages.
+enum class HugePageMode {
+  kNever,
+  kAdvise,  // only mappings marked MADV_HUGEPAGE
+  kAlways,  // always, within_size or force
+};
+
+// What is in effect for this instance's segments and for fresh anonymous
+// memory, read once from sysfs and the mount table.
+struct HugePagePolicy {
+  // The tmpfs holding the segments: its huge= mount option, overridden by
+  // /sys/kernel/mm/transparent_hugepage/shmem_enabled "force" or "deny".
+  HugePageMode segments = HugePageMode::kNever;
+  std::string segments_reason;  // e.g. "/dev/shm mounted huge=never, ..."
+  // /sys/kernel/mm/transparent_hugepage/enabled.
+  HugePageMode anonymous = HugePageMode::kNever;
+  std::string anonymous_reason;
+  // One line for `weightctl info`.
+  std::string Describe() const;
+};
+
+// The bracketed choice of a sysfs setting ("always [madvise] never" ->
+// "madvise"); empty when there is none.
+std::string SelectedSysfsChoice(absl::string_view text);
+// The huge= option of the filesystem with device `dev` in /proc/self/mountinfo
+// text `mountinfo` ("never" when the option is absent, empty when no line
+// names the device).
+std::string MountHugeOption(absl::string_view mountinfo, dev_t dev);
+// The policy for segments in `directory` (open as `directory_fd`).
+HugePagePolicy ReadHugePagePolicy(int directory_fd,
+                                  const std::string& directory);
+// The policy of this process's default instance (/dev/shm), or why it has
+// none.
+std::string DescribeDefaultHugePages();
+
+// Faults the pages [data, data + size) touches in for writing (contents
+// kept), split over up to 8 threads at 2 MiB-aligned addresses (no huge page
+// is shared between threads).
+// Returns 0 or an errno value: EINVAL where the kernel has no
+// MADV_POPULATE_WRITE (before 5.14), EFAULT or ENOMEM where the backing store
+// cannot supply a page.
+int PrefaultForWrite(uint8_t* data, uint64_t size);
+
+// Fresh anonymous host memory (the fake GPU's staging buffers): page-aligned,
+// MADV_HUGEPAGE where anonymous huge pages are on madvise, prefaulted in
+// parallel. RESOURCE_EXHAUSTED naming the size when it cannot be had.
+absl::StatusOr<std::unique_ptr<PinnedBuffer>> AllocateHostMemory(
+    uint64_t bytes);
 
 class SharedMemorySegment {
  public:
@@ -80,6 +136,7 @@ class SharedMemoryInstance
 
   const std::string& id() const { return id_; }
   const std::string& directory() const { return directory_; }
+  const HugePagePolicy& huge_pages() const { return huge_pages_; }
 
   // Creates "/<prefix>-<id>-<counter>" of `size` bytes with all its space
   // reserved (tmpfs reserves nothing at ftruncate: a full /dev/shm would
@@ -87,7 +144,10 @@ class SharedMemoryInstance
   // naming the size and the filesystem's free space when it does not fit,
   // with nothing left behind. `prefix` is "weightd" or "weightd-" and
   // [a-z0-9-]. Size 0: no mapping, data() null. `populate` faults every page
-  // in up front (MAP_POPULATE).
+  // in up front, in parallel. Where the directory's huge pages are on advise,
+  // a populated segment's space is reserved by that fault of a MADV_HUGEPAGE
+  // mapping instead of fallocate (fallocate has no mapping to advise), with
+  // the same RESOURCE_EXHAUSTED when it does not fit.
   absl::StatusOr<std::unique_ptr<SharedMemorySegment>> CreateSegment(
       uint64_t size, absl::string_view prefix = "weightd",
       bool populate = false);
@@ -108,11 +168,12 @@ class SharedMemoryInstance
  private:
   friend class SharedMemorySegment;  // unlinks its name in directory_fd_
   SharedMemoryInstance(std::string directory, int directory_fd, int lock_fd,
-                       std::string id);
+                       std::string id, HugePagePolicy huge_pages);
   const std::string directory_;
   const int directory_fd_;
   const int lock_fd_;  // holds flock(LOCK_EX) for the instance's life
   const std::string id_;
+  const HugePagePolicy huge_pages_;
   std::atomic<uint64_t> next_segment_{0};
 };
 

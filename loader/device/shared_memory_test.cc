@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -472,6 +473,76 @@ TEST(SharedMemoryInstanceTest, ReclaimsAKilledProcessesSegmentsInDevShm) {
   EXPECT_TRUE(Exists("/dev/shm" + (*live)->name()));
   auto mapping = OpenSharedSegment((*live)->name(), 4096);
   EXPECT_TRUE(mapping.ok()) << mapping.status();
+}
+
+TEST(HugePagePolicyTest, ReadsTheBracketedSysfsChoice) {
+  EXPECT_EQ(SelectedSysfsChoice("always [madvise] never\n"), "madvise");
+  EXPECT_EQ(SelectedSysfsChoice("always within_size advise [never] deny force"),
+            "never");
+  EXPECT_EQ(SelectedSysfsChoice("always madvise never"), "");
+  EXPECT_EQ(SelectedSysfsChoice(""), "");
+}
+
+TEST(HugePagePolicyTest, FindsTheMountsHugeOptionByDevice) {
+  const std::string mountinfo =
+      "22 1 0:21 / /dev/shm rw,nosuid shared:2 - tmpfs tmpfs rw,size=8192k\n"
+      "23 1 0:22 / /mnt/huge rw shared:3 - tmpfs tmpfs "
+      "rw,size=64m,huge=advise\n"
+      "24 1 0:23 / /mnt/a\\040b rw - tmpfs none rw,huge=within_size,mode=755\n";
+  EXPECT_EQ(MountHugeOption(mountinfo, makedev(0, 21)), "never");
+  EXPECT_EQ(MountHugeOption(mountinfo, makedev(0, 22)), "advise");
+  EXPECT_EQ(MountHugeOption(mountinfo, makedev(0, 23)), "within_size");
+  EXPECT_EQ(MountHugeOption(mountinfo, makedev(8, 1)), "");
+  EXPECT_EQ(MountHugeOption("garbage\n22 1\n", makedev(0, 21)), "");
+}
+
+TEST(HugePagePolicyTest, DefaultInstanceDescribesWhatIsInEffect) {
+  const std::string line = DescribeDefaultHugePages();
+  EXPECT_TRUE(absl::StartsWith(line, "shared memory: ")) << line;
+  EXPECT_TRUE(absl::StrContains(line, "/dev/shm")) << line;
+  EXPECT_TRUE(absl::StrContains(line, "; anonymous: ")) << line;
+}
+
+// Big enough to be split over threads; not a multiple of 2 MiB.
+TEST(SharedMemoryTest, PopulatedSegmentHoldsWhatIsWritten) {
+  const uint64_t size = (96ull << 20) + 12345;
+  auto segment = SharedMemorySegment::Create(size, "weightd", true);
+  ASSERT_TRUE(segment.ok()) << segment.status();
+  uint8_t* data = (*segment)->data();
+  // Fresh: every byte zero, including across each thread's slice boundary.
+  for (uint64_t off = 0; off < size; off += 4096) ASSERT_EQ(data[off], 0);
+  EXPECT_EQ(data[size - 1], 0);
+  for (uint64_t i = 0; i < size; ++i) data[i] = static_cast<uint8_t>(i * 7);
+  auto mapping = OpenSharedSegment((*segment)->name(), size);
+  ASSERT_TRUE(mapping.ok()) << mapping.status();
+  for (uint64_t i = 0; i < size; i += 4093) {
+    ASSERT_EQ((*mapping)->data()[i], static_cast<uint8_t>(i * 7)) << i;
+  }
+  EXPECT_EQ((*mapping)->data()[size - 1], static_cast<uint8_t>((size - 1) * 7));
+}
+
+TEST(SharedMemoryTest, PrefaultKeepsContentsAndIsIdempotent) {
+  std::vector<uint8_t> bytes(5 << 20, 3);
+  EXPECT_EQ(PrefaultForWrite(bytes.data(), bytes.size()), 0);
+  EXPECT_EQ(PrefaultForWrite(bytes.data(), 0), 0);
+  EXPECT_EQ(bytes.front(), 3);
+  EXPECT_EQ(bytes.back(), 3);
+}
+
+TEST(HostMemoryTest, FreshHostMemoryIsZeroedAndWritable) {
+  for (uint64_t size :
+       {uint64_t{1}, uint64_t{4096}, (uint64_t{70} << 20) + 1}) {
+    auto buffer = AllocateHostMemory(size);
+    ASSERT_TRUE(buffer.ok()) << buffer.status();
+    EXPECT_EQ((*buffer)->size(), size);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>((*buffer)->data()) % 4096, 0u);
+    for (uint64_t i = 0; i < size; i += 4096)
+      ASSERT_EQ((*buffer)->data()[i], 0);
+    std::memset((*buffer)->data(), 0x5a, size);
+    EXPECT_EQ((*buffer)->data()[size - 1], 0x5a);
+  }
+  EXPECT_TRUE(absl::IsResourceExhausted(
+      AllocateHostMemory(uint64_t{1} << 50).status()));
 }
 
 }  // namespace

@@ -674,6 +674,11 @@ TEST_F(DaemonTest, ServerInfoReportsFakeGpuAndIoBackend) {
   EXPECT_TRUE(info->gpus(info->gpus_size() - 1).fake());
   EXPECT_TRUE(info->io_backend() == "io_uring" || info->io_backend() == "pread")
       << info->io_backend();
+  // What the daemon's segments and anonymous memory get, and why.
+  EXPECT_TRUE(absl::StartsWith(info->huge_pages(), "shared memory: "))
+      << info->huge_pages();
+  EXPECT_TRUE(absl::StrContains(info->huge_pages(), "/dev/shm mounted huge="))
+      << info->huge_pages();
 }
 
 }  // namespace
