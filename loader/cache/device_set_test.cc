@@ -94,7 +94,8 @@ TEST(DeviceSetTest, LoadsOntoOneGpuReuseItsStagingBuffers) {
   std::vector<FilledArena> arenas;
   for (int load = 0; load < 3; ++load) {
     const long before = MinorFaults();
-    auto arena = (*devices)->FillGpuArena(0, fd, path, bytes.size(), ranges,
+    const ArenaFile file{fd, path};
+    auto arena = (*devices)->FillGpuArena(0, {&file, 1}, bytes.size(), ranges,
                                           nullptr, nullptr);
     ASSERT_TRUE(arena.ok()) << arena.status();
     faults.push_back(MinorFaults() - before);
