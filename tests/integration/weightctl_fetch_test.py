@@ -121,8 +121,10 @@ class FetchTest(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         peak_kib = int(done.stdout.split()[-1])
         # Streaming holds one 1 MiB chunk (plus gRPC's buffers); the whole-model string held
-        # 256 MiB and more. Generous slack: under a quarter of the file.
-        self.assertLess(peak_kib, 64 * 1024, "weightctl fetch peaked at %d KiB" % peak_kib)
+        # 256 MiB and more. Generous slack: under a quarter of the file. Not under ASan, whose
+        # quarantine keeps up to 256 MiB of freed chunks resident by design.
+        if not os.environ.get("ASAN_OPTIONS"):
+            self.assertLess(peak_kib, 64 * 1024, "weightctl fetch peaked at %d KiB" % peak_kib)
         header, data = read_safetensors(out)
         self.assertEqual(sorted(header), sorted(tensors))
         for name, (_, _, raw) in tensors.items():
