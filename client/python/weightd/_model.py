@@ -137,15 +137,15 @@ class TorchBackend:
             warnings.simplefilter("ignore", UserWarning)
             yield
 
-    def many(self, shapes, plans, bases, offsets, strides):
-        """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes."""
-        from_numpy, ndarray = self.torch.from_numpy, np.ndarray
-        out = []
-        append = out.append
-        for shape, (dtype, view), base, offset, stride in zip(shapes, plans, bases, offsets,
-                                                              strides):
-            tensor = from_numpy(ndarray(shape, dtype, base, offset, stride))
-            append(tensor if view is None else tensor.view(view))
+    def many(self, shapes, dtypes, views, bases, offsets, strides):
+        """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes,
+        of numpy `dtypes`; views[k] (None for most) is the torch dtype tensor k is viewed as.
+        map() runs both constructors without a Python loop (about 1.3 us a tensor)."""
+        out = list(map(self.torch.from_numpy,
+                       map(np.ndarray, shapes, dtypes, bases, offsets, strides)))
+        for k, view in enumerate(views):
+            if view is not None:
+                out[k] = out[k].view(view)
         return out
 
     def set_requires_grad(self, tensor):
@@ -196,7 +196,7 @@ class NumpyBackend:
     def building(self):
         return _no_gc()
 
-    def many(self, shapes, dtypes, bases, offsets, strides):
+    def many(self, shapes, dtypes, views, bases, offsets, strides):
         # Read-only: each base views a read-only mapping.
         return list(map(self.np.ndarray, shapes, dtypes, bases, offsets, strides))
 
@@ -321,6 +321,8 @@ def materialize(description, backend, torch=None):
 
     plans = {code: backend.dtype_plan(table.strings[code])
              for code in np.unique(table.dtype).tolist()}
+    if backend.name != "torch":
+        plans = {code: (dtype, None) for code, dtype in plans.items()}
     grad = (table.flags & 1).astype(bool)
     storages = {}
     extents = {}
@@ -328,14 +330,17 @@ def materialize(description, backend, torch=None):
         key = (int(table.buffer[i]), int(table.storage_byte_offset[i]))
         extents[key] = max(extents.get(key, 0), int(geometry.extent[i]))
 
-    # The direct tensors in one tight loop (a few microseconds each), the others after.
-    shapes = table.shapes.tolist()
-    strides = byte_strides.tolist()
-    starts = table.starts.tolist()
-    direct_at = np.flatnonzero(direct).tolist()
-    plan_of = [plans[c] for c in table.dtype[direct_at].tolist()]
-    bases = [anchors_by_buffer.get(b) for b in range(len(buffers))]
-    base_of = [bases[b] for b in table.buffer[direct_at].tolist()]
+    # The direct tensors in one pass of C loops (map), the others after.
+    direct_at = np.flatnonzero(direct)
+    shapes_of = _tuples(table.shapes, table.starts, table.ndim, direct_at)
+    strides_of = _tuples(byte_strides, table.starts, table.ndim, direct_at)
+    codes = table.dtype[direct_at]
+    dtype_of = _objects([plans.get(c, (None,))[0] for c in range(len(table.strings))], codes)
+    view_of = _objects([plans.get(c, (None, None))[1] for c in range(len(table.strings))],
+                       codes)
+    base_of = _objects([anchors_by_buffer.get(b) for b in range(len(buffers))],
+                       table.buffer[direct_at])
+    direct_at = direct_at.tolist()
     with backend.building():
         for (index, offset), extent in extents.items():
             entry = opened[index]
@@ -346,10 +351,8 @@ def materialize(description, backend, torch=None):
                 anchors.append(cuda_bytes)
                 storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
         del opened
-        made = backend.many(
-            [tuple(shapes[starts[i]:starts[i + 1]]) for i in direct_at], plan_of, base_of,
-            first_byte[direct_at].tolist(),
-            [tuple(strides[starts[i]:starts[i + 1]]) for i in direct_at])
+        made = backend.many(shapes_of, dtype_of, view_of, base_of,
+                            first_byte[direct_at].tolist(), strides_of)
         for k in np.flatnonzero(direct[direct_at] & grad[direct_at]).tolist():
             made[k] = backend.set_requires_grad(made[k])
         if len(direct_at) == count:
@@ -364,6 +367,31 @@ def materialize(description, backend, torch=None):
                                   storages, buffers, torch)
                 entries[name] = tensor
     return entries, anchors, table if description.packed_tensors else None
+
+
+def _objects(values, index):
+    """[values[i] for i in index] (index: an int array), indexed in C."""
+    table = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # one by one: numpy would unpack arrays in a slice
+        table[i] = value
+    return table[index].tolist()
+
+
+def _tuples(values, starts, ndim, index):
+    """For each tensor in `index`, its dims' slice of `values` (a tensor's sizes or strides,
+    concatenated) as a tuple of ints: one zip per distinct ndim, no Python loop per tensor."""
+    out = [()] * len(index)
+    dims = ndim[index]
+    for k in np.unique(dims).tolist():
+        if k == 0:
+            continue
+        group = np.flatnonzero(dims == k) if len(dims) else dims
+        first = starts[index[group]]
+        made = list(zip(*[values[first + j].tolist() for j in range(k)]))
+        if len(group) == len(index):
+            return made
+        list(map(out.__setitem__, group.tolist(), made))
+    return out
 
 
 def _one(backend, row, with_bytes, extent, storages, buffers, torch):
