@@ -39,6 +39,11 @@ class TensorSpec(collections.namedtuple("TensorSpec", "name dtype shape stride s
     """A meta tensor (no bytes) when torch is not installed."""
 
 
+# What weightd.load needs of every tensor, as lists in the daemon's order (a name may repeat).
+TensorColumns = collections.namedtuple(
+    "TensorColumns", "names buffer_index storage_byte_offset requires_grad saved_location")
+
+
 class Model(dict):
     """{name: tensor} in the daemon's order, plus what the daemon said about the model.
 
@@ -63,6 +68,7 @@ class Model(dict):
         self.extra_files = {name: _text_or_bytes(content)
                             for name, content in self.extra_file_bytes.items()}
         self._infos = None
+        self._columns = None
         self._lock = threading.Lock()
 
     @property
@@ -78,6 +84,31 @@ class Model(dict):
                 d.ClearField("packed_names")
                 del d.packed_strings[:]
             return self._description
+
+    def tensor_columns(self):
+        """A TensorColumns of every tensor the daemon described, read from the packed table
+        (in bulk, without expanding it into `description`) or the repeated tensors."""
+        with self._lock:
+            if self._columns is None:
+                table = self._table
+                if table is not None:
+                    saved = _table_strings(table, table.saved)
+                    self._columns = TensorColumns(
+                        list(table.names), table.buffer.tolist(),
+                        table.storage_byte_offset.tolist(),
+                        (table.flags & 1).astype(bool).tolist(), saved)
+                else:
+                    ts = self._description.tensors
+                    self._columns = TensorColumns(
+                        [t.name for t in ts], [t.buffer_index for t in ts],
+                        [t.storage_byte_offset for t in ts], [t.requires_grad for t in ts],
+                        [t.saved_location for t in ts])
+            return self._columns
+
+    @property
+    def metadata_json(self):
+        """The daemon's value tree (ModelDescription.metadata_json), "" without one."""
+        return self._description.metadata_json
 
     @property
     def metadata(self):
@@ -107,6 +138,11 @@ class Model(dict):
 
     def __repr__(self):
         return "<weightd.Model %s %s, %d tensors>" % (self.model_id, self.path, len(self))
+
+
+def _table_strings(table, codes):
+    """table.strings[c] for each code in `codes` (checked indices), as a list."""
+    return _objects(table.strings, codes) if len(codes) else []
 
 
 def _text_or_bytes(content):
