@@ -189,17 +189,22 @@ class TorchBackend:
             tensor.requires_grad_(True)
         return tensor
 
+    def torch_dtype(self, name):
+        return _dtypes.torch_dtype(self.torch, name)
+
+    def views(self, storages, extents, dtypes, shapes, strides, offsets):
+        """Tensors over uint8 storage tensors: the first extents[k] bytes of storages[k] as
+        dtypes[k], at element offset offsets[k] with element strides."""
+        return [storage[:extent].view(dtype).as_strided(shape, stride, offset)
+                for storage, extent, dtype, shape, stride, offset in zip(
+                    storages, extents, dtypes, shapes, strides, offsets)]
+
     def host_storage(self, base, offset, nbytes):
         """A uint8 tensor over nbytes of a buffer's array at offset."""
         return self.torch.from_numpy(base[offset:offset + nbytes])
 
     def cuda_storage(self, cuda_bytes, device):
         return self.torch.as_tensor(cuda_bytes, device="cuda:%d" % device)
-
-    def view(self, storage, t, nbytes):
-        dtype = _dtypes.torch_dtype(self.torch, t.dtype)
-        typed = storage[:nbytes].view(dtype)
-        return self._finish(typed.as_strided(tuple(t.shape), tuple(t.stride), t.storage_offset), t)
 
     def empty(self, t, device):
         dtype = _dtypes.torch_dtype(self.torch, t.dtype)
@@ -245,13 +250,6 @@ class NumpyBackend:
     def cuda_storage(self, cuda_bytes, device):
         raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
                            "tensors on a GPU need torch with CUDA; load with device='cpu'")
-
-    def view(self, storage, t, nbytes):
-        dtype, _ = _dtypes.numpy_dtype(self.np, t.dtype)
-        typed = storage[:nbytes].view(dtype)
-        return self.np.lib.stride_tricks.as_strided(
-            typed[t.storage_offset:], shape=tuple(t.shape),
-            strides=tuple(s * dtype.itemsize for s in t.stride), writeable=False)
 
     def empty(self, t, device):
         if device == "meta":
@@ -314,7 +312,11 @@ def materialize(description, backend, torch=None):
             device = _cuda.device_for_uuid(gpu_uuids, buffer.gpu.gpu_uuid)
             arena = _cuda.open_arena(_cuda.runtime(torch), buffer.gpu.ipc_handle, device,
                                      buffer.gpu.size)
-            opened[index] = ("gpu", arena, device)
+            # Per load and arena: every storage of this load in the arena keeps it alive (the
+            # lease's anchor), whatever the number of storages.
+            anchor = _cuda.LoadAnchor(arena)
+            anchors.append(anchor)
+            opened[index] = ("gpu", anchor, device)
             limits[index] = arena.size
             continue
         else:
@@ -362,9 +364,15 @@ def materialize(description, backend, torch=None):
     grad = (table.flags & 1).astype(bool)
     storages = {}
     extents = {}
-    for i in np.flatnonzero(with_bytes & ~direct).tolist():
-        key = (int(table.buffer[i]), int(table.storage_byte_offset[i]))
-        extents[key] = max(extents.get(key, 0), int(geometry.extent[i]))
+    # Tensors with bytes that are not one array over their buffer: views of a storage tensor
+    # (one per saved storage, as torch.load gives them), made in one loop below.
+    viewed_at = np.flatnonzero(with_bytes & ~direct)
+    viewed_keys = list(zip(table.buffer[viewed_at].tolist(),
+                           table.storage_byte_offset[viewed_at].tolist()))
+    viewed_extents = geometry.extent[viewed_at].tolist()
+    for key, extent in zip(viewed_keys, viewed_extents):
+        if extent > extents.get(key, 0):
+            extents[key] = extent
 
     # The direct tensors in one pass of C loops (map), the others after.
     direct_at = np.flatnonzero(direct)
@@ -384,7 +392,6 @@ def materialize(description, backend, torch=None):
                 storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
             else:
                 cuda_bytes = entry[1].bytes_at(offset, extent)
-                anchors.append(cuda_bytes)
                 storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
         del opened
         made = backend.many(shapes_of, dtype_of, view_of, base_of,
@@ -395,12 +402,22 @@ def materialize(description, backend, torch=None):
             entries = collections.OrderedDict(zip(table.names, made))
         else:
             built = dict(zip(direct_at, made))
+            if len(viewed_at):
+                views = backend.views(
+                    [storages[key] for key in viewed_keys], viewed_extents,
+                    _objects([backend.torch_dtype(table.strings[c]) if c in plans else None
+                              for c in range(len(table.strings))], table.dtype[viewed_at]),
+                    _tuples(table.shapes, table.starts, table.ndim, viewed_at),
+                    _tuples(table.strides, table.starts, table.ndim, viewed_at),
+                    table.storage_offset[viewed_at].tolist())
+                for k in np.flatnonzero(grad[viewed_at]).tolist():
+                    views[k] = backend.set_requires_grad(views[k])
+                built.update(zip(viewed_at.tolist(), views))
             entries = collections.OrderedDict()
             for i, name in enumerate(table.names):
                 tensor = built.get(i)
                 if tensor is None:
-                    tensor = _one(backend, table.row(i), with_bytes[i], geometry.extent[i],
-                                  storages, buffers, torch)
+                    tensor = _one(backend, table.row(i), buffers, torch)
                 entries[name] = tensor
     return entries, anchors, table if description.packed_tensors else None
 
@@ -430,14 +447,11 @@ def _tuples(values, starts, ndim, index):
     return out
 
 
-def _one(backend, row, with_bytes, extent, storages, buffers, torch):
-    """A tensor that is not one array over its buffer: meta, without elements, or a view of a
-    storage it shares (or starts inside)."""
+def _one(backend, row, buffers, torch):
+    """A tensor without bytes: meta, or without elements."""
     if row.buffer_index < 0:
         return backend.empty(row, "meta")
-    if not with_bytes:
-        return backend.empty(row, _empty_device(buffers[row.buffer_index], row, torch))
-    return backend.view(storages[(row.buffer_index, row.storage_byte_offset)], row, int(extent))
+    return backend.empty(row, _empty_device(buffers[row.buffer_index], row, torch))
 
 
 def _handle_kind(arena):
