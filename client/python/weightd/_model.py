@@ -267,14 +267,22 @@ class NumpyBackend:
 
 def materialize(description, backend, torch=None):
     """Returns (entries, anchors, table): the tensors in the daemon's order, the per-load
-    objects every tensor keeps alive (one array per mapped host buffer, one CudaBytes per GPU
-    storage; when the last anchor is collected no tensor of this load is left), and the tensor
+    objects every tensor keeps alive (one array per mapped host buffer, one LoadAnchor per GPU
+    arena; when the last anchor is collected no tensor of this load is left), and the tensor
     table (None for a description with repeated tensors).
 
     The table's geometry is checked once for the whole model (numpy); each host tensor is then
     one array over its buffer's mapping (torch: torch.from_numpy of it), except tensors that
     share a storage with others or start inside it, which get one storage tensor per storage
     (as torch.load gives them) and a strided view of it."""
+    # The cyclic collector paused for all of it: every list and tuple made here is new, and a
+    # collection during the build of 10,000 tensors walks whatever torch's import left young
+    # (a first load in a process spent 120 ms there).
+    with backend.building():
+        return _materialize(description, backend, torch)
+
+
+def _materialize(description, backend, torch):
     buffers = description.buffers
     table = _table.from_description(description)
     geometry = _table.Geometry(table, len(buffers))
@@ -384,41 +392,41 @@ def materialize(description, backend, torch=None):
                        codes)
     base_of = _objects([anchors_by_buffer.get(b) for b in range(len(buffers))],
                        table.buffer[direct_at])
+    direct_grad = np.flatnonzero(grad[direct_at]).tolist()
     direct_at = direct_at.tolist()
-    with backend.building():
-        for (index, offset), extent in extents.items():
-            entry = opened[index]
-            if entry[0] == "host":
-                storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
-            else:
-                cuda_bytes = entry[1].bytes_at(offset, extent)
-                storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
-        del opened
-        made = backend.many(shapes_of, dtype_of, view_of, base_of,
-                            first_byte[direct_at].tolist(), strides_of)
-        for k in np.flatnonzero(direct[direct_at] & grad[direct_at]).tolist():
-            made[k] = backend.set_requires_grad(made[k])
-        if len(direct_at) == count:
-            entries = collections.OrderedDict(zip(table.names, made))
+    for (index, offset), extent in extents.items():
+        entry = opened[index]
+        if entry[0] == "host":
+            storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
         else:
-            built = dict(zip(direct_at, made))
-            if len(viewed_at):
-                views = backend.views(
-                    [storages[key] for key in viewed_keys], viewed_extents,
-                    _objects([backend.torch_dtype(table.strings[c]) if c in plans else None
-                              for c in range(len(table.strings))], table.dtype[viewed_at]),
-                    _tuples(table.shapes, table.starts, table.ndim, viewed_at),
-                    _tuples(table.strides, table.starts, table.ndim, viewed_at),
-                    table.storage_offset[viewed_at].tolist())
-                for k in np.flatnonzero(grad[viewed_at]).tolist():
-                    views[k] = backend.set_requires_grad(views[k])
-                built.update(zip(viewed_at.tolist(), views))
-            entries = collections.OrderedDict()
-            for i, name in enumerate(table.names):
-                tensor = built.get(i)
-                if tensor is None:
-                    tensor = _one(backend, table.row(i), buffers, torch)
-                entries[name] = tensor
+            cuda_bytes = entry[1].bytes_at(offset, extent)
+            storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
+    del opened
+    made = backend.many(shapes_of, dtype_of, view_of, base_of,
+                        first_byte[direct_at].tolist(), strides_of)
+    for k in direct_grad:
+        made[k] = backend.set_requires_grad(made[k])
+    if len(direct_at) == count:
+        entries = collections.OrderedDict(zip(table.names, made))
+    else:
+        built = dict(zip(direct_at, made))
+        if len(viewed_at):
+            views = backend.views(
+                [storages[key] for key in viewed_keys], viewed_extents,
+                _objects([backend.torch_dtype(table.strings[c]) if c in plans else None
+                          for c in range(len(table.strings))], table.dtype[viewed_at]),
+                _tuples(table.shapes, table.starts, table.ndim, viewed_at),
+                _tuples(table.strides, table.starts, table.ndim, viewed_at),
+                table.storage_offset[viewed_at].tolist())
+            for k in np.flatnonzero(grad[viewed_at]).tolist():
+                views[k] = backend.set_requires_grad(views[k])
+            built.update(zip(viewed_at.tolist(), views))
+        entries = collections.OrderedDict()
+        for i, name in enumerate(table.names):
+            tensor = built.get(i)
+            if tensor is None:
+                tensor = _one(backend, table.row(i), buffers, torch)
+            entries[name] = tensor
     return entries, anchors, table if description.packed_tensors else None
 
 
