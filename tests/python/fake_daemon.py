@@ -186,6 +186,15 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
         self.ended_sessions = set()
         self.progress_total = 1000
         self.compact = False  # answer compact_description requests with packed tensors
+        # Model ids whose next acquire on a Lease stream is refused, as the daemon refuses a
+        # model evicted since its Load answered.
+        self.evict_once = set()
+        self.describe_hook = None  # hook(request, description) -> the description to send
+        self.refuse_lease = None  # a grpc.StatusCode: Lease streams fail with it
+        # Lease streams open only once a Load has been answered: a client's first load then
+        # always runs before its session is open (else that is a race it may win or lose).
+        self.open_after_load = False
+        self._load_answered = threading.Event()
         self.cond = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         pb_grpc.add_WeightServiceServicer_to_server(self, self.server)
@@ -246,7 +255,7 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
                 with self.cond:
                     self.leases[(request.lease_session, model_id)] += 1
                     self.lease_log.append((request.lease_session, "acquire", model_id))
-            yield pb.LoadEvent(model=self._form(request, description))
+            yield self._answer(request, description)
             return
         if real not in self.fixtures:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -264,15 +273,26 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
                 self.leases[(request.lease_session, model_id)] += 1
                 self.lease_log.append((request.lease_session, "acquire", model_id))
                 self.cond.notify_all()
-        yield pb.LoadEvent(model=self._form(request, fixture.description(
-            model_id, list(request.tensor_filter) or None)))
+        yield self._answer(request, fixture.description(
+            model_id, list(request.tensor_filter) or None))
+
+    def _answer(self, request, description):
+        event = pb.LoadEvent(model=self._form(request, description))
+        self._load_answered.set()
+        return event
 
     def _form(self, request, description):
+        if self.describe_hook is not None:
+            description = self.describe_hook(request, description)
         if self.compact and request.compact_description:
             return pack_description(description)
         return description
 
     def Lease(self, request_iterator, context):
+        if self.refuse_lease is not None:
+            context.abort(self.refuse_lease, "lease sessions refused")
+        if self.open_after_load:
+            self._load_answered.wait(10)
         session = uuid.uuid4().hex
         with self.cond:
             self.sessions.add(session)
@@ -283,7 +303,10 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
             model_id = getattr(request, which)
             with self.cond:
                 key = (session, model_id)
-                if which == "acquire_model_id":
+                if which == "acquire_model_id" and model_id in self.evict_once:
+                    self.evict_once.discard(model_id)
+                    kind, error = pb.LeaseEvent.ERROR, "no model \"%s\" in the cache" % model_id
+                elif which == "acquire_model_id":
                     self.leases[key] += 1
                     kind, error = pb.LeaseEvent.ACQUIRED, ""
                 elif self.leases[key] > 0:

@@ -168,7 +168,6 @@ class LeaseTest(ClientTestBase):
         model = self.client.load(self.fixture.path)
         session = self.client.session_id
         self.assertTrue(session)
-        self.assertEqual(self.daemon.load_requests[-1].lease_session, session)
         self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)
         weight = model["a.weight"]
         half = model["s.half_t"]
@@ -186,6 +185,98 @@ class LeaseTest(ClientTestBase):
             lambda: self.daemon.leases[(session, self.model_id)] == 0, self.daemon))
         self.assertIn((session, "release", self.model_id), self.daemon.lease_log)
         self.assertNotIn(session, self.daemon.ended_sessions)
+
+    def test_first_load_leases_on_the_stream_later_loads_in_load(self):
+        self.daemon.open_after_load = True
+        # The first load does not wait for the stream to open: it leases the model on the
+        # stream once Load answered; later loads name the open session in Load.
+        first = self.client.load(self.fixture.path)
+        session = self.client.session_id
+        self.assertEqual(self.daemon.load_requests[-1].lease_session, "")
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)
+        self.assertIn((session, "acquire", self.model_id), self.daemon.lease_log)
+        second = self.client.load(self.fixture.path)
+        self.assertEqual(self.daemon.load_requests[-1].lease_session, session)
+        self.assertEqual(len(self.daemon.load_requests), 2)
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 2)
+        del first, second
+
+    def test_model_evicted_before_the_stream_lease_is_loaded_again(self):
+        self.daemon.open_after_load = True
+        self.daemon.evict_once.add(self.model_id)
+        model = self.client.load(self.fixture.path)
+        session = self.client.session_id
+        self.assertEqual([r.lease_session for r in self.daemon.load_requests], ["", session])
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)
+        self.assertEqual(model["c.int64"].tolist(), [-1, 2 ** 40, 7])
+        del model
+        self.assertTrue(_collect_until(
+            lambda: self.daemon.leases[(session, self.model_id)] == 0, self.daemon))
+
+    def test_model_evicted_with_its_buffers_is_loaded_again(self):
+        self.daemon.open_after_load = True
+        # The first answer names a shared-memory segment the eviction removed: building
+        # fails, the refused lease says why, and the leased load succeeds.
+        self.daemon.evict_once.add(self.model_id)
+        calls = []
+
+        def hook(request, description):
+            calls.append(request.lease_session)
+            if len(calls) == 1:
+                description = type(description).FromString(description.SerializeToString())
+                description.buffers[1].shared_memory.name = "/weightd-pytest-evicted"
+            return description
+
+        self.daemon.describe_hook = hook
+        model = self.client.load(self.fixture.path)
+        session = self.client.session_id
+        self.assertEqual(calls, ["", session])
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)
+        self.assertEqual(len(model), len(self.fixture.tensors))
+        del model
+
+    def test_build_failure_after_the_stream_lease_releases_it(self):
+        self.daemon.open_after_load = True
+        def hook(request, description):
+            description = type(description).FromString(description.SerializeToString())
+            description.buffers[1].shared_memory.name = "/weightd-pytest-missing"
+            return description
+
+        self.daemon.describe_hook = hook
+        with self.assertRaises(weightd.WeightdError) as caught:
+            self.client.load(self.fixture.path)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertIn("weightd-pytest-missing", caught.exception.message)
+        session = self.client.session_id
+        self.assertEqual(len(self.daemon.load_requests), 1)  # leased: no second load
+        self.assertTrue(self.daemon.wait_for(
+            lambda: (session, "release", self.model_id) in self.daemon.lease_log))
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 0)
+
+    def test_refused_lease_stream_fails_the_load(self):
+        self.daemon.refuse_lease = grpc.StatusCode.PERMISSION_DENIED
+        with self.assertRaises(weightd.WeightdError) as caught:
+            self.client.load(self.fixture.path)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.PERMISSION_DENIED)
+        self.assertIn("lease sessions refused", caught.exception.message)
+        self.assertEqual(sum(self.daemon.leases.values()), 0)
+
+    def test_abandoned_acquisition_is_released(self):
+        self.client.load(self.fixture.path, tensors=["h.meta"])  # opens the session
+        session = self.client._lease_session()
+        acquisition = session.acquire(self.model_id)
+        acquisition.abandon()  # before or after the daemon's answer: released either way
+        self.assertTrue(self.daemon.wait_for(
+            lambda: self.daemon.lease_log.count(
+                (session.session_id, "release", self.model_id)) == 2))
+        self.assertEqual(self.daemon.leases[(session.session_id, self.model_id)], 0)
+        refused = session.acquire("model-unknown")
+        self.daemon.evict_once.add("model-other")
+        gone = session.acquire("model-other")
+        self.assertTrue(refused.wait(10))
+        self.assertFalse(gone.wait(10))
+        self.assertIn("no model", gone.error)
+        del refused
 
     def test_each_load_is_one_lease(self):
         first = self.client.load(self.fixture.path)
@@ -218,7 +309,7 @@ class LeaseTest(ClientTestBase):
     def test_dropped_client_keeps_its_session_while_tensors_live(self):
         model = weightd.Client(self.daemon.address).load(self.fixture.path)
         gc.collect()
-        session = self.daemon.load_requests[-1].lease_session
+        session = [entry[0] for entry in self.daemon.lease_log if entry[1] == "acquire"][-1]
         self.assertFalse(self.daemon.wait_for(
             lambda: session in self.daemon.ended_sessions, 0.3))
         self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)

@@ -189,6 +189,7 @@ class ArenaTest(unittest.TestCase):
         session = FakeSession()
         with mock.patch.object(_cuda, "_runtime", _cuda.CudaRuntime(lib)):
             entries, anchors, _ = _model.materialize(d, self.Backend(torch), torch=fake_torch)
+            self.assertEqual(len(anchors), 1)  # one per arena, not one per storage
             _lease.LoadLease(session, "m1", anchors)
             del anchors
             # A second load of the same arena reuses the opened handle.
@@ -201,15 +202,24 @@ class ArenaTest(unittest.TestCase):
         self.assertTrue(torch.equal(entries["w"], expected[:8].view(2, 4)))
         self.assertTrue(torch.equal(entries["w_t"], expected[:8].view(2, 4).t()))
         self.assertTrue(torch.equal(entries["tail"], expected[10:12]))
+        # One storage per saved storage, as torch.load gives them.
+        self.assertEqual(entries["w"].storage().data_ptr(), entries["w_t"].storage().data_ptr())
+        self.assertEqual(entries["w"].storage().size(), 8)
+        self.assertEqual(entries["tail"].storage().size(), 4)
+        self.assertEqual(entries["tail"].storage_offset(), 2)
         del again
         gc.collect()
         self.assertEqual(session.released, ["m1"])
         self.assertEqual(closes, [])
-        w = entries["w"]
+        w, tail = entries["w"], entries["tail"]  # two storages
         del entries
         gc.collect()
         self.assertEqual(session.released, ["m1"])
         del w
+        gc.collect()
+        self.assertEqual(session.released, ["m1"])
+        self.assertEqual(closes, [])
+        del tail
         gc.collect()
         self.assertEqual(session.released, ["m1", "m1"])
         self.assertEqual(closes, [ctypes.addressof(memory)])

@@ -277,7 +277,20 @@ class LoadThroughFakeDaemonTest(unittest.TestCase):
 
 
 class LoadThroughFakeDaemonPackedTest(LoadThroughFakeDaemonTest):
+    """The same results from the packed table, which weightd.load, jit_load_state and
+    load_into read in bulk: none of them expands it into Model.description."""
     compact = True
+
+    def setUp(self):
+        super().setUp()
+        from unittest import mock
+
+        def expanded(model):
+            raise AssertionError("Model.description expanded the packed table")
+
+        patcher = mock.patch.object(weightd.Model, "description", property(expanded))
+        patcher.start()
+        self.addCleanup(patcher.stop)
 
 
 if __name__ == "__main__":

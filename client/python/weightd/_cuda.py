@@ -247,6 +247,19 @@ class OpenedArena:
         return CudaBytes(self.pointer + int(offset), size, self)
 
 
+class LoadAnchor:
+    """One load's hold on an opened arena: the CudaBytes of every storage that load builds in
+    the arena name it as their owner, so it lives until the last of them (hence the last
+    tensor) is gone; the load's lease waits for it, one per arena instead of one per
+    storage."""
+
+    def __init__(self, arena):
+        self.arena = arena
+
+    def bytes_at(self, offset, size):
+        return CudaBytes(self.arena.pointer + int(offset), size, self)
+
+
 def _close_quietly(rt, pointer, device):
     try:
         rt.ipc_close(pointer, device)

@@ -39,6 +39,11 @@ class TensorSpec(collections.namedtuple("TensorSpec", "name dtype shape stride s
     """A meta tensor (no bytes) when torch is not installed."""
 
 
+# What weightd.load needs of every tensor, as lists in the daemon's order (a name may repeat).
+TensorColumns = collections.namedtuple(
+    "TensorColumns", "names buffer_index storage_byte_offset requires_grad saved_location")
+
+
 class Model(dict):
     """{name: tensor} in the daemon's order, plus what the daemon said about the model.
 
@@ -63,6 +68,7 @@ class Model(dict):
         self.extra_files = {name: _text_or_bytes(content)
                             for name, content in self.extra_file_bytes.items()}
         self._infos = None
+        self._columns = None
         self._lock = threading.Lock()
 
     @property
@@ -78,6 +84,31 @@ class Model(dict):
                 d.ClearField("packed_names")
                 del d.packed_strings[:]
             return self._description
+
+    def tensor_columns(self):
+        """A TensorColumns of every tensor the daemon described, read from the packed table
+        (in bulk, without expanding it into `description`) or the repeated tensors."""
+        with self._lock:
+            if self._columns is None:
+                table = self._table
+                if table is not None:
+                    saved = _table_strings(table, table.saved)
+                    self._columns = TensorColumns(
+                        list(table.names), table.buffer.tolist(),
+                        table.storage_byte_offset.tolist(),
+                        (table.flags & 1).astype(bool).tolist(), saved)
+                else:
+                    ts = self._description.tensors
+                    self._columns = TensorColumns(
+                        [t.name for t in ts], [t.buffer_index for t in ts],
+                        [t.storage_byte_offset for t in ts], [t.requires_grad for t in ts],
+                        [t.saved_location for t in ts])
+            return self._columns
+
+    @property
+    def metadata_json(self):
+        """The daemon's value tree (ModelDescription.metadata_json), "" without one."""
+        return self._description.metadata_json
 
     @property
     def metadata(self):
@@ -109,6 +140,11 @@ class Model(dict):
         return "<weightd.Model %s %s, %d tensors>" % (self.model_id, self.path, len(self))
 
 
+def _table_strings(table, codes):
+    """table.strings[c] for each code in `codes` (checked indices), as a list."""
+    return _objects(table.strings, codes) if len(codes) else []
+
+
 def _text_or_bytes(content):
     try:
         return content.decode("utf-8")
@@ -137,15 +173,15 @@ class TorchBackend:
             warnings.simplefilter("ignore", UserWarning)
             yield
 
-    def many(self, shapes, plans, bases, offsets, strides):
-        """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes."""
-        from_numpy, ndarray = self.torch.from_numpy, np.ndarray
-        out = []
-        append = out.append
-        for shape, (dtype, view), base, offset, stride in zip(shapes, plans, bases, offsets,
-                                                              strides):
-            tensor = from_numpy(ndarray(shape, dtype, base, offset, stride))
-            append(tensor if view is None else tensor.view(view))
+    def many(self, shapes, dtypes, views, bases, offsets, strides):
+        """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes,
+        of numpy `dtypes`; views[k] (None for most) is the torch dtype tensor k is viewed as.
+        map() runs both constructors without a Python loop (about 1.3 us a tensor)."""
+        out = list(map(self.torch.from_numpy,
+                       map(np.ndarray, shapes, dtypes, bases, offsets, strides)))
+        for k, view in enumerate(views):
+            if view is not None:
+                out[k] = out[k].view(view)
         return out
 
     def set_requires_grad(self, tensor):
@@ -153,17 +189,22 @@ class TorchBackend:
             tensor.requires_grad_(True)
         return tensor
 
+    def torch_dtype(self, name):
+        return _dtypes.torch_dtype(self.torch, name)
+
+    def views(self, storages, extents, dtypes, shapes, strides, offsets):
+        """Tensors over uint8 storage tensors: the first extents[k] bytes of storages[k] as
+        dtypes[k], at element offset offsets[k] with element strides."""
+        return [storage[:extent].view(dtype).as_strided(shape, stride, offset)
+                for storage, extent, dtype, shape, stride, offset in zip(
+                    storages, extents, dtypes, shapes, strides, offsets)]
+
     def host_storage(self, base, offset, nbytes):
         """A uint8 tensor over nbytes of a buffer's array at offset."""
         return self.torch.from_numpy(base[offset:offset + nbytes])
 
     def cuda_storage(self, cuda_bytes, device):
         return self.torch.as_tensor(cuda_bytes, device="cuda:%d" % device)
-
-    def view(self, storage, t, nbytes):
-        dtype = _dtypes.torch_dtype(self.torch, t.dtype)
-        typed = storage[:nbytes].view(dtype)
-        return self._finish(typed.as_strided(tuple(t.shape), tuple(t.stride), t.storage_offset), t)
 
     def empty(self, t, device):
         dtype = _dtypes.torch_dtype(self.torch, t.dtype)
@@ -196,7 +237,7 @@ class NumpyBackend:
     def building(self):
         return _no_gc()
 
-    def many(self, shapes, dtypes, bases, offsets, strides):
+    def many(self, shapes, dtypes, views, bases, offsets, strides):
         # Read-only: each base views a read-only mapping.
         return list(map(self.np.ndarray, shapes, dtypes, bases, offsets, strides))
 
@@ -209,13 +250,6 @@ class NumpyBackend:
     def cuda_storage(self, cuda_bytes, device):
         raise WeightdError(grpc.StatusCode.FAILED_PRECONDITION,
                            "tensors on a GPU need torch with CUDA; load with device='cpu'")
-
-    def view(self, storage, t, nbytes):
-        dtype, _ = _dtypes.numpy_dtype(self.np, t.dtype)
-        typed = storage[:nbytes].view(dtype)
-        return self.np.lib.stride_tricks.as_strided(
-            typed[t.storage_offset:], shape=tuple(t.shape),
-            strides=tuple(s * dtype.itemsize for s in t.stride), writeable=False)
 
     def empty(self, t, device):
         if device == "meta":
@@ -233,14 +267,22 @@ class NumpyBackend:
 
 def materialize(description, backend, torch=None):
     """Returns (entries, anchors, table): the tensors in the daemon's order, the per-load
-    objects every tensor keeps alive (one array per mapped host buffer, one CudaBytes per GPU
-    storage; when the last anchor is collected no tensor of this load is left), and the tensor
+    objects every tensor keeps alive (one array per mapped host buffer, one LoadAnchor per GPU
+    arena; when the last anchor is collected no tensor of this load is left), and the tensor
     table (None for a description with repeated tensors).
 
     The table's geometry is checked once for the whole model (numpy); each host tensor is then
     one array over its buffer's mapping (torch: torch.from_numpy of it), except tensors that
     share a storage with others or start inside it, which get one storage tensor per storage
     (as torch.load gives them) and a strided view of it."""
+    # The cyclic collector paused for all of it: every list and tuple made here is new, and a
+    # collection during the build of 10,000 tensors walks whatever torch's import left young
+    # (a first load in a process spent 120 ms there).
+    with backend.building():
+        return _materialize(description, backend, torch)
+
+
+def _materialize(description, backend, torch):
     buffers = description.buffers
     table = _table.from_description(description)
     geometry = _table.Geometry(table, len(buffers))
@@ -278,7 +320,11 @@ def materialize(description, backend, torch=None):
             device = _cuda.device_for_uuid(gpu_uuids, buffer.gpu.gpu_uuid)
             arena = _cuda.open_arena(_cuda.runtime(torch), buffer.gpu.ipc_handle, device,
                                      buffer.gpu.size)
-            opened[index] = ("gpu", arena, device)
+            # Per load and arena: every storage of this load in the arena keeps it alive (the
+            # lease's anchor), whatever the number of storages.
+            anchor = _cuda.LoadAnchor(arena)
+            anchors.append(anchor)
+            opened[index] = ("gpu", anchor, device)
             limits[index] = arena.size
             continue
         else:
@@ -321,59 +367,99 @@ def materialize(description, backend, torch=None):
 
     plans = {code: backend.dtype_plan(table.strings[code])
              for code in np.unique(table.dtype).tolist()}
+    if backend.name != "torch":
+        plans = {code: (dtype, None) for code, dtype in plans.items()}
     grad = (table.flags & 1).astype(bool)
     storages = {}
     extents = {}
-    for i in np.flatnonzero(with_bytes & ~direct).tolist():
-        key = (int(table.buffer[i]), int(table.storage_byte_offset[i]))
-        extents[key] = max(extents.get(key, 0), int(geometry.extent[i]))
+    # Tensors with bytes that are not one array over their buffer: views of a storage tensor
+    # (one per saved storage, as torch.load gives them), made in one loop below.
+    viewed_at = np.flatnonzero(with_bytes & ~direct)
+    viewed_keys = list(zip(table.buffer[viewed_at].tolist(),
+                           table.storage_byte_offset[viewed_at].tolist()))
+    viewed_extents = geometry.extent[viewed_at].tolist()
+    for key, extent in zip(viewed_keys, viewed_extents):
+        if extent > extents.get(key, 0):
+            extents[key] = extent
 
-    # The direct tensors in one tight loop (a few microseconds each), the others after.
-    shapes = table.shapes.tolist()
-    strides = byte_strides.tolist()
-    starts = table.starts.tolist()
-    direct_at = np.flatnonzero(direct).tolist()
-    plan_of = [plans[c] for c in table.dtype[direct_at].tolist()]
-    bases = [anchors_by_buffer.get(b) for b in range(len(buffers))]
-    base_of = [bases[b] for b in table.buffer[direct_at].tolist()]
-    with backend.building():
-        for (index, offset), extent in extents.items():
-            entry = opened[index]
-            if entry[0] == "host":
-                storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
-            else:
-                cuda_bytes = entry[1].bytes_at(offset, extent)
-                anchors.append(cuda_bytes)
-                storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
-        del opened
-        made = backend.many(
-            [tuple(shapes[starts[i]:starts[i + 1]]) for i in direct_at], plan_of, base_of,
-            first_byte[direct_at].tolist(),
-            [tuple(strides[starts[i]:starts[i + 1]]) for i in direct_at])
-        for k in np.flatnonzero(direct[direct_at] & grad[direct_at]).tolist():
-            made[k] = backend.set_requires_grad(made[k])
-        if len(direct_at) == count:
-            entries = collections.OrderedDict(zip(table.names, made))
+    # The direct tensors in one pass of C loops (map), the others after.
+    direct_at = np.flatnonzero(direct)
+    shapes_of = _tuples(table.shapes, table.starts, table.ndim, direct_at)
+    strides_of = _tuples(byte_strides, table.starts, table.ndim, direct_at)
+    codes = table.dtype[direct_at]
+    dtype_of = _objects([plans.get(c, (None,))[0] for c in range(len(table.strings))], codes)
+    view_of = _objects([plans.get(c, (None, None))[1] for c in range(len(table.strings))],
+                       codes)
+    base_of = _objects([anchors_by_buffer.get(b) for b in range(len(buffers))],
+                       table.buffer[direct_at])
+    direct_grad = np.flatnonzero(grad[direct_at]).tolist()
+    direct_at = direct_at.tolist()
+    for (index, offset), extent in extents.items():
+        entry = opened[index]
+        if entry[0] == "host":
+            storages[(index, offset)] = backend.host_storage(entry[1], offset, extent)
         else:
-            built = dict(zip(direct_at, made))
-            entries = collections.OrderedDict()
-            for i, name in enumerate(table.names):
-                tensor = built.get(i)
-                if tensor is None:
-                    tensor = _one(backend, table.row(i), with_bytes[i], geometry.extent[i],
-                                  storages, buffers, torch)
-                entries[name] = tensor
+            cuda_bytes = entry[1].bytes_at(offset, extent)
+            storages[(index, offset)] = backend.cuda_storage(cuda_bytes, entry[2])
+    del opened
+    made = backend.many(shapes_of, dtype_of, view_of, base_of,
+                        first_byte[direct_at].tolist(), strides_of)
+    for k in direct_grad:
+        made[k] = backend.set_requires_grad(made[k])
+    if len(direct_at) == count:
+        entries = collections.OrderedDict(zip(table.names, made))
+    else:
+        built = dict(zip(direct_at, made))
+        if len(viewed_at):
+            views = backend.views(
+                [storages[key] for key in viewed_keys], viewed_extents,
+                _objects([backend.torch_dtype(table.strings[c]) if c in plans else None
+                          for c in range(len(table.strings))], table.dtype[viewed_at]),
+                _tuples(table.shapes, table.starts, table.ndim, viewed_at),
+                _tuples(table.strides, table.starts, table.ndim, viewed_at),
+                table.storage_offset[viewed_at].tolist())
+            for k in np.flatnonzero(grad[viewed_at]).tolist():
+                views[k] = backend.set_requires_grad(views[k])
+            built.update(zip(viewed_at.tolist(), views))
+        entries = collections.OrderedDict()
+        for i, name in enumerate(table.names):
+            tensor = built.get(i)
+            if tensor is None:
+                tensor = _one(backend, table.row(i), buffers, torch)
+            entries[name] = tensor
     return entries, anchors, table if description.packed_tensors else None
 
 
-def _one(backend, row, with_bytes, extent, storages, buffers, torch):
-    """A tensor that is not one array over its buffer: meta, without elements, or a view of a
-    storage it shares (or starts inside)."""
+def _objects(values, index):
+    """[values[i] for i in index] (index: an int array), indexed in C."""
+    table = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # one by one: numpy would unpack arrays in a slice
+        table[i] = value
+    return table[index].tolist()
+
+
+def _tuples(values, starts, ndim, index):
+    """For each tensor in `index`, its dims' slice of `values` (a tensor's sizes or strides,
+    concatenated) as a tuple of ints: one zip per distinct ndim, no Python loop per tensor."""
+    out = [()] * len(index)
+    dims = ndim[index]
+    for k in np.unique(dims).tolist():
+        if k == 0:
+            continue
+        group = np.flatnonzero(dims == k) if len(dims) else dims
+        first = starts[index[group]]
+        made = list(zip(*[values[first + j].tolist() for j in range(k)]))
+        if len(group) == len(index):
+            return made
+        list(map(out.__setitem__, group.tolist(), made))
+    return out
+
+
+def _one(backend, row, buffers, torch):
+    """A tensor without bytes: meta, or without elements."""
     if row.buffer_index < 0:
         return backend.empty(row, "meta")
-    if not with_bytes:
-        return backend.empty(row, _empty_device(buffers[row.buffer_index], row, torch))
-    return backend.view(storages[(row.buffer_index, row.storage_byte_offset)], row, int(extent))
+    return backend.empty(row, _empty_device(buffers[row.buffer_index], row, torch))
 
 
 def _handle_kind(arena):

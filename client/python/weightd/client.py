@@ -4,6 +4,7 @@ import sys
 import threading
 
 import grpc
+import grpc.experimental
 
 from . import _dtypes, _model
 from ._lease import LeaseSession, LoadLease
@@ -87,6 +88,11 @@ _KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 30000),
                       ("grpc.keepalive_permit_without_calls", 0),
                       ("grpc.http2.max_pings_without_data", 0)]
 
+# Load and ReadTensors read their answers in the calling thread (the streams are iterated to
+# the end right there) instead of through gRPC's channel-wide polling thread: no thread to
+# start for a process's first Load, no hand-off per message.
+_SINGLE_THREADED_STREAMS = [(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+
 
 def _read(what, path):
     try:
@@ -162,6 +168,7 @@ class Client:
         channel_options = [("grpc.max_receive_message_length", 1 << 30),
                            ("grpc.max_send_message_length", 64 << 20)]
         channel_options += _KEEPALIVE_OPTIONS
+        channel_options += _SINGLE_THREADED_STREAMS
         channel_options += list(options or [])
         credentials = _channel_credentials(
             self.address,
@@ -295,7 +302,33 @@ class Client:
                 raise TypeError("shard must be a weightd.Shard, not %r" % (shard,))
             request.shard.CopyFrom(shard.to_proto())
         session = self._lease_session()
-        request.lease_session = session.session_id
+        if session.session_id is not None:
+            request.lease_session = session.session_id
+            return self._materialize(self._run_load(request, progress, path), session)
+        # The session's stream is still opening (this client's first load): Load without it
+        # meanwhile, then lease the model on the stream, building the tensors while that
+        # answer travels. A model evicted in between is refused; load it again, leased.
+        description = self._run_load(request, progress, path)
+        acquisition = session.acquire(description.model_id)
+        try:
+            try:
+                built = self._build(description)
+            except Exception:
+                if acquisition.wait(session.open_timeout):
+                    acquisition.abandon()
+                    raise
+                built = None  # the model (and maybe its buffers) went away; load it again
+            if built is not None and acquisition.wait(session.open_timeout):
+                return self._leased(description, session, built)
+        except BaseException:
+            acquisition.abandon()
+            raise
+        del built
+        session = self._lease_session()
+        request.lease_session = session.wait_open()
+        return self._materialize(self._run_load(request, progress, path), session)
+
+    def _run_load(self, request, progress, path):
         description = None
         try:
             for event in self._stub.Load(request):
@@ -309,17 +342,25 @@ class Client:
         if description is None:
             raise WeightdError(grpc.StatusCode.INTERNAL,
                                "the daemon ended Load for %s without a model" % path)
-        return self._materialize(description, session)
+        return description
+
+    def _build(self, description):
+        return _model.materialize(description, self._backend,
+                                  torch=_torch if self.backend == "torch" else None)
+
+    def _leased(self, description, session, built):
+        entries, anchors, table = built
+        LoadLease(session, description.model_id, anchors)
+        return _model.Model(entries, description, self.backend, table)
 
     def _materialize(self, description, session):
+        """Tensors of a model the daemon leased on `session` in Load."""
         try:
-            entries, anchors, table = _model.materialize(
-                description, self._backend, torch=_torch if self.backend == "torch" else None)
+            built = self._build(description)
         except BaseException:
             session.release(description.model_id)
             raise
-        LoadLease(session, description.model_id, anchors)
-        return _model.Model(entries, description, self.backend, table)
+        return self._leased(description, session, built)
 
     def _target(self, device):
         """A daemon placement target for a user's device."""

@@ -109,44 +109,52 @@ def _as_untyped(torch, storage, caller):
 
 
 def _unique_names(model, caller):
-    names = set()
-    for t in model.description.tensors:
-        if t.name in names:
-            raise WeightdError(grpc.StatusCode.UNIMPLEMENTED,
-                               "%s: %s holds two tensors named %r (a dict key with a dot "
-                               "next to a nested dict?); load it with Client.load(tensors=...) "
-                               "or torch.load" % (caller, model.path, t.name))
-        names.add(t.name)
+    """The model's tensor columns (Model.tensor_columns: the packed table read in bulk);
+    refuses a model with two tensors of one name."""
+    columns = model.tensor_columns()
+    if len(set(columns.names)) != len(columns.names):
+        names = set()
+        for name in columns.names:
+            if name in names:
+                raise WeightdError(grpc.StatusCode.UNIMPLEMENTED,
+                                   "%s: %s holds two tensors named %r (a dict key with a dot "
+                                   "next to a nested dict?); load it with "
+                                   "Client.load(tensors=...) or torch.load"
+                                   % (caller, model.path, name))
+            names.add(name)
+    return columns
 
 
-def _rebuild_on_storages(torch, model, relocate, copy, caller):
+def _rebuild_on_storages(torch, model, columns, relocate, copy, caller):
     """{name: tensor} like `model`, each storage copied (copy) and/or handed to `relocate`
     (torch.load's map_location callable) once, the tensors rebuilt on what it returns."""
     storages = {}
     out = {}
-    for index, t in enumerate(model.description.tensors):
-        tensor = model[t.name]
-        if t.buffer_index < 0:  # meta: no storage
-            out[t.name] = tensor
+    for index, (name, buffer_index, storage_byte_offset, saved_location) in enumerate(zip(
+            columns.names, columns.buffer_index, columns.storage_byte_offset,
+            columns.saved_location)):
+        tensor = model[name]
+        if buffer_index < 0:  # meta: no storage
+            out[name] = tensor
             continue
-        key = (t.buffer_index, t.storage_byte_offset) if tensor.numel() else ("empty", index)
+        key = (buffer_index, storage_byte_offset) if tensor.numel() else ("empty", index)
         storage = storages.get(key)
         if storage is None:
             storage = _untyped(torch, tensor)
             if copy:
                 storage = storage.clone()
             if relocate is not None:
-                moved = relocate(storage, t.saved_location)
+                moved = relocate(storage, saved_location)
                 if moved is None:
                     moved = torch.serialization.default_restore_location(storage,
-                                                                         t.saved_location)
+                                                                         saved_location)
                 storage = _as_untyped(torch, moved, caller)
             storages[key] = storage
         rebuilt = torch.empty(0, dtype=tensor.dtype, device=storage.device)
         rebuilt.set_(storage, tensor.storage_offset(), tensor.shape, tensor.stride())
         if tensor.requires_grad:
             rebuilt.requires_grad_(True)
-        out[t.name] = rebuilt
+        out[name] = rebuilt
     return out
 
 
@@ -188,13 +196,13 @@ def load(f, map_location=None, *, weights_only=True, mmap=None, client=None):
     if model.format not in ("torch-zip", "torch-legacy"):
         raise ValueError("weightd.load: %s is a %s file, which torch.load cannot read; "
                          "Client.load gives its tensors" % (path, model.format))
-    _unique_names(model, caller)
+    columns = _unique_names(model, caller)
     if relocate is not None or mmap is False:
-        tensors = _rebuild_on_storages(torch, model, relocate, mmap is False, caller)
+        tensors = _rebuild_on_storages(torch, model, columns, relocate, mmap is False, caller)
     else:
         tensors = dict(model)
-    infos = {t.name: t for t in model.description.tensors}
-    text = model.description.metadata_json
+    requires_grad = dict(zip(columns.names, columns.requires_grad))
+    text = model.metadata_json
     if not text:
         raise WeightdError(grpc.StatusCode.INTERNAL,
                            "weightd.load: the daemon sent no value tree for %s" % path)
@@ -207,7 +215,7 @@ def load(f, map_location=None, *, weights_only=True, mmap=None, client=None):
                                "the daemon did not describe" % (path, name))
         value = tensors[name]
         if parameter:
-            return torch.nn.Parameter(value.detach(), requires_grad=infos[name].requires_grad)
+            return torch.nn.Parameter(value.detach(), requires_grad=requires_grad[name])
         return value
 
     return _tree.TreeBuilder(torch, tensor).build(tree)
@@ -247,10 +255,9 @@ def jit_load_state(f, _extra_files=None, *, map_location=None, client=None):
     if model.format != "torchscript":
         raise ValueError("weightd.jit_load_state: %s is a %s file, not a TorchScript archive; "
                          "use weightd.load" % (path, model.format))
-    _unique_names(model, caller)
-    state = collections.OrderedDict(
-        (t.name, model[t.name].detach()) for t in model.description.tensors)
-    text = model.description.metadata_json
+    columns = _unique_names(model, caller)
+    state = collections.OrderedDict((name, model[name].detach()) for name in columns.names)
+    text = model.metadata_json
     state._metadata = collections.OrderedDict(
         (prefix, {"version": 1}) for prefix in _module_prefixes(json.loads(text) if text else {}))
     if _extra_files is not None:
@@ -284,13 +291,13 @@ def load_into(module, f, *, device="cpu", map_location=None, dtype=None, prefix=
     model = client.load(path, device=device, map_location=map_location, dtype=dtype,
                         tensors=[prefix] if prefix else None)
     state = collections.OrderedDict()
-    for t in model.description.tensors:
-        name = t.name
+    for full in model.tensor_columns().names:
+        name = full
         if prefix:
             if not name.startswith(prefix + "."):
                 continue
             name = name[len(prefix) + 1:]
-        state[name] = model[t.name]
+        state[name] = model[full]
     if assign is None:
         assign = _assign_supported(module)
     if assign:

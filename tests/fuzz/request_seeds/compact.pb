@@ -1,0 +1,3 @@
+
+/models/m.pt
+cpu*layers.0*layers.1.weightH
