@@ -19,6 +19,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -74,6 +75,9 @@ ABSL_FLAG(int, pread_threads, 0, "pread reader threads (0: the daemon's)");
 ABSL_FLAG(int, io_uring_async, -1,
           "io_uring IOSQE_ASYNC for buffered pieces: 0 or 1 (-1: the "
           "daemon's)");
+ABSL_FLAG(int, io_uring_workers, 0,
+          "io_uring bounded kernel workers at most (0: the daemon's, -1: the "
+          "kernel's)");
 ABSL_FLAG(int64_t, request_kib, 0,
           "bytes one read system call asks for at most, KiB (0: the "
           "daemon's)");
@@ -212,6 +216,16 @@ absl::Status ReadIntoArena(Reader* reader, int fd, int direct_fd, uint64_t size,
     }
   }
   return absl::OkStatus();
+}
+
+// Minor page faults of the whole process so far (every thread's).
+long MinorFaults() {
+  struct rusage usage;
+  return getrusage(RUSAGE_SELF, &usage) == 0 ? usage.ru_minflt : 0;
+}
+
+std::string FaultNote(long faults, int repeats) {
+  return absl::StrCat(faults / std::max(1, repeats), " page faults");
 }
 
 // read() of the whole file into dst in kChunk calls, one thread; seconds or
@@ -354,6 +368,9 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
     if (int a = absl::GetFlag(FLAGS_io_uring_async); a >= 0) {
       options.io_uring_async_workers = a != 0;
     }
+    if (int w = absl::GetFlag(FLAGS_io_uring_workers); w != 0) {
+      options.io_uring_max_workers = w;
+    }
     if (int64_t k = absl::GetFlag(FLAGS_request_kib); k > 0) {
       options.max_request_bytes = static_cast<size_t>(k) << 10;
     }
@@ -397,6 +414,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
         Reader* r = reader->get();
         const int dfd = cold ? direct_fd : -1;
         std::string error;
+        const long faults = MinorFaults();
         double t = Measure(
             repeats, before,
             [&] {
@@ -407,6 +425,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
               return s.ok() ? Now() - start : -1;
             },
             &error);
+        if (error.empty()) error = FaultNote(MinorFaults() - faults, repeats);
         rows.push_back(
             {section,
              absl::StrCat("weightd ", r->name(), " -> host arena",
@@ -502,6 +521,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
                       size});
       // The baseline writes where the weightd rows write: every byte of the
       // same (prefaulted) 1 GiB host arena.
+      const long faults = MinorFaults();
       Row read_row{"warm", "pread() 8 MiB calls into the host arena (baseline)",
                    Measure(
                        repeats, nullptr,
@@ -510,6 +530,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
                        },
                        &error),
                    size};
+      read_row.note = FaultNote(MinorFaults() - faults, repeats);
       rows.push_back(read_row);
       const size_t warm_begin = rows.size();
       read_rows("warm", false, nullptr);
