@@ -345,6 +345,17 @@ absl::StatusOr<ArenaHandle> FakeDevice::ExportHandle(const DeviceArena& arena) {
   return ArenaHandle{ArenaHandleKind::kSharedMemory, *bytes};
 }
 
+uint8_t* FakeDevice::ArenaMemory(const DeviceArena& arena) const {
+  const FakeArena* fake = dynamic_cast<const FakeArena*>(&arena);
+  if (fake == nullptr || fake->state() != state_.get()) return nullptr;
+  return fake->segment()->data();
+}
+
+uint8_t* FakeDevice::HostAddress(const DeviceArena& arena) const {
+  if (state_->options.copy_delay > absl::ZeroDuration()) return nullptr;
+  return ArenaMemory(arena);
+}
+
 int FakeDevice::live_arenas() const {
   MutexLock lock(&state_->mu);
   return state_->live_arenas;

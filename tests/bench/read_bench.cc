@@ -513,8 +513,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
                           repeats, nullptr,
                           [&] {
                             uint64_t got = 0;
-                            double t =
-                                bench::ReadWholeFile(path, kChunk, &got);
+                            double t = bench::ReadWholeFile(path, kChunk, &got);
                             return got == size ? t : -1;
                           },
                           &error),
@@ -522,14 +521,13 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
       // The baseline writes where the weightd rows write: every byte of the
       // same (prefaulted) 1 GiB host arena.
       const long faults = MinorFaults();
-      Row read_row{"warm", "pread() 8 MiB calls into the host arena (baseline)",
-                   Measure(
-                       repeats, nullptr,
-                       [&] {
-                         return ReadLoop(fd, (*arena_segment)->data(), size);
-                       },
-                       &error),
-                   size};
+      Row read_row{
+          "warm", "pread() 8 MiB calls into the host arena (baseline)",
+          Measure(
+              repeats, nullptr,
+              [&] { return ReadLoop(fd, (*arena_segment)->data(), size); },
+              &error),
+          size};
       read_row.note = FaultNote(MinorFaults() - faults, repeats);
       rows.push_back(read_row);
       const size_t warm_begin = rows.size();
