@@ -263,7 +263,11 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> FakeDevice::Allocate(
 
 absl::StatusOr<std::unique_ptr<PinnedBuffer>> FakeDevice::AllocatePinned(
     uint64_t bytes) {
-  return AllocateHostMemory(bytes);
+  // Resident from the start, as page-locked memory is: the staging ring is
+  // allocated once per device and reused by every load.
+  HostMemoryOptions options;
+  options.prefault = true;
+  return AllocateHostMemory(bytes, options);
 }
 
 absl::Status FakeDevice::CopyToDeviceAsync(DeviceArena* arena, uint64_t offset,
