@@ -345,7 +345,9 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
     uint64_t file_offset = 0;
     uint64_t length = 0;
   };
-  const int depth = reader_->queue_depth();
+  // As many chunks in flight as the ring would have: the same load on the
+  // device (a cold virtio disk measures fewer, larger reads faster).
+  const int depth = std::min(reader_->queue_depth(), options_.num_buffers);
   std::vector<Read> in_flight(static_cast<size_t>(depth));
   std::vector<int> free_tags;
   for (int i = depth - 1; i >= 0; --i) free_tags.push_back(i);

@@ -7,7 +7,8 @@
 // (Device::HostAddress: the fake GPU), every range goes straight into it:
 // file chunks are read into the arena itself (their aligned middles O_DIRECT
 // when arena and file offsets are equally misaligned), generated and memory
-// ranges written there. Otherwise file bytes are read in chunks into
+// ranges written there, num_buffers chunks in flight at most. Otherwise
+// file bytes are read in chunks into
 // a ring of num_buffers pinned staging buffers of chunk_bytes each (memory
 // bounded by num_buffers * chunk_bytes, whatever the checkpoint size); each
 // filled buffer's host-to-device copy is queued asynchronously on a stream
