@@ -79,6 +79,9 @@ TEST(DeviceSetTest, LoadsOntoOneGpuReuseItsStagingBuffers) {
   options.io_backend = "pread";
   options.staging_chunk_bytes = 1 << 20;
   options.staging_buffers = 4;
+  // A fake GPU without a copy delay is host-addressed (Device::HostAddress):
+  // loads go straight into the arena, with no ring to reuse.
+  options.fake_gpu_copy_delay = absl::Microseconds(1);
   auto devices = DeviceSet::Create(options);
   ASSERT_TRUE(devices.ok()) << devices.status();
   char path[] = "/tmp/weightd-device-set-XXXXXX";

@@ -133,6 +133,14 @@ class Device {
   // The arena's handle for another process.
   virtual absl::StatusOr<ArenaHandle> ExportHandle(
       const DeviceArena& arena) = 0;
+
+  // The arena's memory as an address this process's CPU may write directly,
+  // or null where it is device memory (CUDA) or copies must go through
+  // CopyToDeviceAsync. With an address, a staging pipeline reads file bytes
+  // straight into the arena instead of through its ring.
+  virtual uint8_t* HostAddress(const DeviceArena& arena) const {
+    return nullptr;
+  }
 };
 
 // Page-aligned ordinary host memory as a PinnedBuffer (the fake GPU; no page

@@ -263,7 +263,11 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> FakeDevice::Allocate(
 
 absl::StatusOr<std::unique_ptr<PinnedBuffer>> FakeDevice::AllocatePinned(
     uint64_t bytes) {
-  return AllocateHostMemory(bytes);
+  // Resident from the start, as page-locked memory is: the staging ring is
+  // allocated once per device and reused by every load.
+  HostMemoryOptions options;
+  options.prefault = true;
+  return AllocateHostMemory(bytes, options);
 }
 
 absl::Status FakeDevice::CopyToDeviceAsync(DeviceArena* arena, uint64_t offset,
@@ -343,6 +347,17 @@ absl::StatusOr<ArenaHandle> FakeDevice::ExportHandle(const DeviceArena& arena) {
   absl::StatusOr<IpcHandle> bytes = EncodeSharedHandle(info);
   if (!bytes.ok()) return bytes.status();
   return ArenaHandle{ArenaHandleKind::kSharedMemory, *bytes};
+}
+
+uint8_t* FakeDevice::ArenaMemory(const DeviceArena& arena) const {
+  const FakeArena* fake = dynamic_cast<const FakeArena*>(&arena);
+  if (fake == nullptr || fake->state() != state_.get()) return nullptr;
+  return fake->segment()->data();
+}
+
+uint8_t* FakeDevice::HostAddress(const DeviceArena& arena) const {
+  if (state_->options.copy_delay > absl::ZeroDuration()) return nullptr;
+  return ArenaMemory(arena);
 }
 
 int FakeDevice::live_arenas() const {

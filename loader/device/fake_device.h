@@ -55,6 +55,9 @@ class FakeDevice : public Device {
   absl::Status Synchronize() override;
   // A shared-memory handle naming the arena's segment.
   absl::StatusOr<ArenaHandle> ExportHandle(const DeviceArena& arena) override;
+  // The arena's shared-memory mapping; null with a copy_delay (that fake
+  // models a slow device, whose bytes must go through its copies).
+  uint8_t* HostAddress(const DeviceArena& arena) const override;
 
   struct State;  // shared with arenas, events and the stream workers
 
@@ -80,6 +83,9 @@ class FakeDevice : public Device {
 
   // Arenas not yet destroyed (leak checks of the subclass).
   int live_arenas() const;
+  // An arena of this device's mapping, whatever the copy delay; null for
+  // another device's.
+  uint8_t* ArenaMemory(const DeviceArena& arena) const;
 
  private:
   const int index_;

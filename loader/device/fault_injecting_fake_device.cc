@@ -32,6 +32,16 @@ uint64_t FaultInjectingFakeDevice::allocated_bytes() const {
   return memory.ok() ? memory->total_bytes - memory->free_bytes : 0;
 }
 
+uint8_t* FaultInjectingFakeDevice::HostAddress(const DeviceArena& arena) const {
+  MutexLock lock(&mu_);
+  return host_addressed_ ? ArenaMemory(arena) : nullptr;
+}
+
+void FaultInjectingFakeDevice::set_host_addressed(bool host_addressed) {
+  MutexLock lock(&mu_);
+  host_addressed_ = host_addressed;
+}
+
 absl::Status FaultInjectingFakeDevice::AllocationFault(uint64_t bytes) {
   MutexLock lock(&mu_);
   const uint64_t n = ++allocations_;

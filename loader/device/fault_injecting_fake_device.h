@@ -49,6 +49,13 @@ class FaultInjectingFakeDevice : public FakeDevice {
   uint64_t allocated_bytes() const;
   using FakeDevice::live_arenas;
 
+  // Null by default: its faults are injected into copies, so every byte
+  // goes through CopyToDeviceAsync (a pipeline keeps its staging ring). With
+  // set_host_addressed(true), the arena's mapping, whatever the copy delay
+  // (pipelines then write it directly and no copy fault fires).
+  uint8_t* HostAddress(const DeviceArena& arena) const override;
+  void set_host_addressed(bool host_addressed);
+
  protected:
   absl::Status AllocationFault(uint64_t bytes) override;
   absl::Status SubmitFault() override;
@@ -65,6 +72,7 @@ class FaultInjectingFakeDevice : public FakeDevice {
   uint64_t allocations_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t copy_submits_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t copies_ ABSL_GUARDED_BY(mu_) = 0;
+  bool host_addressed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace weightd

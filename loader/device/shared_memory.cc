@@ -410,7 +410,7 @@ HugePageMode AnonymousHugePages() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PinnedBuffer>> AllocateHostMemory(
-    uint64_t bytes) {
+    uint64_t bytes, const HostMemoryOptions& options) {
   const uint64_t page = 4096;
   if (bytes > (uint64_t{1} << 47)) {
     return absl::ResourceExhaustedError(
@@ -426,8 +426,12 @@ absl::StatusOr<std::unique_ptr<PinnedBuffer>> AllocateHostMemory(
                      " bytes of host memory: ", std::strerror(err)));
   }
   uint8_t* data = static_cast<uint8_t*>(p);
-  if (AnonymousHugePages() == HugePageMode::kAdvise) {
+  if (options.huge_pages && AnonymousHugePages() == HugePageMode::kAdvise) {
     (void)madvise(data, static_cast<size_t>(mapped), MADV_HUGEPAGE);
+  }
+  if (!options.prefault) {
+    return std::unique_ptr<PinnedBuffer>(
+        new AnonymousHostBuffer(data, bytes, mapped));
   }
   // Anonymous memory has no space to run out of but RAM (ENOMEM: the
   // mapping above already counted against overcommit).

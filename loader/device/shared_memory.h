@@ -84,11 +84,25 @@ std::string DescribeDefaultHugePages();
 // cannot supply a page.
 int PrefaultForWrite(uint8_t* data, uint64_t size);
 
+// How AllocateHostMemory gets its pages (read_bench measures each choice).
+struct HostMemoryOptions {
+  // MADV_HUGEPAGE where anonymous huge pages are on madvise.
+  bool huge_pages = true;
+  // Every page faulted in before returning (PrefaultForWrite, in parallel);
+  // false: on first touch. With huge pages, first touch wins (read_bench:
+  // each 2 MiB is zeroed by the fault and written while still in the CPU's
+  // caches; a prefault zeroes the whole buffer first, the writer then
+  // misses), so the default.
+  bool prefault = false;
+};
+
 // Fresh anonymous host memory (the fake GPU's staging buffers): page-aligned,
-// MADV_HUGEPAGE where anonymous huge pages are on madvise, prefaulted in
-// parallel. RESOURCE_EXHAUSTED naming the size when it cannot be had.
+// by default MADV_HUGEPAGE where anonymous huge pages are on madvise, faulted
+// on first touch (read_bench's fastest of the four choices, about 3x plain
+// 4 KiB first touch on the VM it ran on).
+// RESOURCE_EXHAUSTED naming the size when it cannot be had.
 absl::StatusOr<std::unique_ptr<PinnedBuffer>> AllocateHostMemory(
-    uint64_t bytes);
+    uint64_t bytes, const HostMemoryOptions& options = HostMemoryOptions());
 
 class SharedMemorySegment {
  public:

@@ -530,17 +530,25 @@ TEST(SharedMemoryTest, PrefaultKeepsContentsAndIsIdempotent) {
 }
 
 TEST(HostMemoryTest, FreshHostMemoryIsZeroedAndWritable) {
-  for (uint64_t size :
-       {uint64_t{1}, uint64_t{4096}, (uint64_t{70} << 20) + 1}) {
-    auto buffer = AllocateHostMemory(size);
-    ASSERT_TRUE(buffer.ok()) << buffer.status();
-    EXPECT_EQ((*buffer)->size(), size);
-    EXPECT_EQ(reinterpret_cast<uintptr_t>((*buffer)->data()) % 4096, 0u);
-    for (uint64_t i = 0; i < size; i += 4096)
-      ASSERT_EQ((*buffer)->data()[i], 0);
-    std::memset((*buffer)->data(), 0x5a, size);
-    EXPECT_EQ((*buffer)->data()[size - 1], 0x5a);
-  }
+  std::vector<HostMemoryOptions> choices(4);
+  choices[1].prefault = !choices[1].prefault;
+  choices[2].huge_pages = !choices[2].huge_pages;
+  choices[3].prefault = !choices[3].prefault;
+  choices[3].huge_pages = !choices[3].huge_pages;
+  for (const HostMemoryOptions& options : choices)
+    for (uint64_t size :
+         {uint64_t{1}, uint64_t{4096}, (uint64_t{70} << 20) + 1}) {
+      SCOPED_TRACE(absl::StrCat("huge_pages ", options.huge_pages, " prefault ",
+                                options.prefault, " size ", size));
+      auto buffer = AllocateHostMemory(size, options);
+      ASSERT_TRUE(buffer.ok()) << buffer.status();
+      EXPECT_EQ((*buffer)->size(), size);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>((*buffer)->data()) % 4096, 0u);
+      for (uint64_t i = 0; i < size; i += 4096)
+        ASSERT_EQ((*buffer)->data()[i], 0);
+      std::memset((*buffer)->data(), 0x5a, size);
+      EXPECT_EQ((*buffer)->data()[size - 1], 0x5a);
+    }
   EXPECT_TRUE(absl::IsResourceExhausted(
       AllocateHostMemory(uint64_t{1} << 50).status()));
 }

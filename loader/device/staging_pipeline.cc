@@ -104,6 +104,53 @@ uint64_t AutoRequestBytes(int fd) {
   return std::clamp<uint64_t>(q.max_sectors_bytes, 256ull << 10, 8ull << 20);
 }
 
+// Each file's direct-read plan for one Run into buffers aligned to
+// `buffer_alignment`.
+std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
+                                    uintptr_t buffer_alignment,
+                                    const StagingOptions& options,
+                                    StagingStats* stats) {
+  std::vector<FileState> file_states(files.size());
+  for (size_t i = 0; i < files.size(); ++i) {
+    FileState& f = file_states[i];
+    f.source = &files[i];
+    if (f.source->direct_alignment != 0) {
+      f.alignment = f.source->direct_alignment;
+    }
+    f.direct = f.source->direct_fd >= 0 && buffer_alignment >= f.alignment &&
+               options.chunk_bytes >= 4 * f.alignment;
+    f.request_bytes = options.request_bytes;
+    if (f.request_bytes == 0 && f.source->fd >= 0) {
+      f.request_bytes = AutoRequestBytes(f.source->fd);
+    }
+    if (i == 0) stats->request_bytes = f.request_bytes;
+  }
+  return file_states;
+}
+
+std::vector<int> Descriptors(absl::Span<const FileSource> files) {
+  std::vector<int> fds;
+  for (const FileSource& file : files) {
+    if (file.fd >= 0) fds.push_back(file.fd);
+    if (file.direct_fd >= 0) fds.push_back(file.direct_fd);
+  }
+  return fds;
+}
+
+uintptr_t AlignmentOf(const void* p) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  return at & (~at + 1);
+}
+
+absl::Status CancelledAfter(absl::Span<const FileSource> files, uint64_t done,
+                            uint64_t total) {
+  return absl::CancelledError(absl::StrCat(
+      "load of ", files.empty() ? std::string("memory") : files[0].name,
+      files.size() > 1 ? absl::StrCat(" and ", files.size() - 1, " more")
+                       : std::string(),
+      " cancelled after ", done, " of ", total, " bytes"));
+}
+
 absl::Status ShortRead(const FileSource& file, uint64_t offset, uint64_t want,
                        uint64_t got) {
   return absl::DataLossError(
@@ -241,6 +288,9 @@ absl::Status StagingPipeline::Run(DeviceArena* arena,
     return absl::FailedPreconditionError(
         "staging pipeline unusable after an earlier reader failure");
   }
+  if (uint8_t* host = device_->HostAddress(*arena); host != nullptr) {
+    return RunInPlace(host, files, ranges, total, cancel, progress, stats);
+  }
   return RunStaged(arena, files, ranges, total, cancel, progress, stats);
 }
 
@@ -276,6 +326,148 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
   return std::move(*arena);
 }
 
+absl::Status StagingPipeline::RunInPlace(uint8_t* host,
+                                         absl::Span<const FileSource> files,
+                                         absl::Span<const CopyRange> ranges,
+                                         uint64_t total,
+                                         const CancellationToken* cancel,
+                                         const StagingProgressFn& progress,
+                                         StagingStats* stats) {
+  stats->host_addressed = true;
+  std::vector<FileState> file_states =
+      PrepareFiles(files, AlignmentOf(host), options_, stats);
+  if (absl::Status s = reader_->RegisterFiles(Descriptors(files)); !s.ok()) {
+    return s;
+  }
+  // The chunks in flight, by reader tag.
+  struct Read {
+    uint32_t file_index = 0;
+    uint64_t file_offset = 0;
+    uint64_t length = 0;
+  };
+  // As many chunks in flight as the ring would have: the same load on the
+  // device (a cold virtio disk measures fewer, larger reads faster).
+  const int depth = std::min(reader_->queue_depth(), options_.num_buffers);
+  std::vector<Read> in_flight(static_cast<size_t>(depth));
+  std::vector<int> free_tags;
+  for (int i = depth - 1; i >= 0; --i) free_tags.push_back(i);
+  absl::Status status;
+  auto fail = [&](absl::Status s) {
+    if (status.ok()) status = std::move(s);
+  };
+  uint64_t done = 0;
+  auto landed = [&](uint64_t length) {
+    done += length;
+    ++stats->chunks;
+    if (progress && status.ok() &&
+        !(cancel != nullptr && cancel->cancelled())) {
+      progress(done, total);
+    }
+  };
+  ChunkCursor cursor(ranges, options_.chunk_bytes);
+  std::vector<ReadResult> results;
+  int reads = 0;
+  for (;;) {
+    while (status.ok() && !cursor.done() && reads < depth) {
+      if (cancel != nullptr && cancel->cancelled()) break;
+      const CopyRange& next = cursor.current();
+      bool direct = false;
+      uint64_t lead = 0;
+      if (next.from_file()) {
+        const FileState& f = file_states[next.file_index];
+        const uint64_t file_at = next.file_offset + cursor.pos();
+        const uint64_t arena_at = next.arena_offset + cursor.pos();
+        // Direct only where the arena is as misaligned as the file; chunks
+        // end at aligned file offsets, so only a range's ends read buffered.
+        direct = f.direct && next.length >= options_.direct_min_bytes &&
+                 file_at % f.alignment == arena_at % f.alignment;
+        if (direct) lead = (file_at + options_.chunk_bytes) % f.alignment;
+      }
+      Chunk c = cursor.Next(lead);
+      uint8_t* dst = host + c.arena_offset();
+      if (c.from_file()) {
+        const FileState& f = file_states[c.range->file_index];
+        const FileSource& file = *f.source;
+        if (direct && CachedFraction(file.fd, c.file_offset(), c.length) >=
+                          options_.direct_max_cached_fraction) {
+          direct = false;
+        }
+        const int tag = free_tags.back();
+        ReadRequest req;
+        req.fd = file.fd;
+        req.direct_fd = direct ? file.direct_fd : -1;
+        req.direct_alignment = static_cast<uint32_t>(f.alignment);
+        req.max_piece_bytes = static_cast<size_t>(f.request_bytes);
+        req.offset = c.file_offset();
+        req.buffer = dst;
+        req.length = static_cast<size_t>(c.length);
+        req.tag = static_cast<uint64_t>(tag);
+        absl::Status s = reader_->Submit(req);
+        if (!s.ok()) {
+          fail(Annotate(s, absl::StrCat("reading ", file.name, " at offset ",
+                                        c.file_offset())));
+          break;
+        }
+        free_tags.pop_back();
+        in_flight[tag] = {c.range->file_index, c.file_offset(), c.length};
+        ++reads;
+        stats->max_reads_in_flight =
+            std::max(stats->max_reads_in_flight, reads);
+      } else if (c.generated()) {
+        absl::Status s = c.Generate(dst);
+        if (!s.ok()) {
+          fail(s);
+          break;
+        }
+        landed(c.length);
+      } else {
+        std::memcpy(dst, c.memory(), c.length);
+        landed(c.length);
+      }
+    }
+    if (status.ok() && cancel != nullptr && cancel->cancelled()) {
+      fail(CancelledAfter(files, done, total));
+    }
+    if (reads == 0) break;
+    absl::Status s = reader_->Wait(1, &results);
+    if (!s.ok()) {
+      fail(Annotate(s, "reader"));
+      // The reads still in flight write into the caller's arena: wait for
+      // them before it can be freed; a reader that cannot even do that is
+      // never used again.
+      results.clear();
+      for (int tries = 0; tries < 100 && reader_->in_flight() > 0; ++tries) {
+        if (!reader_->Wait(reader_->in_flight(), &results).ok()) continue;
+      }
+      if (reader_->in_flight() > 0) broken_ = true;
+      break;
+    }
+    for (const ReadResult& r : results) {
+      const Read& read = in_flight[static_cast<size_t>(r.tag)];
+      const FileSource& file = files[read.file_index];
+      --reads;
+      free_tags.push_back(static_cast<int>(r.tag));
+      stats->direct_bytes += r.direct_bytes;
+      if (r.direct_refused) {
+        ++stats->direct_refused;
+        file_states[read.file_index].direct = false;  // the rest buffered
+      }
+      if (!r.status.ok()) {
+        fail(Annotate(r.status, absl::StrCat("reading ", file.name,
+                                             " at offset ", read.file_offset)));
+      } else if (r.bytes_read != read.length) {
+        fail(ShortRead(file, read.file_offset, read.length, r.bytes_read));
+      } else {
+        landed(read.length);
+      }
+    }
+    results.clear();
+  }
+  if (!broken_) reader_->UnregisterFiles();
+  if (status.ok()) stats->bytes = done;
+  return status;
+}
+
 absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
                                         absl::Span<const FileSource> files,
                                         absl::Span<const CopyRange> ranges,
@@ -292,26 +484,12 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
     uintptr_t at = reinterpret_cast<uintptr_t>(slot->buffer->data());
     buffer_alignment = std::min(buffer_alignment, at & (~at + 1));
   }
-  std::vector<FileState> file_states(files.size());
-  std::vector<int> fds;
-  for (size_t i = 0; i < files.size(); ++i) {
-    FileState& f = file_states[i];
-    f.source = &files[i];
-    if (f.source->direct_alignment != 0) {
-      f.alignment = f.source->direct_alignment;
-    }
-    f.direct = f.source->direct_fd >= 0 && buffer_alignment >= f.alignment &&
-               options_.chunk_bytes >= 4 * f.alignment;
-    f.request_bytes = options_.request_bytes;
-    if (f.request_bytes == 0 && f.source->fd >= 0) {
-      f.request_bytes = AutoRequestBytes(f.source->fd);
-    }
-    if (i == 0) stats->request_bytes = f.request_bytes;
-    if (f.source->fd >= 0) fds.push_back(f.source->fd);
-    if (f.source->direct_fd >= 0) fds.push_back(f.source->direct_fd);
-  }
+  std::vector<FileState> file_states =
+      PrepareFiles(files, buffer_alignment, options_, stats);
   // Fixed files for this Run's descriptors (they stay open through it).
-  if (absl::Status s = reader_->RegisterFiles(fds); !s.ok()) return s;
+  if (absl::Status s = reader_->RegisterFiles(Descriptors(files)); !s.ok()) {
+    return s;
+  }
   ChunkCursor cursor(ranges, options_.chunk_bytes);
   std::vector<int> free_slots;
   for (int i = static_cast<int>(slots_.size()) - 1; i >= 0; --i) {
@@ -464,11 +642,7 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       }
     }
     if (status.ok() && cancel != nullptr && cancel->cancelled()) {
-      fail(absl::CancelledError(absl::StrCat(
-          "load of ", files.empty() ? std::string("memory") : files[0].name,
-          files.size() > 1 ? absl::StrCat(" and ", files.size() - 1, " more")
-                           : std::string(),
-          " cancelled after ", done, " of ", total, " bytes")));
+      fail(CancelledAfter(files, done, total));
     }
     if (busy.empty()) break;
 

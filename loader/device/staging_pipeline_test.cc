@@ -131,6 +131,9 @@ struct Param {
   IoBackend backend;
   uint64_t chunk;
   int buffers;
+  // The fake reports its arenas' host addresses: the pipeline reads and
+  // writes straight into them (no ring, no device copies).
+  bool in_place = false;
 };
 void PrintTo(const Param& p, std::ostream* os) { *os << p.label; }
 
@@ -168,6 +171,7 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
     auto d = FaultInjectingFakeDevice::Create(o);
     ASSERT_TRUE(d.ok());
     fake_ = d->get();
+    fake_->set_host_addressed(GetParam().in_place);
     device_ = std::move(*d);
   }
 
@@ -253,10 +257,19 @@ TEST_P(StagingPipelineTest, ByteIdenticalAtEveryOffset) {
     }
   }
   EXPECT_EQ(stats.bytes, total);
-  // Bounded memory: the ring, whatever the checkpoint size.
-  EXPECT_EQ(pipeline->staging_bytes(), GetParam().chunk * GetParam().buffers);
+  EXPECT_EQ(stats.host_addressed, GetParam().in_place);
+  if (GetParam().in_place) {
+    // Straight into the arena: no staging memory, no copies.
+    EXPECT_EQ(pipeline->staging_bytes(), 0u);
+    EXPECT_EQ(stats.max_copies_in_flight, 0);
+    EXPECT_EQ(fake_->copies_started(), 0u);
+  } else {
+    // Bounded memory: the ring, whatever the checkpoint size.
+    EXPECT_EQ(pipeline->staging_bytes(), GetParam().chunk * GetParam().buffers);
+    EXPECT_LE(stats.max_copies_in_flight, GetParam().buffers);
+  }
+  // In place too: as many chunks in flight as the ring has buffers.
   EXPECT_LE(stats.max_reads_in_flight, GetParam().buffers);
-  EXPECT_LE(stats.max_copies_in_flight, GetParam().buffers);
   // The exported handle opens in another process with the same bytes.
   auto handle = device_->ExportHandle(**arena);
   ASSERT_TRUE(handle.ok()) << handle.status();
@@ -335,10 +348,17 @@ TEST_P(StagingPipelineTest, CopyAndAllocationFailures) {
   fake_->SetFaults(f);
   auto arena = pipeline->Load(layout_.arena_size, source_, layout_.ranges,
                               nullptr, nullptr);
-  EXPECT_TRUE(absl::IsInternal(arena.status())) << arena.status();
-  EXPECT_NE(arena.status().message().find("injected copy failure"),
-            std::string::npos)
-      << arena.status();
+  if (GetParam().in_place) {
+    // No copies to fail: the bytes went straight into the arena.
+    EXPECT_TRUE(arena.ok()) << arena.status();
+    EXPECT_EQ(fake_->copies_started(), 0u);
+    arena = absl::CancelledError("");
+  } else {
+    EXPECT_TRUE(absl::IsInternal(arena.status())) << arena.status();
+    EXPECT_NE(arena.status().message().find("injected copy failure"),
+              std::string::npos)
+        << arena.status();
+  }
   ExpectNoLeaks();
 
   FaultInjectingFakeDevice::Faults submit;
@@ -557,11 +577,13 @@ TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
     ASSERT_NE(opened, nullptr);
     ExpectArena(opened->host_data(), layout_);
   }
-  EXPECT_GT(stats.direct_bytes, 0u);
+  // In place, the layout's arena offsets are not congruent with its file
+  // offsets: everything buffered (InPlaceDirectWhereOffsetsAreCongruent).
+  if (!GetParam().in_place) EXPECT_GT(stats.direct_bytes, 0u);
   EXPECT_LT(stats.direct_bytes, kFileSize);  // heads, tails, small ranges
   EXPECT_EQ(stats.direct_refused, 0);
   EXPECT_EQ(stats.request_bytes, 48u << 10);
-  if (GetParam().backend == IoBackend::kIoUring) {
+  if (GetParam().backend == IoBackend::kIoUring && !GetParam().in_place) {
     EXPECT_TRUE((*pipeline)->reader()->buffers_registered())
         << (*pipeline)->reader()->reason();
   }
@@ -575,6 +597,47 @@ TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
   EXPECT_EQ(stats.direct_bytes, 0u);
   arena->reset();
   again->reset();
+  ExpectNoLeaks();
+}
+
+// In place, a range whose arena offset is as misaligned as its file offset
+// reads its aligned middle direct into the arena; one that is not reads
+// buffered; both byte-identical.
+TEST_P(StagingPipelineTest, InPlaceDirectWhereOffsetsAreCongruent) {
+  if (!GetParam().in_place) GTEST_SKIP() << "the ring path";
+  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  FileSource source = source_;
+  source.direct_fd = direct.fd.get();
+  source.direct_alignment = direct.alignment;
+  const uint64_t a = direct.alignment;
+  const std::vector<CopyRange> ranges = {
+      CopyRange::FromFile(3 * a + 5, 2 << 20, a + 5),            // congruent
+      CopyRange::FromFile(7, 1 << 20, (2 << 20) + 2 * a + 100),  // not
+  };
+  const uint64_t arena_size = (3 << 20) + 3 * a;
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(),
+                                          DirectOptions(GetParam()));
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  Evict(file_->fd());
+  StagingStats stats;
+  auto arena =
+      (*pipeline)->Load(arena_size, source, ranges, nullptr, nullptr, &stats);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  EXPECT_TRUE(stats.host_addressed);
+  auto opened = Open(**arena);
+  ASSERT_NE(opened, nullptr);
+  for (const CopyRange& r : ranges) {
+    EXPECT_TRUE(RangeMatches(opened->host_data(), r))
+        << "range at arena offset " << r.arena_offset;
+  }
+  // The congruent range's aligned middle, nothing of the other.
+  EXPECT_GT(stats.direct_bytes, (2u << 20) - 2 * a);
+  EXPECT_LE(stats.direct_bytes, 2u << 20);
+  EXPECT_EQ(stats.direct_refused, 0);
+  opened.reset();
+  arena->reset();
   ExpectNoLeaks();
 }
 
@@ -664,6 +727,41 @@ TEST_P(StagingPipelineTest, SeveralFilesInOneRun) {
   ExpectNoLeaks();
 }
 
+// The daemon's fake GPU (a plain FakeDevice) is host-addressed, unless its
+// copies are slowed down on purpose; a load goes straight into the arena.
+TEST(HostAddressedFakeGpuTest, LoadsStraightIntoTheArena) {
+  const std::string path = WritePatternFile("in_place", kFileSize, kSeed);
+  auto file = MappedFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  FileSource source;
+  source.fd = (*file)->fd();
+  source.size = kFileSize;
+  source.name = path;
+  FakeDevice::Options slow;
+  slow.copy_delay = absl::Microseconds(1);
+  for (FakeDevice::Options o : {FakeDevice::Options(), slow}) {
+    const bool in_place = o.copy_delay == absl::ZeroDuration();
+    auto device = FakeDevice::Create(o);
+    ASSERT_TRUE(device.ok()) << device.status();
+    auto reader = CreateReader(ReaderOptions());
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    auto pipeline = StagingPipeline::Create(device->get(), std::move(*reader),
+                                            StagingOptions());
+    ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+    const Layout layout = MakeLayout(kFileSize, StagingOptions().chunk_bytes);
+    StagingStats stats;
+    auto arena = (*pipeline)->Load(layout.arena_size, source, layout.ranges,
+                                   nullptr, nullptr, &stats);
+    ASSERT_TRUE(arena.ok()) << arena.status();
+    EXPECT_EQ(stats.host_addressed, in_place);
+    EXPECT_EQ((*device)->HostAddress(**arena) != nullptr, in_place);
+    EXPECT_EQ((*pipeline)->staging_bytes() == 0, in_place);
+    ExpectArena(static_cast<const uint8_t*>((*arena)->device_pointer()),
+                layout);
+  }
+  unlink(path.c_str());
+}
+
 std::string Label(const ::testing::TestParamInfo<Param>& info) {
   return info.param.label;
 }
@@ -675,7 +773,10 @@ INSTANTIATE_TEST_SUITE_P(
         Param{"fake_pread_64k_x3", IoBackend::kPread, 64 << 10, 3},
         Param{"fake_uring_1m_x1", IoBackend::kIoUring, 1 << 20, 1},
         Param{"fake_pread_odd_x4", IoBackend::kPread, 100003, 4},
-        Param{"fake_uring_1m_x2", IoBackend::kIoUring, 1 << 20, 2}),
+        Param{"fake_uring_1m_x2", IoBackend::kIoUring, 1 << 20, 2},
+        Param{"in_place_uring_64k", IoBackend::kIoUring, 64 << 10, 3, true},
+        Param{"in_place_pread_odd", IoBackend::kPread, 100003, 4, true},
+        Param{"in_place_uring_1m", IoBackend::kIoUring, 1 << 20, 1, true}),
     Label);
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <liburing.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -68,6 +69,11 @@ absl::StatusOr<std::unique_ptr<IoUringReader>> IoUringReader::Create(
         absl::StrCat("io_uring queue depth must be in [1, 4096], got ",
                      options.queue_depth));
   }
+  if (options.max_workers < -1 || options.max_workers > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("io_uring max workers must be in [-1, 4096], got ",
+                     options.max_workers));
+  }
   if (options.ring_entries < 0 || options.ring_entries > 4096) {
     return absl::InvalidArgumentError(
         absl::StrCat("io_uring ring entries must be in [0, 4096], got ",
@@ -98,6 +104,16 @@ absl::StatusOr<std::unique_ptr<IoUringReader>> IoUringReader::Create(
     reader->ring_.reset();
     return absl::UnavailableError(
         absl::StrCat("io_uring_queue_init: ", ErrnoText(-rc)));
+  }
+  if (options.async_workers && options.max_workers >= 0) {
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned workers[2] = {
+        static_cast<unsigned>(options.max_workers > 0 ? options.max_workers
+                              : cpus > 0              ? cpus
+                                                      : 1),
+        0};  // [bounded, unbounded]; 0 keeps the unbounded cap
+    // Refused before Linux 5.15: the kernel's cap stays, reads still work.
+    (void)io_uring_register_iowq_max_workers(reader->ring_.get(), workers);
   }
   reader->slots_.resize(options.queue_depth);
   for (int i = options.queue_depth - 1; i >= 0; --i) {

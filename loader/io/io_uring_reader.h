@@ -36,6 +36,11 @@ class IoUringReader : public Reader {
     // reads run on several cores. Direct pieces are always issued inline
     // (they are asynchronous in the block layer already).
     bool async_workers = true;
+    // io_uring's bounded kernel workers (the ones that run those buffered
+    // pieces) at most: 0 caps them at the online CPUs (the kernel's own cap
+    // is 4 per CPU, and more copying threads than cores thrash); -1 leaves
+    // the kernel's. Kernels before 5.15 keep theirs.
+    int max_workers = 0;
     std::string reason = "io_uring requested";
   };
 

@@ -73,6 +73,7 @@ absl::StatusOr<std::unique_ptr<Reader>> CreateReader(
     o.max_request_bytes = options.max_request_bytes;
     o.ring_entries = options.ring_entries;
     o.async_workers = options.io_uring_async_workers;
+    o.max_workers = options.io_uring_max_workers;
     o.reason = choice.reason;
     auto reader = IoUringReader::Create(o);
     if (!reader.ok()) return reader.status();

@@ -32,6 +32,8 @@ struct ReaderOptions {
   // (io_bench: 32 threads ran the warm pipeline at 13% of read(), 4 at 67%).
   int ring_entries = 0;
   bool io_uring_async_workers = true;
+  // IoUringReader::Options::max_workers (0: the online CPUs).
+  int io_uring_max_workers = 0;
 };
 
 // kAuto: io_uring when IoUringReader::Probe() passes, else pread (the reason

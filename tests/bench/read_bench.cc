@@ -19,10 +19,12 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -67,6 +69,18 @@ ABSL_FLAG(int64_t, prewarm_mib, -1,
           "slow whatever the code, so every row gets memory the host backs");
 ABSL_FLAG(std::string, sections, "cold,warm,fresh,cast,attach",
           "which sections to run");
+// Reader settings for experiments (0 / -1: the daemon's defaults).
+ABSL_FLAG(int, queue_depth, 0, "reader queue depth (0: the daemon's)");
+ABSL_FLAG(int, pread_threads, 0, "pread reader threads (0: the daemon's)");
+ABSL_FLAG(int, io_uring_async, -1,
+          "io_uring IOSQE_ASYNC for buffered pieces: 0 or 1 (-1: the "
+          "daemon's)");
+ABSL_FLAG(int, io_uring_workers, 0,
+          "io_uring bounded kernel workers at most (0: the daemon's, -1: the "
+          "kernel's)");
+ABSL_FLAG(int64_t, request_kib, 0,
+          "bytes one read system call asks for at most, KiB (0: the "
+          "daemon's)");
 
 namespace weightd {
 namespace {
@@ -204,6 +218,32 @@ absl::Status ReadIntoArena(Reader* reader, int fd, int direct_fd, uint64_t size,
   return absl::OkStatus();
 }
 
+// Minor page faults of the whole process so far (every thread's).
+long MinorFaults() {
+  struct rusage usage;
+  return getrusage(RUSAGE_SELF, &usage) == 0 ? usage.ru_minflt : 0;
+}
+
+std::string FaultNote(long faults, int repeats) {
+  return absl::StrCat(faults / std::max(1, repeats), " page faults");
+}
+
+// read() of the whole file into dst in kChunk calls, one thread; seconds or
+// -1.
+double ReadLoop(int fd, uint8_t* dst, uint64_t size) {
+  const double start = Now();
+  uint64_t done = 0;
+  while (done < size) {
+    ssize_t n = pread(fd, dst + done,
+                      static_cast<size_t>(std::min(kChunk, size - done)),
+                      static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    done += static_cast<uint64_t>(n);
+  }
+  return Now() - start;
+}
+
 // Private tmpfs mounts for the fresh-memory rows; must run before any thread.
 struct PrivateMounts {
   std::string never, advise, why_not;
@@ -317,8 +357,23 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
   }
   std::vector<IoBackend> backends = {IoBackend::kIoUring, IoBackend::kPread};
   auto make_reader = [](IoBackend backend) {
-    ReaderOptions options;  // the daemon's defaults
+    ReaderOptions options;  // the daemon's defaults, unless a flag says
     options.backend = backend;
+    if (int q = absl::GetFlag(FLAGS_queue_depth); q > 0) {
+      options.queue_depth = q;
+    }
+    if (int t = absl::GetFlag(FLAGS_pread_threads); t > 0) {
+      options.pread_threads = t;
+    }
+    if (int a = absl::GetFlag(FLAGS_io_uring_async); a >= 0) {
+      options.io_uring_async_workers = a != 0;
+    }
+    if (int w = absl::GetFlag(FLAGS_io_uring_workers); w != 0) {
+      options.io_uring_max_workers = w;
+    }
+    if (int64_t k = absl::GetFlag(FLAGS_request_kib); k > 0) {
+      options.max_request_bytes = static_cast<size_t>(k) << 10;
+    }
     return CreateReader(options);
   };
   const std::string sections =
@@ -359,6 +414,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
         Reader* r = reader->get();
         const int dfd = cold ? direct_fd : -1;
         std::string error;
+        const long faults = MinorFaults();
         double t = Measure(
             repeats, before,
             [&] {
@@ -369,6 +425,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
               return s.ok() ? Now() - start : -1;
             },
             &error);
+        if (error.empty()) error = FaultNote(MinorFaults() - faults, repeats);
         rows.push_back(
             {section,
              absl::StrCat("weightd ", r->name(), " -> host arena",
@@ -390,19 +447,23 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
             {CopyRange::FromFile(0, std::min(size, kChunk), 0)}, nullptr,
             nullptr);
         error.clear();
+        bool in_place = false;
         t = Measure(
             repeats, before,
             [&] {
               double start = Now();
+              StagingStats stats;
               absl::Status s = (*pipeline)->Run(gpu_arena->get(), file, ranges,
-                                                nullptr, nullptr);
+                                                nullptr, nullptr, &stats);
+              in_place = stats.host_addressed;
               if (!s.ok()) error = s.ToString();
               return s.ok() ? Now() - start : -1;
             },
             &error);
         rows.push_back({section,
                         absl::StrCat("weightd ", IoBackendName(backend),
-                                     " -> staging pipeline -> fake GPU"),
+                                     " -> staging pipeline -> fake GPU",
+                                     in_place ? " (in place)" : ""),
                         t, size, NAN, error});
       }
     };
@@ -449,16 +510,29 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
       // ---- warm ----
       bench::ReadWholeFile(path, kChunk, nullptr);
       error.clear();
-      Row read_row{"warm", "read() 8 MiB buffer (baseline)",
-                   Measure(
-                       repeats, nullptr,
-                       [&] {
-                         uint64_t got = 0;
-                         double t = bench::ReadWholeFile(path, kChunk, &got);
-                         return got == size ? t : -1;
-                       },
-                       &error),
-                   size};
+      // One 8 MiB buffer stays in the CPU's caches: the kernel's copy never
+      // waits for memory. Not what a load does, so not the baseline.
+      rows.push_back({"warm", "read() 8 MiB calls into one reused buffer",
+                      Measure(
+                          repeats, nullptr,
+                          [&] {
+                            uint64_t got = 0;
+                            double t = bench::ReadWholeFile(path, kChunk, &got);
+                            return got == size ? t : -1;
+                          },
+                          &error),
+                      size});
+      // The baseline writes where the weightd rows write: every byte of the
+      // same (prefaulted) 1 GiB host arena.
+      const long faults = MinorFaults();
+      Row read_row{
+          "warm", "pread() 8 MiB calls into the host arena (baseline)",
+          Measure(
+              repeats, nullptr,
+              [&] { return ReadLoop(fd, (*arena_segment)->data(), size); },
+              &error),
+          size};
+      read_row.note = FaultNote(MinorFaults() - faults, repeats);
       rows.push_back(read_row);
       const size_t warm_begin = rows.size();
       read_rows("warm", false, nullptr);
@@ -478,54 +552,68 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
       // ---- fresh memory: allocate, then write every byte once ----
       auto fill = [&](uint8_t* p) { std::memset(p, 1, size); };
       error.clear();
+      // Each row runs once untimed first: what an allocation costs depends
+      // on what the memory it is handed did before (in this VM, 2 MiB
+      // blocks that 4 KiB allocations just broke up, or that were never
+      // touched, are several times slower to fault in), so every row
+      // measures memory its own kind of allocation just freed.
+      auto anon_once = [&] {
+        double start = Now();
+        void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return -1.0;
+        fill(static_cast<uint8_t*>(p));
+        double t = Now() - start;
+        munmap(p, size);
+        return t;
+      };
+      (void)anon_once();
       Row anon_row{"fresh", "anonymous mmap, first touch by memset (baseline)",
-                   Measure(
-                       repeats, nullptr,
-                       [&] {
-                         double start = Now();
-                         void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-                         if (p == MAP_FAILED) return -1.0;
-                         fill(static_cast<uint8_t*>(p));
-                         double t = Now() - start;
-                         munmap(p, size);
-                         return t;
-                       },
-                       &error),
-                   size};
+                   Measure(repeats, nullptr, anon_once, &error), size};
       rows.push_back(anon_row);
       auto fresh_row = [&](const std::string& name,
                            const std::function<absl::Status(
                                uint8_t**, std::function<void()>*)>& make) {
         std::string err;
-        double t = Measure(
-            repeats, nullptr,
-            [&] {
-              double start = Now();
-              uint8_t* p = nullptr;
-              std::function<void()> release;
-              absl::Status s = make(&p, &release);
-              if (!s.ok()) {
-                err = s.ToString();
-                return -1.0;
-              }
-              fill(p);
-              double elapsed = Now() - start;
-              release();
-              return elapsed;
-            },
-            &err);
+        auto once = [&] {
+          double start = Now();
+          uint8_t* p = nullptr;
+          std::function<void()> release;
+          absl::Status s = make(&p, &release);
+          if (!s.ok()) {
+            err = s.ToString();
+            return -1.0;
+          }
+          fill(p);
+          double elapsed = Now() - start;
+          release();
+          return elapsed;
+        };
+        (void)once();
+        double t = Measure(repeats, nullptr, once, &err);
         rows.push_back({"fresh", name, t, size, anon_row.seconds / t, err});
       };
-      fresh_row("host memory (MADV_HUGEPAGE, parallel prefault) + memset",
-                [&](uint8_t** p, std::function<void()>* release) {
-                  auto buffer = AllocateHostMemory(size);
-                  if (!buffer.ok()) return buffer.status();
-                  *p = (*buffer)->data();
-                  std::shared_ptr<PinnedBuffer> held(std::move(*buffer));
-                  *release = [held]() mutable { held.reset(); };
-                  return absl::OkStatus();
-                });
+      // The fake GPU's host memory (AllocateHostMemory), each way it can
+      // get its pages.
+      for (bool huge : {true, false}) {
+        for (bool prefault : {true, false}) {
+          HostMemoryOptions options;
+          options.huge_pages = huge;
+          options.prefault = prefault;
+          fresh_row(absl::StrCat(
+                        "host memory (", huge ? "MADV_HUGEPAGE" : "4 KiB pages",
+                        ", ", prefault ? "parallel prefault" : "first touch",
+                        ") + memset", huge && !prefault ? ", the default" : ""),
+                    [&, options](uint8_t** p, std::function<void()>* release) {
+                      auto buffer = AllocateHostMemory(size, options);
+                      if (!buffer.ok()) return buffer.status();
+                      *p = (*buffer)->data();
+                      std::shared_ptr<PinnedBuffer> held(std::move(*buffer));
+                      *release = [held]() mutable { held.reset(); };
+                      return absl::OkStatus();
+                    });
+        }
+      }
       // What the daemon did before: fallocate, then MAP_POPULATE on one thread.
       fresh_row(
           "segment /dev/shm, fallocate + MAP_POPULATE (old) + memset",
