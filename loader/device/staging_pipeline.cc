@@ -298,16 +298,8 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
     uint64_t arena_bytes, const FileSource& file,
     absl::Span<const CopyRange> ranges, const CancellationToken* cancel,
     const StagingProgressFn& progress, StagingStats* stats) {
-  auto arena = device_->Allocate(arena_bytes);
-  if (!arena.ok()) {
-    return Annotate(
-        arena.status(),
-        absl::StrCat("allocating a ", arena_bytes, "-byte arena on ",
-                     device_->placement(), " for ", file.name));
-  }
-  absl::Status s = Run(arena->get(), file, ranges, cancel, progress, stats);
-  if (!s.ok()) return s;  // the arena is freed here
-  return std::move(*arena);
+  return Load(arena_bytes, absl::MakeConstSpan(&file, 1), ranges, cancel,
+              progress, stats);
 }
 
 absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
@@ -319,11 +311,20 @@ absl::StatusOr<std::unique_ptr<DeviceArena>> StagingPipeline::Load(
     return Annotate(
         arena.status(),
         absl::StrCat("allocating a ", arena_bytes, "-byte arena on ",
-                     device_->placement(), " for ", files.size(), " files"));
+                     device_->placement(), " for ",
+                     files.size() == 1 ? files[0].name
+                                       : absl::StrCat(files.size(), " files")));
   }
   absl::Status s = Run(arena->get(), files, ranges, cancel, progress, stats);
-  if (!s.ok()) return s;  // the arena is freed here
-  return std::move(*arena);
+  if (s.ok()) return std::move(*arena);
+  if (broken_ && reader_->in_flight() > 0) {
+    // Reads the reader could not take back may still write into a
+    // host-addressed arena: leaked on purpose, never freed and reused.
+    LogWarning("%s: leaking a %d-byte arena with reads still in flight",
+               device_->placement(), arena_bytes);
+    (void)arena->release();
+  }
+  return s;  // the arena is freed here
 }
 
 absl::Status StagingPipeline::RunInPlace(uint8_t* host,
