@@ -188,7 +188,8 @@ class HardeningTest(unittest.TestCase):
         self.assertTrue(segments)
         self.assertTrue(segments <= harness.shm_names())
         first.kill()  # SIGKILL: nothing unlinks them
-        self.assertTrue(segments <= harness.shm_names())
+        # Not asserted that they are still there now: any daemon starting beside this test
+        # (tests run in parallel) reclaims a dead instance's segments, which is the point.
         second = self.start()
         self.assertFalse(segments & harness.shm_names())
         self.assert_still_serving(second)
