@@ -284,41 +284,31 @@ absl::StatusOr<LoadPlan> PlanLoad(const Placement& placement,
   }
   uint64_t host_bytes = 0;
   std::map<int, uint64_t> gpu_bytes;
-  for (auto& [index, planned] : storages) {
-    switch (planned.target.kind) {
+  // Host bytes are held only when they are the daemon's own (changed bytes,
+  // a slice's contiguous copy); a zero-copy view holds nothing (its file is
+  // mapped anyway).
+  const auto count = [&](const StorageTarget& target, uint64_t placed_bytes,
+                         bool own_host_bytes) {
+    switch (target.kind) {
       case StorageTarget::Kind::kHost:
-        if (planned.changes_bytes)
-          host_bytes += AlignUp(planned.placed_bytes, kHostStorageAlignment);
-        plan.bytes_total += planned.placed_bytes;
+        if (own_host_bytes)
+          host_bytes += AlignUp(placed_bytes, kHostStorageAlignment);
+        plan.bytes_total += placed_bytes;
         break;
       case StorageTarget::Kind::kGpu:
-        gpu_bytes[planned.target.gpu] +=
-            AlignUp(planned.placed_bytes, kGpuStorageAlignment);
-        plan.bytes_total += planned.placed_bytes;
+        gpu_bytes[target.gpu] += AlignUp(placed_bytes, kGpuStorageAlignment);
+        plan.bytes_total += placed_bytes;
         break;
       case StorageTarget::Kind::kMeta:
         break;
     }
+  };
+  for (auto& [index, planned] : storages) {
+    count(planned.target, planned.placed_bytes, planned.changes_bytes);
     plan.storages.push_back(planned);
   }
-  // A slice's own bytes are held once, contiguous; a zero-copy view holds
-  // nothing (its file is mapped anyway).
-  for (const PlannedSlice& planned : plan.slices) {
-    switch (planned.target.kind) {
-      case StorageTarget::Kind::kHost:
-        if (planned.own_bytes)
-          host_bytes += AlignUp(planned.placed_bytes, kHostStorageAlignment);
-        plan.bytes_total += planned.placed_bytes;
-        break;
-      case StorageTarget::Kind::kGpu:
-        gpu_bytes[planned.target.gpu] +=
-            AlignUp(planned.placed_bytes, kGpuStorageAlignment);
-        plan.bytes_total += planned.placed_bytes;
-        break;
-      case StorageTarget::Kind::kMeta:
-        break;
-    }
-  }
+  for (const PlannedSlice& planned : plan.slices)
+    count(planned.target, planned.placed_bytes, planned.own_bytes);
   if (host_bytes > 0) plan.expected["host"] = host_bytes;
   for (const auto& [gpu, bytes] : gpu_bytes)
     plan.expected[gpus[gpu].uuid] = bytes;

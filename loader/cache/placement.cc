@@ -22,48 +22,54 @@ namespace {
 constexpr size_t kElementsPerStorageTask = 4u << 20;
 constexpr size_t kElementsPerChunkTask = 256u << 10;
 
-// Writes elements [first, first + count) of `storage` as placed into `out`,
-// split over the pool; each task reads the mapping under its own guard.
+// Runs `write(begin, n)` for elements [begin, begin + n) of [0, count) in
+// tasks of `per_task` elements over the pool, each under its own guard of the
+// mapping.
+template <typename WriteElements>
+absl::Status ParallelOverMapping(const MappedFile& file, size_t count,
+                                 size_t per_task, ThreadPool& workers,
+                                 const WriteElements& write) {
+  const size_t tasks = (count + per_task - 1) / per_task;
+  return workers.ParallelFor(tasks, [&](size_t task) {
+    const size_t begin = task * per_task;
+    const size_t n = std::min(per_task, count - begin);
+    return ReadMapped(file, [&] { return write(begin, n); });
+  });
+}
+
+// Writes elements [first, first + count) of `storage` as placed into `out`.
 absl::Status ConvertFromFile(const MappedFile& file, const StorageInfo& storage,
                              DType placed, size_t first, size_t count,
                              size_t per_task, ThreadPool& workers,
                              uint8_t* out) {
   const size_t out_size = DTypeSize(placed);
   const uint8_t* source = StorageSourceBytes(storage, file.data());
-  const size_t tasks = (count + per_task - 1) / per_task;
-  return workers.ParallelFor(tasks, [&](size_t task) {
-    const size_t begin = task * per_task;
-    const size_t n = std::min(per_task, count - begin);
-    return ReadMapped(file, [&] {
-      return ConvertStorageElements(storage, source, placed, first + begin, n,
-                                    out + begin * out_size);
-    });
-  });
+  return ParallelOverMapping(
+      file, count, per_task, workers, [&](size_t begin, size_t n) {
+        return ConvertStorageElements(storage, source, placed, first + begin, n,
+                                      out + begin * out_size);
+      });
 }
 
 // Writes elements [first, first + count) of the slice `view` of `storage`
-// (row-major) as placed into `out`, split over the pool; each task reads the
-// mapping under its own guard.
+// (row-major) as placed into `out`.
 absl::Status GatherFromFile(const MappedFile& file, const StorageInfo& storage,
                             const TensorInfo& view, DType placed, size_t first,
                             size_t count, size_t per_task, ThreadPool& workers,
                             uint8_t* out) {
   const size_t out_size = DTypeSize(placed);
   const uint8_t* source = StorageSourceBytes(storage, file.data());
-  const size_t tasks = (count + per_task - 1) / per_task;
-  return workers.ParallelFor(tasks, [&](size_t task) {
-    const size_t begin = task * per_task;
-    const size_t n = std::min(per_task, count - begin);
-    uint8_t* task_out = out + begin * out_size;
-    return ReadMapped(file, [&] {
-      return ForEachStorageRun(
-          view, first + begin, n,
-          [&](uint64_t element, uint64_t run, uint64_t out_element) {
-            return ConvertStorageElements(storage, source, placed, element, run,
-                                          task_out + out_element * out_size);
-          });
-    });
-  });
+  return ParallelOverMapping(
+      file, count, per_task, workers, [&](size_t begin, size_t n) {
+        uint8_t* task_out = out + begin * out_size;
+        return ForEachStorageRun(
+            view, first + begin, n,
+            [&](uint64_t element, uint64_t run, uint64_t out_element) {
+              return ConvertStorageElements(storage, source, placed, element,
+                                            run,
+                                            task_out + out_element * out_size);
+            });
+      });
 }
 
 // Replicated storages are taken through SharedRegionReads in blocks this big
