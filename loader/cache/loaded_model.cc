@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "loader/cache/convert.h"
 #include "loader/cache/mapped_read.h"
+#include "loader/cache/shard.h"
 #include "loader/common/status_macros.h"
 #include "loader/format/tensor_bytes.h"
 
@@ -68,42 +69,17 @@ class PlacedElementSource {
   uint64_t storage_elements_ = 0;
 };
 
-// Walks the view's elements [first, first + count) in row-major order, in
+// Copies the view's elements [first, first + count) in row-major order, in
 // runs that are contiguous in the storage.
 absl::Status GatherElements(const TensorInfo& info, uint64_t first,
                             uint64_t count, size_t element_size,
                             const PlacedElementSource& source, uint8_t* out) {
-  const size_t dims = info.shape.size();
-  if (dims == 0) {
-    return count == 0 ? absl::OkStatus()
-                      : source.Copy(info.storage_offset, 1, out);
-  }
-  std::vector<int64_t> index(dims);
-  uint64_t rest = first;
-  for (size_t d = dims; d-- > 0;) {
-    index[d] = static_cast<int64_t>(rest % info.shape[d]);
-    rest /= info.shape[d];
-  }
-  const size_t inner = dims - 1;
-  const bool inner_contiguous = info.stride[inner] == 1;
-  uint64_t done = 0;
-  while (done < count) {
-    int64_t position = info.storage_offset;
-    for (size_t d = 0; d < dims; ++d) position += index[d] * info.stride[d];
-    const uint64_t run =
-        inner_contiguous
-            ? std::min<uint64_t>(info.shape[inner] - index[inner], count - done)
-            : 1;
-    RETURN_IF_ERROR(source.Copy(static_cast<uint64_t>(position), run,
-                                out + done * element_size));
-    done += run;
-    index[inner] += static_cast<int64_t>(run);
-    for (size_t d = inner; d > 0 && index[d] >= info.shape[d]; --d) {
-      index[d] = 0;
-      ++index[d - 1];
-    }
-  }
-  return absl::OkStatus();
+  return ForEachStorageRun(
+      info, first, count,
+      [&](uint64_t storage_element, uint64_t run, uint64_t out_element) {
+        return source.Copy(storage_element, run,
+                           out + out_element * element_size);
+      });
 }
 
 }  // namespace
