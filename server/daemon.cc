@@ -22,6 +22,7 @@
 #include "loader/common/status_macros.h"
 #include "server/auth.h"
 #include "server/call_interceptor.h"
+#include "server/callback_poller_keepalive.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
 #include "server/peer_credentials.h"
@@ -302,6 +303,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
       grpc::AddInsecureChannelFromFd(server, fd);
     });
   }
+  ASSIGN_OR_RETURN(daemon->poller_keepalive_,
+                   CallbackPollerKeepalive::Start(server->InProcessChannel(
+                       grpc::ChannelArguments())));
   daemon->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   daemon->serving_.store(true);
 
@@ -379,6 +383,7 @@ int Daemon::metrics_port() const {
 void Daemon::Shutdown() {
   // Not ready from here on: /readyz answers 503 while running calls drain.
   draining_.store(true);
+  poller_keepalive_.reset();  // its calls would hold the drain below
   for (const auto& listener : unix_listeners_) listener->Stop();
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);

@@ -27,6 +27,7 @@ class RunningCalls;
 class UnixPeerRegistry;
 class UnixSocketListener;
 class UnknownMethodService;
+class CallbackPollerKeepalive;
 
 class Daemon {
  public:
@@ -59,6 +60,7 @@ class Daemon {
   std::unique_ptr<DaemonServices> services_;
   std::unique_ptr<UnknownMethodService> unknown_methods_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<CallbackPollerKeepalive> poller_keepalive_;
   std::vector<std::unique_ptr<UnixSocketListener>> unix_listeners_;
   std::unique_ptr<HttpEndpoint> http_;
   std::vector<std::string> unix_socket_paths_;
