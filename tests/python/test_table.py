@@ -144,6 +144,22 @@ class TableTest(unittest.TestCase):
                                                  struct.pack("<q", 1 << 62)))
         _table.Geometry(_table.from_description(d), 3)
 
+    def test_geometry_is_exact_past_float64_precision(self):
+        # a.weight as (2**27 + 1) x (2**27 + 1), strides (2**27 + 1, 1): its element count
+        # and last element are odd numbers above 2**53, which float64 cannot hold.
+        n = (1 << 27) + 1
+        shape_at, dims_bytes = self.dims_at(0)
+        size_at = self.record(0, "byte_size")
+
+        def edit(b):
+            b[shape_at:shape_at + 16] = struct.pack("<qq", n, n)
+            b[shape_at + dims_bytes:shape_at + dims_bytes + 16] = struct.pack("<qq", n, 1)
+            b[size_at:size_at + 8] = struct.pack("<Q", n * n * 4)
+
+        geometry = _table.Geometry(_table.from_description(self.corrupt(edit)), 3)
+        self.assertEqual(int(geometry.numel[0]), n * n)
+        self.assertEqual(int(geometry.extent[0]), ((n - 1) * n + (n - 1) + 1) * 4)
+
     def test_hostile_names_and_strings(self):
         d = pb.ModelDescription()
         d.CopyFrom(self.packed)

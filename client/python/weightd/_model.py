@@ -175,13 +175,13 @@ class TorchBackend:
 
     def many(self, shapes, dtypes, views, bases, offsets, strides):
         """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes,
-        of numpy `dtypes`; views[k] (None for most) is the torch dtype tensor k is viewed as.
-        map() runs both constructors without a Python loop (about 1.3 us a tensor)."""
+        of numpy `dtypes`; views: (k, torch dtype) for the few tensors numpy has no dtype for
+        (bfloat16, ...), viewed as that dtype. map() runs both constructors without a Python
+        loop (about 1.3 us a tensor)."""
         out = list(map(self.torch.from_numpy,
                        map(np.ndarray, shapes, dtypes, bases, offsets, strides)))
-        for k, view in enumerate(views):
-            if view is not None:
-                out[k] = out[k].view(view)
+        for k, view in views:
+            out[k] = out[k].view(view)
         return out
 
     def set_requires_grad(self, tensor):
@@ -266,7 +266,8 @@ class NumpyBackend:
 
 
 def materialize(description, backend, torch=None):
-    """Returns (entries, anchors, table): the tensors in the daemon's order, the per-load
+    """Returns (entries, anchors, table): (name, tensor) pairs in the daemon's order (an
+    iterable to read once), the per-load
     objects every tensor keeps alive (one array per mapped host buffer, one LoadAnchor per GPU
     arena; when the last anchor is collected no tensor of this load is left), and the tensor
     table (None for a description with repeated tensors).
@@ -388,8 +389,12 @@ def _materialize(description, backend, torch):
     strides_of = _tuples(byte_strides, table.starts, table.ndim, direct_at)
     codes = table.dtype[direct_at]
     dtype_of = _objects([plans.get(c, (None,))[0] for c in range(len(table.strings))], codes)
-    view_of = _objects([plans.get(c, (None, None))[1] for c in range(len(table.strings))],
-                       codes)
+    view_codes = [c for c, plan in plans.items() if plan[1] is not None]
+    view_of = []
+    if view_codes:
+        at = np.flatnonzero(np.isin(codes, view_codes))
+        view_of = list(zip(at.tolist(), _objects(
+            [plans.get(c, (None, None))[1] for c in range(len(table.strings))], codes[at])))
     base_of = _objects([anchors_by_buffer.get(b) for b in range(len(buffers))],
                        table.buffer[direct_at])
     direct_grad = np.flatnonzero(grad[direct_at]).tolist()
@@ -407,7 +412,7 @@ def _materialize(description, backend, torch):
     for k in direct_grad:
         made[k] = backend.set_requires_grad(made[k])
     if len(direct_at) == count:
-        entries = collections.OrderedDict(zip(table.names, made))
+        entries = zip(table.names, made)  # the Model (a dict) is built from it once
     else:
         built = dict(zip(direct_at, made))
         if len(viewed_at):
@@ -421,12 +426,12 @@ def _materialize(description, backend, torch):
             for k in np.flatnonzero(grad[viewed_at]).tolist():
                 views[k] = backend.set_requires_grad(views[k])
             built.update(zip(viewed_at.tolist(), views))
-        entries = collections.OrderedDict()
+        entries = []
         for i, name in enumerate(table.names):
             tensor = built.get(i)
             if tensor is None:
                 tensor = _one(backend, table.row(i), buffers, torch)
-            entries[name] = tensor
+            entries.append((name, tensor))
     return entries, anchors, table if description.packed_tensors else None
 
 

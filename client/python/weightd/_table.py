@@ -26,6 +26,7 @@ MAX_DIMS = 32  # numpy's limit; torch files with more are refused by the daemon'
 # Any byte count or element offset above this is refused before arithmetic can overflow int64
 # (float checks first, then exact integer arithmetic below 2**62).
 _LIMIT = float(1 << 60)
+_EXACT = float(1 << 53)  # below it float64 holds every integer exactly
 
 
 def _bad(message):
@@ -216,31 +217,39 @@ class Geometry:
         for code in np.unique(table.dtype).tolist():
             sizes[code] = _dtypes.info(table.strings[code]).itemsize
         self.itemsize = itemsize = sizes[table.dtype]
-        fnumel = _segments(table.shapes.astype(np.float64), table.starts, np.multiply, 1.0)
+        fshapes = table.shapes.astype(np.float64)
+        fnumel = _segments(fshapes, table.starts, np.multiply, 1.0)
         huge = fnumel * itemsize > _LIMIT
         if huge.any():
             raise _bad("tensor %s: %g elements is more than any buffer holds"
                        % (table.names[int(np.argmax(huge))], fnumel[int(np.argmax(huge))]))
-        # Exact now: every product is below 2**60 (a zero size makes it 0 whatever wrapped).
-        self.numel = numel = _segments(table.shapes, table.starts, np.multiply, 1)
-        wrong = (table.byte_size != 0) & (table.byte_size != (numel * itemsize).astype(np.uint64))
-        if wrong.any():
-            i = int(np.argmax(wrong))
-            raise _bad("tensor %s: byte_size %d but numel %d x %d bytes"
-                       % (table.names[i], int(table.byte_size[i]), int(numel[i]),
-                          int(itemsize[i])))
-        full = numel > 0
+        full = fnumel > 0
         full_dims = full[owner] if len(owner) else np.zeros(0, dtype=bool)
-        fterms = np.where(full_dims, (table.shapes.astype(np.float64) - 1) *
-                          table.strides.astype(np.float64), 0.0)
+        fterms = np.where(full_dims, (fshapes - 1) * table.strides.astype(np.float64), 0.0)
         flast = table.storage_offset.astype(np.float64) + _segments(
             fterms, table.starts, np.add, 0.0)
         huge = full & ((flast + 1) * itemsize > _LIMIT)
         if huge.any():
             raise _bad("tensor %s: its view reaches past any buffer (storage offset and "
                        "strides)" % table.names[int(np.argmax(huge))])
-        terms = np.where(full_dims, (table.shapes - 1) * table.strides, 0)
-        last = table.storage_offset + _segments(terms, table.starts, np.add, 0)
+        if float(np.max(np.maximum(fnumel, flast + 1) * itemsize)) <= _EXACT:
+            # Every product and sum above is an integer at most 2**53 (the factors and terms
+            # are not negative; a zero size makes the product 0 whatever came before): exact.
+            numel = fnumel.astype(np.int64)
+            last = flast.astype(np.int64)
+        else:
+            # Exact in int64: every product is below 2**60 (a zero size makes it 0 whatever
+            # wrapped).
+            numel = _segments(table.shapes, table.starts, np.multiply, 1)
+            terms = np.where(full_dims, (table.shapes - 1) * table.strides, 0)
+            last = table.storage_offset + _segments(terms, table.starts, np.add, 0)
+        self.numel = numel
+        wrong = (table.byte_size != 0) & (table.byte_size != (numel * itemsize).astype(np.uint64))
+        if wrong.any():
+            i = int(np.argmax(wrong))
+            raise _bad("tensor %s: byte_size %d but numel %d x %d bytes"
+                       % (table.names[i], int(table.byte_size[i]), int(numel[i]),
+                          int(itemsize[i])))
         self.extent = np.where(full, (last + 1) * itemsize, 0)
 
     def check_bounds(self, limits):

@@ -4,6 +4,7 @@ import sys
 import threading
 
 import grpc
+import grpc._channel  # noqa: F401  grpc imports it in the first insecure_channel() (0.7 ms)
 import grpc.experimental
 
 from . import _dtypes, _model
