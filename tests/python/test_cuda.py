@@ -188,7 +188,8 @@ class ArenaTest(unittest.TestCase):
                       byte_size=8, buffer_index=0, storage_byte_offset=96)
         session = FakeSession()
         with mock.patch.object(_cuda, "_runtime", _cuda.CudaRuntime(lib)):
-            entries, anchors, _ = _model.materialize(d, self.Backend(torch), torch=fake_torch)
+            pairs, anchors, _ = _model.materialize(d, self.Backend(torch), torch=fake_torch)
+            entries = dict(pairs)
             self.assertEqual(len(anchors), 1)  # one per arena, not one per storage
             _lease.LoadLease(session, "m1", anchors)
             del anchors
