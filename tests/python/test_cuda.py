@@ -190,6 +190,7 @@ class ArenaTest(unittest.TestCase):
         with mock.patch.object(_cuda, "_runtime", _cuda.CudaRuntime(lib)):
             pairs, anchors, _ = _model.materialize(d, self.Backend(torch), torch=fake_torch)
             entries = dict(pairs)
+            del pairs
             self.assertEqual(len(anchors), 1)  # one per arena, not one per storage
             _lease.LoadLease(session, "m1", anchors)
             del anchors
