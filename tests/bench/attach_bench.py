@@ -4,7 +4,9 @@ same safetensors file; in-process seconds after imports, median of --repeats fre
 
   attach_bench.py --weightd=PATH --package=client/python --harness=tests/hardening/harness.py
                   --dir=/tmp/x --counts=100,1000,10000 --repeats=3
-Prints one line per row: "ROW <name>\t<seconds>\t<tensors>".
+Prints one line per row: "ROW <name>\t<seconds>\t<tensors>" (tensors 0: a latency row, the
+first call of a fresh client after the daemon sat idle longer than gRPC's callback threads wait
+for an event; see server/callback_poller_keepalive.h).
 """
 import argparse
 import importlib.util
@@ -14,6 +16,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import time
 
 PYTHON = "/usr/bin/python3"  # real torch 1.13
 
@@ -29,6 +32,16 @@ tensors = [model[name] for name in model]
 elapsed = time.perf_counter() - start
 assert len(tensors) == int(sys.argv[4]), len(tensors)
 print(elapsed)
+"""
+
+# The first call of a fresh client: connect plus one small unary call.
+FIRST_CALL_CHILD = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import weightd
+start = time.perf_counter()
+weightd.Client(sys.argv[2]).server_info()
+print(time.perf_counter() - start)
 """
 
 MEMMAP_CHILD = r"""
@@ -82,6 +95,8 @@ def main():
     parser.add_argument("--counts", default="100,1000,10000")
     parser.add_argument("--elements", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--idle_samples", type=int, default=8)
+    parser.add_argument("--idle_seconds", type=float, default=1.2)
     args = parser.parse_args()
     package = os.path.abspath(args.package)
     spec = importlib.util.spec_from_file_location("harness", args.harness)
@@ -108,6 +123,14 @@ def main():
             print("ROW numpy.memmap + torch.from_numpy, %d tensors\t%.6f\t%d"
                   % (count, statistics.median(memmap), count))
             sys.stdout.flush()
+        if args.idle_samples > 0:
+            first = []
+            for _ in range(args.idle_samples):
+                time.sleep(args.idle_seconds)
+                first.append(child_seconds(FIRST_CALL_CHILD, package, daemon.address))
+            what = "first call of a fresh client, daemon idle %.1f s" % args.idle_seconds
+            print("ROW %s, median of %d\t%.6f\t0" % (what, len(first), statistics.median(first)))
+            print("ROW %s, max of %d\t%.6f\t0" % (what, len(first), max(first)))
     finally:
         daemon.stop()
         for path in paths.values():

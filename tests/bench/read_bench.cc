@@ -914,6 +914,11 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
       (void)absl::SimpleAtod(fields[1], &seconds);
       (void)absl::SimpleAtoi(fields[2], &tensors);
       Row row{"attach", fields[0].substr(4), seconds, 0};
+      if (tensors == 0) {  // a latency row: no tensors, no baseline
+        row.note = absl::StrFormat("%.2f ms", seconds * 1e3);
+        rows.push_back(row);
+        continue;
+      }
       row.note = absl::StrFormat("%.1f us/tensor", seconds * 1e6 / tensors);
       if (fields[0].find("weightd") != std::string::npos) {
         weightd_seconds = seconds;
