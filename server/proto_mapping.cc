@@ -2,8 +2,6 @@
 
 #include <cstdint>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/strings/string_view.h"
 #include "server/request_validation.h"
 
 namespace weightd {
@@ -32,75 +30,14 @@ void FillIdentity(const FileIdentity& id, v1::FileIdentity* out) {
   out->set_ctime_ns(id.ctime_ns);
 }
 
-// Little-endian whatever the host's byte order (the layout is the proto's).
-void AppendLe32(uint32_t value, std::string* out) {
-  for (int shift = 0; shift < 32; shift += 8)
-    out->push_back(static_cast<char>((value >> shift) & 0xff));
-}
-
-void AppendLe64(uint64_t value, std::string* out) {
-  for (int shift = 0; shift < 64; shift += 8)
-    out->push_back(static_cast<char>((value >> shift) & 0xff));
-}
-
-constexpr uint32_t kPackedVersion = 1;
-constexpr uint32_t kPackedRecordBytes = 48;
-
 }  // namespace
 
-bool PackTensors(const std::vector<PlacedTensor>& tensors,
-                 v1::ModelDescription* out) {
-  size_t dims = 0;
-  size_t name_bytes = 0;
-  for (const PlacedTensor& tensor : tensors) {
-    // Neither fits the table; the repeated form says exactly what the file
-    // holds (and clients refuse a stride list of the wrong length).
-    if (tensor.info.name.find('\0') != std::string::npos ||
-        tensor.info.stride.size() != tensor.info.shape.size()) {
-      return false;
-    }
-    dims += tensor.info.shape.size();
-    name_bytes += tensor.info.name.size() + 1;
-  }
-  // The daemon's own model: counts are far below 2^32 (the request bounds).
-  absl::flat_hash_map<absl::string_view, uint32_t> string_index;
-  auto index_of = [&](absl::string_view text) {
-    auto [it, added] = string_index.try_emplace(text, string_index.size());
-    if (added) out->add_packed_strings(std::string(text));
-    return it->second;
-  };
-  std::string packed;
-  packed.reserve(16 + tensors.size() * kPackedRecordBytes + dims * 16);
-  AppendLe32(kPackedVersion, &packed);
-  AppendLe32(kPackedRecordBytes, &packed);
-  AppendLe32(static_cast<uint32_t>(tensors.size()), &packed);
-  AppendLe32(static_cast<uint32_t>(dims), &packed);
-  for (const PlacedTensor& tensor : tensors) {
-    AppendLe32(index_of(DTypeName(tensor.info.dtype)), &packed);
-    AppendLe32(index_of(tensor.saved_location), &packed);
-    AppendLe32(index_of(tensor.placed_location), &packed);
-    AppendLe32(static_cast<uint32_t>(tensor.buffer_index), &packed);
-    AppendLe32(static_cast<uint32_t>(tensor.info.shape.size()), &packed);
-    AppendLe32(tensor.info.requires_grad ? 1 : 0, &packed);
-    AppendLe64(static_cast<uint64_t>(tensor.info.storage_offset), &packed);
-    AppendLe64(tensor.storage_byte_offset, &packed);
-    AppendLe64(tensor.byte_size, &packed);
-  }
-  for (const PlacedTensor& tensor : tensors)
-    for (int64_t size : tensor.info.shape)
-      AppendLe64(static_cast<uint64_t>(size), &packed);
-  for (const PlacedTensor& tensor : tensors)
-    for (int64_t stride : tensor.info.stride)
-      AppendLe64(static_cast<uint64_t>(stride), &packed);
-  std::string names;
-  names.reserve(name_bytes);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    if (i > 0) names.push_back('\0');
-    names += tensors[i].info.name;
-  }
-  out->set_packed_tensors(std::move(packed));
-  out->set_packed_names(std::move(names));
-  return true;
+void FillPackedTable(const PackedTensorTable& table,
+                     v1::ModelDescription* out) {
+  out->set_packed_tensors(table.records);
+  out->set_packed_names(table.names);
+  out->mutable_packed_strings()->Reserve(table.strings.size());
+  for (const std::string& text : table.strings) out->add_packed_strings(text);
 }
 
 LoadSpec SpecFromRequest(const v1::LoadRequest& request) {
@@ -139,7 +76,12 @@ void FillModelDescription(const std::string& model_id, const LoadedModel& model,
   FillIdentity(model.identity, out->mutable_identity());
   out->set_format(model.FormatName());
   out->set_placement(model.placement);
-  if (form != TensorListForm::kCompact || !PackTensors(model.tensors, out)) {
+  // The table is the model's, encoded once: each call only copies its bytes.
+  const PackedTensorTable* table =
+      form == TensorListForm::kCompact ? model.PackedTable() : nullptr;
+  if (table != nullptr) {
+    FillPackedTable(*table, out);
+  } else {
     for (const PlacedTensor& tensor : model.tensors)
       FillTensor(tensor, out->add_tensors());
   }

@@ -29,16 +29,15 @@ void FillTensor(const PlacedTensor& tensor, weightd::v1::Tensor* out);
 enum class TensorListForm { kRepeated, kCompact };
 
 // The description a client needs to reach every tensor's bytes. kCompact
-// falls back to the repeated form where PackTensors cannot pack.
+// copies the model's packed table (LoadedModel::PackedTable, encoded once per
+// model) and falls back to the repeated form where the table cannot pack.
 void FillModelDescription(const std::string& model_id, const LoadedModel& model,
                           const CacheEntryInfo* info, TensorListForm form,
                           weightd::v1::ModelDescription* out);
 
-// The packed table of `tensors` into out's packed_* fields; false (nothing
-// written) when a name holds a NUL byte (the names are NUL-separated) or a
-// stride list's length is not its shape's.
-bool PackTensors(const std::vector<PlacedTensor>& tensors,
-                 weightd::v1::ModelDescription* out);
+// `table` into out's packed_tensors, packed_names and packed_strings.
+void FillPackedTable(const PackedTensorTable& table,
+                     weightd::v1::ModelDescription* out);
 
 }  // namespace weightd
 

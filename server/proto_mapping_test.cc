@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_split.h"
@@ -95,6 +96,13 @@ LoadedModel Model() {
   return model;
 }
 
+// The serialized compact description of `model`.
+std::string Compact(const LoadedModel& model) {
+  v1::ModelDescription d;
+  FillModelDescription("m1", model, nullptr, TensorListForm::kCompact, &d);
+  return d.SerializeAsString();
+}
+
 TEST(ProtoMappingTest, PackedTableEqualsTheRepeatedTensors) {
   LoadedModel model = Model();
   v1::ModelDescription repeated, compact;
@@ -131,6 +139,7 @@ TEST(ProtoMappingTest, PackedTableOfNoTensors) {
                        &compact);
   EXPECT_EQ(compact.packed_tensors().size(), 16u);
   EXPECT_TRUE(Unpack(compact).empty());
+  EXPECT_EQ(Compact(model), compact.SerializeAsString());
 }
 
 TEST(ProtoMappingTest, NamesWithNulAndOddStridesStayRepeated) {
@@ -150,6 +159,82 @@ TEST(ProtoMappingTest, NamesWithNulAndOddStridesStayRepeated) {
   FillModelDescription("m1", model, nullptr, TensorListForm::kCompact, &odd);
   EXPECT_TRUE(odd.packed_tensors().empty());
   EXPECT_EQ(odd.tensors_size(), 5);
+}
+
+TEST(ProtoMappingTest, KeptTableDescribesAsAFreshlyBuiltOne) {
+  LoadedModel model = Model();
+  const std::string first = Compact(model);
+  EXPECT_EQ(Compact(model), first);  // answered from the kept table
+  // A model never described before encodes its table for this call.
+  const LoadedModel fresh = Model();
+  EXPECT_EQ(Compact(fresh), first);
+  v1::ModelDescription direct;
+  FillPackedTable(*PackTensorTable(fresh.tensors), &direct);
+  v1::ModelDescription d;
+  ASSERT_TRUE(d.ParseFromString(first));
+  EXPECT_EQ(d.packed_tensors(), direct.packed_tensors());
+  EXPECT_EQ(d.packed_names(), direct.packed_names());
+  ASSERT_EQ(d.packed_strings_size(), direct.packed_strings_size());
+  for (int i = 0; i < d.packed_strings_size(); ++i)
+    EXPECT_EQ(d.packed_strings(i), direct.packed_strings(i));
+  // The per-call fields stay per call.
+  v1::ModelDescription other;
+  CacheEntryInfo info;
+  info.lease_count = 3;
+  FillModelDescription("m2", model, &info, TensorListForm::kCompact, &other);
+  EXPECT_EQ(other.model_id(), "m2");
+  EXPECT_EQ(other.lease_count(), 3);
+  EXPECT_EQ(other.packed_tensors(), d.packed_tensors());
+}
+
+TEST(ProtoMappingTest, ConcurrentDescribersGetTheSameBytes) {
+  LoadedModel model = Model();
+  for (int i = 0; i < 3000; ++i) {
+    model.tensors.push_back(Make("blocks." + std::to_string(i) + ".w",
+                                 DType::kFloat16, {i % 7 + 1, 4}, {4, 1}, i % 2,
+                                 8 * i));
+  }
+  constexpr int kThreads = 8;
+  std::vector<std::string> seen(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i)
+    threads.emplace_back([&, i] { seen[i] = Compact(model); });
+  for (std::thread& thread : threads) thread.join();
+  LoadedModel fresh = Model();
+  fresh.tensors = model.tensors;
+  const std::string expected = Compact(fresh);
+  for (const std::string& bytes : seen) EXPECT_EQ(bytes, expected);
+  v1::ModelDescription d;
+  ASSERT_TRUE(d.ParseFromString(expected));
+  EXPECT_EQ(Unpack(d).size(), model.tensors.size());
+}
+
+TEST(ProtoMappingTest, UnicodeNamesRoundTrip) {
+  LoadedModel model;
+  const std::vector<std::string> names = {
+      "блок.0.вес", "层.权重", "emoji.\xF0\x9F\x98\x80", "", "e\xCC\x81"};
+  for (const std::string& name : names)
+    model.tensors.push_back(Make(name, DType::kFloat32, {1}, {1}, 0, 0));
+  for (int call = 0; call < 2; ++call) {
+    v1::ModelDescription d;
+    FillModelDescription("m1", model, nullptr, TensorListForm::kCompact, &d);
+    std::vector<v1::Tensor> unpacked = Unpack(d);
+    ASSERT_EQ(unpacked.size(), names.size());
+    for (size_t i = 0; i < names.size(); ++i)
+      EXPECT_EQ(unpacked[i].name(), names[i]);
+  }
+}
+
+TEST(ProtoMappingTest, UnpackableModelStaysRepeatedOnEveryCall) {
+  LoadedModel model = Model();
+  model.tensors[1].info.name = std::string("x\0y", 3);
+  for (int call = 0; call < 2; ++call) {
+    v1::ModelDescription d;
+    FillModelDescription("m1", model, nullptr, TensorListForm::kCompact, &d);
+    EXPECT_TRUE(d.packed_tensors().empty());
+    ASSERT_EQ(d.tensors_size(), 5);
+    EXPECT_EQ(d.tensors(1).name(), std::string("x\0y", 3));
+  }
 }
 
 }  // namespace

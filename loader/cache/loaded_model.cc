@@ -4,7 +4,9 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "loader/cache/convert.h"
 #include "loader/cache/mapped_read.h"
 #include "loader/cache/shard.h"
@@ -82,7 +84,100 @@ absl::Status GatherElements(const TensorInfo& info, uint64_t first,
       });
 }
 
+// Little-endian whatever the host's byte order (the layout is the proto's).
+void AppendLe32(uint32_t value, std::string* out) {
+  for (int shift = 0; shift < 32; shift += 8)
+    out->push_back(static_cast<char>((value >> shift) & 0xff));
+}
+
+void AppendLe64(uint64_t value, std::string* out) {
+  for (int shift = 0; shift < 64; shift += 8)
+    out->push_back(static_cast<char>((value >> shift) & 0xff));
+}
+
+constexpr uint32_t kPackedVersion = 1;
+constexpr uint32_t kPackedRecordBytes = 48;
+
 }  // namespace
+
+std::optional<PackedTensorTable> PackTensorTable(
+    const std::vector<PlacedTensor>& tensors) {
+  size_t dims = 0;
+  size_t name_bytes = 0;
+  for (const PlacedTensor& tensor : tensors) {
+    // Neither fits the table; the repeated form says exactly what the file
+    // holds (and clients refuse a stride list of the wrong length).
+    if (tensor.info.name.find('\0') != std::string::npos ||
+        tensor.info.stride.size() != tensor.info.shape.size()) {
+      return std::nullopt;
+    }
+    dims += tensor.info.shape.size();
+    name_bytes += tensor.info.name.size() + 1;
+  }
+  PackedTensorTable table;
+  // The daemon's own model: counts are far below 2^32 (the request bounds).
+  absl::flat_hash_map<absl::string_view, uint32_t> string_index;
+  auto index_of = [&](absl::string_view text) {
+    auto [it, added] = string_index.try_emplace(text, string_index.size());
+    if (added) table.strings.emplace_back(text);
+    return it->second;
+  };
+  std::string& packed = table.records;
+  packed.reserve(16 + tensors.size() * kPackedRecordBytes + dims * 16);
+  AppendLe32(kPackedVersion, &packed);
+  AppendLe32(kPackedRecordBytes, &packed);
+  AppendLe32(static_cast<uint32_t>(tensors.size()), &packed);
+  AppendLe32(static_cast<uint32_t>(dims), &packed);
+  for (const PlacedTensor& tensor : tensors) {
+    AppendLe32(index_of(DTypeName(tensor.info.dtype)), &packed);
+    AppendLe32(index_of(tensor.saved_location), &packed);
+    AppendLe32(index_of(tensor.placed_location), &packed);
+    AppendLe32(static_cast<uint32_t>(tensor.buffer_index), &packed);
+    AppendLe32(static_cast<uint32_t>(tensor.info.shape.size()), &packed);
+    AppendLe32(tensor.info.requires_grad ? 1 : 0, &packed);
+    AppendLe64(static_cast<uint64_t>(tensor.info.storage_offset), &packed);
+    AppendLe64(tensor.storage_byte_offset, &packed);
+    AppendLe64(tensor.byte_size, &packed);
+  }
+  for (const PlacedTensor& tensor : tensors)
+    for (int64_t size : tensor.info.shape)
+      AppendLe64(static_cast<uint64_t>(size), &packed);
+  for (const PlacedTensor& tensor : tensors)
+    for (int64_t stride : tensor.info.stride)
+      AppendLe64(static_cast<uint64_t>(stride), &packed);
+  table.names.reserve(name_bytes);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (i > 0) table.names.push_back('\0');
+    table.names += tensors[i].info.name;
+  }
+  return table;
+}
+
+LoadedModel::PackedTableMemo& LoadedModel::PackedTableMemo::operator=(
+    const PackedTableMemo& other) {
+  // The assigned model's tensors are new: its table is built again.
+  if (this != &other) {
+    MutexLock lock(&mu_);
+    built_ = false;
+    table_.reset();
+  }
+  return *this;
+}
+
+const PackedTensorTable* LoadedModel::PackedTableMemo::Get(
+    const std::vector<PlacedTensor>& tensors) {
+  // Concurrent first callers wait for one build rather than each encoding.
+  MutexLock lock(&mu_);
+  if (!built_) {
+    table_ = PackTensorTable(tensors);
+    built_ = true;
+  }
+  return table_.has_value() ? &*table_ : nullptr;
+}
+
+const PackedTensorTable* LoadedModel::PackedTable() const {
+  return packed_table_.Get(tensors);
+}
 
 bool LoadedModel::ReadsFile() const {
   for (const PlacedTensor& tensor : tensors) {

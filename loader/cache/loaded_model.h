@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "loader/cache/checkpoint_cache.h"
+#include "loader/common/mutex.h"
 #include "loader/device/device.h"
 #include "loader/format/checkpoint.h"
 #include "loader/io/mapped_file.h"
@@ -68,6 +70,19 @@ struct ModelDirectory {
   std::string generation_config_json;
 };
 
+// A tensor table in weightd.v1.ModelDescription's packed layout (its fields
+// packed_tensors, packed_names and packed_strings; the proto documents it).
+struct PackedTensorTable {
+  std::string records;               // packed_tensors
+  std::string names;                 // packed_names: the names joined by NUL
+  std::vector<std::string> strings;  // packed_strings: dtypes and locations
+};
+
+// The packed table of `tensors`; nullopt when a name holds a NUL byte (the
+// names are NUL-separated) or a stride list's length is not its shape's.
+std::optional<PackedTensorTable> PackTensorTable(
+    const std::vector<PlacedTensor>& tensors);
+
 class LoadedModel : public CacheValue {
  public:
   // Keeps whatever owns the bytes (mapping, segments, arenas) alive with the
@@ -117,6 +132,31 @@ class LoadedModel : public CacheValue {
   // bytes are not all in segments the daemon owns): then a change of the file
   // on disk changes what it would read.
   bool ReadsFile() const;
+
+  // PackTensorTable(tensors), built by the first call and kept: a placed
+  // model's tensors never change, so every description of the cache entry
+  // copies these bytes instead of encoding each tensor again. Null when the
+  // table cannot be packed. Safe to call from many threads; `tensors` must
+  // not change after the first call (a copy or move of the model starts
+  // without the table).
+  const PackedTensorTable* PackedTable() const;
+
+ private:
+  class PackedTableMemo {
+   public:
+    PackedTableMemo() = default;
+    PackedTableMemo(const PackedTableMemo&) {}
+    PackedTableMemo& operator=(const PackedTableMemo&);
+    const PackedTensorTable* Get(const std::vector<PlacedTensor>& tensors);
+
+   private:
+    Mutex mu_;
+    bool built_ ABSL_GUARDED_BY(mu_) = false;
+    // Never changes once built_ (but by assignment), so the pointer Get
+    // returns stays valid without the lock.
+    std::optional<PackedTensorTable> table_ ABSL_GUARDED_BY(mu_);
+  };
+  mutable PackedTableMemo packed_table_;
 };
 
 }  // namespace weightd
