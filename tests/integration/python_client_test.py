@@ -232,8 +232,10 @@ class PythonClientTest(unittest.TestCase):
                     table = got._table
                     self.assertEqual([table.tensor(i) for i in range(len(table))],
                                      list(repeated.tensors))
-                    want, anchors, none = _model.materialize(
+                    pairs, anchors, none = _model.materialize(
                         repeated, client._backend, torch=torch)
+                    want = dict(pairs)
+                    del pairs
                     self.assertIsNone(none)
                     self.assertEqual(list(got), list(want))
                     for name, tensor in want.items():
