@@ -304,8 +304,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(
     });
   }
   ASSIGN_OR_RETURN(daemon->poller_keepalive_,
-                   CallbackPollerKeepalive::Start(server->InProcessChannel(
-                       grpc::ChannelArguments())));
+                   CallbackPollerKeepalive::Start(
+                       server->InProcessChannel(grpc::ChannelArguments())));
   daemon->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   daemon->serving_.store(true);
 
