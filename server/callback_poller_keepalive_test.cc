@@ -64,6 +64,12 @@ class CallbackPollerKeepaliveTest : public ::testing::Test {
   }
   void TearDown() override { server_->Shutdown(); }
 
+  absl::StatusOr<std::unique_ptr<CallbackPollerKeepalive>> StartEvery5Ms() {
+    return CallbackPollerKeepalive::Start(
+        server_->InProcessChannel(grpc::ChannelArguments()),
+        absl::Milliseconds(5));
+  }
+
   // Waits (up to 30 s, for a loaded machine) until `count` calls arrived.
   bool WaitForCalls(size_t count) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
@@ -79,9 +85,7 @@ class CallbackPollerKeepaliveTest : public ::testing::Test {
 };
 
 TEST_F(CallbackPollerKeepaliveTest, CallsHealthCheckOnTheChannelRepeatedly) {
-  auto keepalive = CallbackPollerKeepalive::Start(
-      server_->InProcessChannel(grpc::ChannelArguments()),
-      absl::Milliseconds(5));
+  auto keepalive = StartEvery5Ms();
   ASSERT_TRUE(keepalive.ok()) << keepalive.status();
   ASSERT_TRUE(WaitForCalls(3));
   keepalive->reset();
@@ -91,9 +95,7 @@ TEST_F(CallbackPollerKeepaliveTest, CallsHealthCheckOnTheChannelRepeatedly) {
 }
 
 TEST_F(CallbackPollerKeepaliveTest, MakesNoCallAfterItIsDestroyed) {
-  auto keepalive = CallbackPollerKeepalive::Start(
-      server_->InProcessChannel(grpc::ChannelArguments()),
-      absl::Milliseconds(5));
+  auto keepalive = StartEvery5Ms();
   ASSERT_TRUE(keepalive.ok()) << keepalive.status();
   ASSERT_TRUE(WaitForCalls(1));
   keepalive->reset();  // joins its thread, which waits for its call

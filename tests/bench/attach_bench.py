@@ -8,8 +8,6 @@ Prints one line per row: "ROW <name>\t<seconds>\t<tensors>" (tensors 0: a latenc
 first call of a fresh client after the daemon sat idle longer than gRPC's callback threads wait
 for an event; see server/callback_poller_keepalive.h).
 """
-import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -17,6 +15,8 @@ import struct
 import subprocess
 import sys
 import time
+
+import bench_daemon
 
 PYTHON = "/usr/bin/python3"  # real torch 1.13
 
@@ -87,11 +87,7 @@ def child_seconds(code, *args):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weightd", required=True)
-    parser.add_argument("--package", required=True)
-    parser.add_argument("--harness", required=True)
-    parser.add_argument("--dir", required=True)
+    parser = bench_daemon.argument_parser()
     parser.add_argument("--counts", default="100,1000,10000")
     parser.add_argument("--elements", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
@@ -99,11 +95,7 @@ def main():
     parser.add_argument("--idle_seconds", type=float, default=1.2)
     args = parser.parse_args()
     package = os.path.abspath(args.package)
-    spec = importlib.util.spec_from_file_location("harness", args.harness)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
-    harness.configure(os.path.abspath(args.weightd), package)
-    os.makedirs(args.dir, exist_ok=True)
+    harness = bench_daemon.load_harness(args)
     counts = [int(c) for c in args.counts.split(",") if c]
     paths = {}
     for count in counts:

@@ -6,12 +6,12 @@ utime + stime from /proc over the same calls).
                     --dir=/tmp/x --counts=1000,10000 --calls=50
 Prints one line per row: "ROW <rpc>, <tensors> tensors\t<median s>\t<daemon cpu s per call>".
 """
-import argparse
-import importlib.util
 import os
 import statistics
 import sys
 import time
+
+import bench_daemon
 
 
 def daemon_cpu_seconds(pid):
@@ -34,20 +34,12 @@ def measure(daemon, call, calls):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weightd", required=True)
-    parser.add_argument("--package", required=True)
-    parser.add_argument("--harness", required=True)
-    parser.add_argument("--dir", required=True)
+    parser = bench_daemon.argument_parser()
     parser.add_argument("--counts", default="1000,10000")
     parser.add_argument("--calls", type=int, default=50)
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("harness", args.harness)
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
-    harness.configure(os.path.abspath(args.weightd), os.path.abspath(args.package))
+    harness = bench_daemon.load_harness(args)
     pb = harness.pb
-    os.makedirs(args.dir, exist_ok=True)
     counts = [int(c) for c in args.counts.split(",") if c]
     paths = {}
     for count in counts:

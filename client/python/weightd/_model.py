@@ -267,10 +267,10 @@ class NumpyBackend:
 
 def materialize(description, backend, torch=None):
     """Returns (entries, anchors, table): (name, tensor) pairs in the daemon's order (an
-    iterable to read once), the per-load
-    objects every tensor keeps alive (one array per mapped host buffer, one LoadAnchor per GPU
-    arena; when the last anchor is collected no tensor of this load is left), and the tensor
-    table (None for a description with repeated tensors).
+    iterable to read once), the per-load objects every tensor keeps alive (one array per
+    mapped host buffer, one LoadAnchor per GPU arena; when the last anchor is collected no
+    tensor of this load is left), and the tensor table (None for a description with repeated
+    tensors).
 
     The table's geometry is checked once for the whole model (numpy); each host tensor is then
     one array over its buffer's mapping (torch: torch.from_numpy of it), except tensors that
