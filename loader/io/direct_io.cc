@@ -257,6 +257,11 @@ void DirectIoProbe::Landed(bool ok, Clock::time_point now) {
     bytes_[kind] += issued_;
     seconds_[kind] += std::chrono::duration<double>(now - start_).count();
     ++window_;
+    const double direct = GiBps(bytes_[1], seconds_[1]);
+    const double buffered = GiBps(bytes_[0], seconds_[0]);
+    done_ = window_ >= kWindows ||
+            (window_ == 2 && (direct >= kClearRatio * buffered ||
+                              buffered >= kClearRatio * direct));
   }
   issued_ = 0;
   spoiled_ = false;

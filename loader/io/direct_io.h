@@ -69,19 +69,22 @@ std::string DirectIoSummary(DirectIoMode mode);
 // timed from its first read's submission to its last read's completion, and
 // no read of the next window starts before then. Windows are timed within
 // one Run: one cut short by the Run's end (or by a failed read) is dropped
-// and measured again by a later Run. Buffered wins only when it is more than
-// kBufferedMargin times faster: direct reads leave the page cache to others.
-// Driven by one Run at a time (PlanDirectIo hands it out).
+// and measured again by a later Run. When the first two windows differ by
+// kClearRatio or more the last two are skipped (a slow kind is not read
+// longer than it takes to see it is slow). Buffered wins only when it is
+// more than kBufferedMargin times faster: direct reads leave the page cache
+// to others. Driven by one Run at a time (PlanDirectIo hands it out).
 class DirectIoProbe {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr int kWindows = 4;
+  static constexpr double kClearRatio = 2.0;
   static constexpr double kBufferedMargin = 1.1;
 
   explicit DirectIoProbe(uint64_t window_bytes);
 
-  // Every window measured.
-  bool done() const { return window_ >= kWindows; }
+  // Every window measured, or the first two told clearly enough.
+  bool done() const { return done_; }
   // A window has started and not ended: the chunks that could read direct
   // belong to it, cached or not.
   bool window_open() const { return issued_ > 0; }
@@ -107,6 +110,7 @@ class DirectIoProbe {
 
   const uint64_t window_bytes_;
   int window_ = 0;  // windows measured
+  bool done_ = false;
   // The window under way.
   uint64_t issued_ = 0;
   int outstanding_ = 0;

@@ -89,29 +89,37 @@ TEST(DirectIoProbeTest, AlternatesDirectBufferedBufferedDirect) {
   Clock::time_point now;
   std::vector<bool> kinds;
   while (!probe.done()) {
-    kinds.push_back(RunWindow(&probe, 2, 2 << 20, 0.01, &now));
+    // Direct a little faster: all four windows.
+    const bool direct = probe.NextRead().value();
+    kinds.push_back(RunWindow(&probe, 2, 2 << 20, direct ? 0.01 : 0.012, &now));
     ASSERT_LE(kinds.size(), 4u);
   }
   EXPECT_EQ(kinds, (std::vector<bool>{true, false, false, true}));
 }
 
 TEST(DirectIoProbeTest, ChoosesTheFasterKindBufferedOnlyByAMargin) {
-  // Seconds per window: direct, buffered.
+  // Seconds per window: direct, buffered; windows measured.
   struct Case {
     double direct, buffered;
     bool direct_wins;
+    int windows;
   };
-  for (const Case& c : {Case{0.01, 0.02, true}, Case{0.02, 0.01, false},
-                        Case{0.0105, 0.01, true},  // 5%: within the margin
-                        Case{0.02, 0.019, true}, Case{0.012, 0.01, false}}) {
+  for (const Case& c : {Case{0.01, 0.015, true, 4}, Case{0.015, 0.01, false, 4},
+                        Case{0.0105, 0.01, true, 4},  // 5%: within the margin
+                        Case{0.02, 0.019, true, 4}, Case{0.012, 0.01, false, 4},
+                        // Twice as fast or more: two windows tell.
+                        Case{0.01, 0.02, true, 2}, Case{0.03, 0.01, false, 2}}) {
     DirectIoProbe probe(8 << 20);
     Clock::time_point now;
+    int windows = 0;
     while (!probe.done()) {
       bool direct = probe.NextRead().value();
       RunWindow(&probe, 4, 2 << 20, direct ? c.direct : c.buffered, &now);
+      ++windows;
     }
     EXPECT_EQ(probe.direct_wins(), c.direct_wins)
         << c.direct << " " << c.buffered << ": " << probe.Describe();
+    EXPECT_EQ(windows, c.windows) << c.direct << " " << c.buffered;
     EXPECT_EQ(probe.NextRead(), c.direct_wins);
   }
   DirectIoProbe probe(1 << 30);
