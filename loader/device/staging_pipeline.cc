@@ -192,8 +192,8 @@ struct ChunkRead {
 
 // `candidate`: the chunk could read its aligned middle direct (the file
 // allows it, its range is long enough, buffer and file equally misaligned).
-ChunkRead PlanChunkRead(const FileState& f, bool candidate,
-                        const Chunk& chunk, const StagingOptions& options) {
+ChunkRead PlanChunkRead(const FileState& f, bool candidate, const Chunk& chunk,
+                        const StagingOptions& options) {
   ChunkRead how;
   if (!candidate) return how;
   DirectIoProbe* probe =
@@ -216,8 +216,7 @@ ChunkRead PlanChunkRead(const FileState& f, bool candidate,
     how.probe = probe;
     return how;
   }
-  how.direct =
-      f.probe != nullptr ? f.probe->direct_wins() : f.direct_uncached;
+  how.direct = f.probe != nullptr ? f.probe->direct_wins() : f.direct_uncached;
   return how;
 }
 
@@ -552,9 +551,9 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
       --reads;
       free_tags.push_back(static_cast<int>(r.tag));
       if (read.probe != nullptr) {
-        read.probe->Landed(r.status.ok() && r.bytes_read == read.length &&
-                               !r.direct_refused,
-                           ProbeClock::now());
+        read.probe->Landed(
+            r.status.ok() && r.bytes_read == read.length && !r.direct_refused,
+            ProbeClock::now());
       }
       stats->direct_bytes += r.direct_bytes;
       if (r.direct_refused) {
@@ -664,9 +663,9 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       const FileSource& file = files[slot.file_index];
       --reads;
       if (slot.probe != nullptr) {
-        slot.probe->Landed(r.status.ok() && r.bytes_read == slot.length &&
-                               !r.direct_refused,
-                           ProbeClock::now());
+        slot.probe->Landed(
+            r.status.ok() && r.bytes_read == slot.length && !r.direct_refused,
+            ProbeClock::now());
         slot.probe = nullptr;
       }
       stats->direct_bytes += r.direct_bytes;

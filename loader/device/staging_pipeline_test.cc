@@ -551,7 +551,7 @@ StagingOptions DirectOptions(const Param& p) {
   o.chunk_bytes = p.chunk;
   o.num_buffers = p.buffers;
   o.direct_min_bytes = 64 << 10;
-  o.request_bytes = 48 << 10;  // several requests per chunk
+  o.request_bytes = 48 << 10;       // several requests per chunk
   o.direct_io = DirectIoMode::kOn;  // no measuring first
   return o;
 }
@@ -705,8 +705,8 @@ TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
   const std::vector<CopyRange> whole = {CopyRange::FromFile(0, kFileSize, 0)};
   auto load = [&](StagingStats* stats) {
     Evict(file_->fd());
-    auto arena = (*pipeline)->Load(kFileSize, source, whole, nullptr, nullptr,
-                                   stats);
+    auto arena =
+        (*pipeline)->Load(kFileSize, source, whole, nullptr, nullptr, stats);
     ASSERT_TRUE(arena.ok()) << arena.status();
     auto opened = Open(**arena);
     ASSERT_NE(opened, nullptr);

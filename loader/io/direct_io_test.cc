@@ -104,11 +104,12 @@ TEST(DirectIoProbeTest, ChoosesTheFasterKindBufferedOnlyByAMargin) {
     bool direct_wins;
     int windows;
   };
-  for (const Case& c : {Case{0.01, 0.015, true, 4}, Case{0.015, 0.01, false, 4},
-                        Case{0.0105, 0.01, true, 4},  // 5%: within the margin
-                        Case{0.02, 0.019, true, 4}, Case{0.012, 0.01, false, 4},
-                        // Twice as fast or more: two windows tell.
-                        Case{0.01, 0.02, true, 2}, Case{0.03, 0.01, false, 2}}) {
+  for (const Case& c :
+       {Case{0.01, 0.015, true, 4}, Case{0.015, 0.01, false, 4},
+        Case{0.0105, 0.01, true, 4},  // 5%: within the margin
+        Case{0.02, 0.019, true, 4}, Case{0.012, 0.01, false, 4},
+        // Twice as fast or more: two windows tell.
+        Case{0.01, 0.02, true, 2}, Case{0.03, 0.01, false, 2}}) {
     DirectIoProbe probe(8 << 20);
     Clock::time_point now;
     int windows = 0;

@@ -447,9 +447,9 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
         for (DirectIoMode mode : modes) {
           auto reader = make_reader(backend);
           if (!reader.ok()) {
-            rows.push_back({"cold",
-                            absl::StrCat(IoBackendName(backend), " skipped"),
-                            NAN, 0, NAN, std::string(reader.status().message())});
+            rows.push_back(
+                {"cold", absl::StrCat(IoBackendName(backend), " skipped"), NAN,
+                 0, NAN, std::string(reader.status().message())});
             break;
           }
           StagingOptions o = staging;
@@ -496,12 +496,12 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
                               stats.probe_bytes >> 20, " MiB");
             }
           }
-          rows.push_back(
-              {"cold",
-               absl::StrCat("weightd ", IoBackendName(backend),
-                            " -> fake GPU, --direct_io=", DirectIoModeName(mode),
-                            mode == daemon_mode ? " (default)" : ""),
-               t, size, NAN, error});
+          rows.push_back({"cold",
+                          absl::StrCat("weightd ", IoBackendName(backend),
+                                       " -> fake GPU, --direct_io=",
+                                       DirectIoModeName(mode),
+                                       mode == daemon_mode ? " (default)" : ""),
+                          t, size, NAN, error});
         }
       }
     };
@@ -532,10 +532,9 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
             },
             &error);
         if (error.empty()) error = FaultNote(MinorFaults() - faults, repeats);
-        rows.push_back(
-            {section,
-             absl::StrCat("weightd ", r->name(), " -> host arena"),
-             t, size, NAN, error});
+        rows.push_back({section,
+                        absl::StrCat("weightd ", r->name(), " -> host arena"),
+                        t, size, NAN, error});
         auto pipeline = StagingPipeline::Create(fake->get(), std::move(*reader),
                                                 StagingOptions());
         if (!pipeline.ok()) continue;
@@ -969,7 +968,8 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
     }
     if (base >= 0) {
       for (size_t i = 0; i < rows.size(); ++i) {
-        if (rows[i].section != "cold" || rows[i].name.rfind("weightd", 0) != 0) {
+        if (rows[i].section != "cold" ||
+            rows[i].name.rfind("weightd", 0) != 0) {
           continue;
         }
         std::vector<double> ratios;
@@ -996,12 +996,12 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
   // The daemon's cold figure: the backend it picks onto the (fake) GPU with
   // its defaults.
   const double cold_ratio = ratio_of(
-      "cold", absl::StrCat("weightd ",
-                           IoBackendName(ChooseIoBackend(IoBackend::kAuto).backend),
-                           " -> fake GPU, --direct_io=",
-                           DirectIoModeName(*ParseDirectIoMode(
-                               DeviceSet::Options().direct_io)),
-                           " (default)"));
+      "cold",
+      absl::StrCat(
+          "weightd ", IoBackendName(ChooseIoBackend(IoBackend::kAuto).backend),
+          " -> fake GPU, --direct_io=",
+          DirectIoModeName(*ParseDirectIoMode(DeviceSet::Options().direct_io)),
+          " (default)"));
   const double warm_io_uring = ratio_of("warm", "weightd io_uring -> host");
   const double warm_pread = ratio_of("warm", "weightd pread -> host");
   const double cast_ratio =
