@@ -184,7 +184,7 @@ struct DirectIo {
   std::string name;
 };
 bool AbslParseFlag(absl::string_view text, DirectIo* flag, std::string* error) {
-  return ParseChoice(text, {"auto", "off"}, &flag->name, error);
+  return ParseChoice(text, {"auto", "on", "off"}, &flag->name, error);
 }
 std::string AbslUnparseFlag(const DirectIo& flag) { return flag.name; }
 struct LogLevel {
@@ -325,15 +325,17 @@ ABSL_FLAG(weightd::StagingBuffers, staging_buffers,
           "pinned staging buffers per load");
 ABSL_FLAG(weightd::DirectIo, direct_io,
           {weightd::Defaults().devices.direct_io},
-          "auto or off (auto: large uncached file ranges are read with "
-          "O_DIRECT where the file system allows it)");
+          "auto, on or off: how large uncached file ranges are read where "
+          "the file system allows O_DIRECT (on: direct; auto: each block "
+          "device measured once, direct against buffered, then the faster)");
 ABSL_FLAG(weightd::IoQueueDepth, io_queue_depth,
           {weightd::Defaults().devices.io_queue_depth},
           "reads in flight per staging pipeline (0: 64)");
 ABSL_FLAG(weightd::IoRequestKib, io_request_kib,
           {static_cast<int>(weightd::Defaults().devices.io_request_bytes >>
                             10)},
-          "KiB per read request (0: the block device's max_sectors_kb)");
+          "KiB per read request (0: the block device's max_sectors_kb, "
+          "4096 to 16384)");
 ABSL_FLAG(weightd::FakeGpus, fake_gpus,
           {weightd::Defaults().devices.fake_gpus},
           "add N fake GPUs backed by host memory, after the real ones (tests, "

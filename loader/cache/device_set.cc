@@ -48,6 +48,7 @@ class RegistryDeviceSet : public DeviceSet {
     set->staging_.chunk_bytes = options.staging_chunk_bytes;
     set->staging_.num_buffers = options.staging_buffers;
     ASSIGN_OR_RETURN(set->direct_mode_, ParseDirectIoMode(options.direct_io));
+    set->staging_.direct_io = set->direct_mode_;
     if (options.io_queue_depth < 0 || options.io_queue_depth > 4096) {
       return absl::InvalidArgumentError(absl::StrCat(
           "io queue depth must be in [0, 4096], got ", options.io_queue_depth));
@@ -114,7 +115,7 @@ class RegistryDeviceSet : public DeviceSet {
                         ? static_cast<uint64_t>(info.st_size)
                         : 0;
       source.name = files[i].name;
-      if (direct_mode_ == DirectIoMode::kAuto) {
+      if (direct_mode_ != DirectIoMode::kOff) {
         direct[i] = OpenDirectIo(files[i].fd, files[i].name);
         source.direct_fd = direct[i].fd.get();
         source.direct_alignment = direct[i].alignment;

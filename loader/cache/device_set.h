@@ -52,12 +52,14 @@ class DeviceSet {
     // The staging ring per GPU; defaults are the pipeline's own.
     uint64_t staging_chunk_bytes = StagingOptions{}.chunk_bytes;
     int staging_buffers = StagingOptions{}.num_buffers;
-    // "auto": file ranges of files whose file system allows it read their
-    // large, uncached chunks with O_DIRECT; "off": always buffered.
+    // "on": file ranges of files whose file system allows it read their
+    // large, uncached chunks with O_DIRECT; "auto": the same where the
+    // block device measured faster direct (DirectIoProbe); "off": buffered.
     std::string direct_io = "auto";
     // SQEs (pread threads) in flight per pipeline; 0: 64.
     int io_queue_depth = 0;
-    // Bytes per read request; 0: the block device's max_sectors_kb per file.
+    // Bytes per read request; 0: per file from its block device
+    // (AutoRequestBytes, direct_io.h).
     uint64_t io_request_bytes = 0;
   };
   static absl::StatusOr<std::unique_ptr<DeviceSet>> Create(
@@ -69,7 +71,7 @@ class DeviceSet {
   virtual std::string gpu_status() const = 0;
   virtual std::string io_backend() const = 0;
   virtual std::string io_backend_reason() const = 0;
-  // "on", "off: reason", or "on; off on device M:N: reason" (direct_io.h).
+  // What is in effect and why (DirectIoSummary, direct_io.h).
   virtual std::string direct_io() const { return "off: not supported"; }
   virtual int io_queue_depth() const { return 0; }
   // 0: chosen per file from its block device.

@@ -1,5 +1,7 @@
 #include "loader/device/staging_pipeline.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 #include <deque>
@@ -23,9 +25,13 @@ struct StagingPipeline::Slot {
   uint64_t file_offset = 0;
   uint64_t arena_offset = 0;
   uint64_t length = 0;
+  // The read is one of this probe's window.
+  DirectIoProbe* probe = nullptr;
 };
 
 namespace {
+
+using ProbeClock = DirectIoProbe::Clock;
 
 absl::Status Annotate(const absl::Status& s, const std::string& context) {
   return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
@@ -62,21 +68,25 @@ class ChunkCursor {
   bool done() const { return index_ >= ranges_.size(); }
   const CopyRange& current() const { return ranges_[index_]; }
   uint64_t pos() const { return pos_; }
-  // The next chunk, `lead` bytes shorter than a staging buffer at most.
-  Chunk Next(uint64_t lead = 0) {
+  // The next chunk, `lead` bytes shorter than a staging buffer at most,
+  // without moving past it.
+  Chunk Peek(uint64_t lead = 0) const {
     Chunk c;
     c.range = &ranges_[index_];
     c.pos = pos_;
     uint64_t most = chunk_bytes_ - lead;
     if (c.generated()) most = chunk_bytes_ / c.range->unit * c.range->unit;
     c.length = std::min(most, c.range->length - pos_);
+    return c;
+  }
+  // Moves past `c`, the chunk Peek() returned.
+  void Advance(const Chunk& c) {
     pos_ += c.length;
     if (pos_ >= c.range->length) {
       ++index_;
       pos_ = 0;
       Skip();
     }
-    return c;
   }
 
  private:
@@ -89,27 +99,64 @@ class ChunkCursor {
   uint64_t pos_ = 0;
 };
 
+// The device probes one Run measures with (--direct_io=auto), given back,
+// measured or not, when the Run ends.
+class RunProbes {
+ public:
+  RunProbes() = default;
+  RunProbes(const RunProbes&) = delete;
+  RunProbes& operator=(const RunProbes&) = delete;
+  ~RunProbes() {
+    for (auto& [dev, probe] : held_) ReturnDirectIoProbe(dev, std::move(probe));
+  }
+  // The device's plan, asked for once per Run; `*probe` is null unless this
+  // Run measures the device.
+  void Plan(uint64_t dev, uint64_t window_bytes, bool* direct,
+            DirectIoProbe** probe) {
+    for (const Planned& p : planned_) {
+      if (p.dev == dev) {
+        *direct = p.direct;
+        *probe = p.probe;
+        return;
+      }
+    }
+    DirectIoPlan plan = PlanDirectIo(dev, window_bytes);
+    planned_.push_back({dev, plan.direct, plan.probe.get()});
+    *direct = plan.direct;
+    *probe = plan.probe.get();
+    if (plan.probe != nullptr) held_.emplace_back(dev, std::move(plan.probe));
+  }
+
+ private:
+  struct Planned {
+    uint64_t dev;
+    bool direct;
+    DirectIoProbe* probe;
+  };
+  std::vector<Planned> planned_;
+  std::vector<std::pair<uint64_t, std::unique_ptr<DirectIoProbe>>> held_;
+};
+
 // Per file, for one Run.
 struct FileState {
   const FileSource* source = nullptr;
+  // Direct reads are possible (a descriptor, buffers aligned enough, not
+  // --direct_io=off).
   bool direct = false;
+  // Uncached chunks read direct (the mode's choice for the file's device),
+  // unless `probe` is measuring the device.
+  bool direct_uncached = true;
+  DirectIoProbe* probe = nullptr;
   uint64_t alignment = kDirectIoAlignment;
   uint64_t request_bytes = 0;
 };
-
-// max_sectors_kb of the file's block device, clamped; 4 MiB where unknown.
-uint64_t AutoRequestBytes(int fd) {
-  BlockQueueInfo q = BlockQueueOf(fd);
-  if (q.max_sectors_bytes == 0) return 4ull << 20;
-  return std::clamp<uint64_t>(q.max_sectors_bytes, 256ull << 10, 8ull << 20);
-}
 
 // Each file's direct-read plan for one Run into buffers aligned to
 // `buffer_alignment`.
 std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
                                     uintptr_t buffer_alignment,
                                     const StagingOptions& options,
-                                    StagingStats* stats) {
+                                    RunProbes* probes, StagingStats* stats) {
   std::vector<FileState> file_states(files.size());
   for (size_t i = 0; i < files.size(); ++i) {
     FileState& f = file_states[i];
@@ -117,15 +164,60 @@ std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
     if (f.source->direct_alignment != 0) {
       f.alignment = f.source->direct_alignment;
     }
-    f.direct = f.source->direct_fd >= 0 && buffer_alignment >= f.alignment &&
+    f.direct = options.direct_io != DirectIoMode::kOff &&
+               f.source->direct_fd >= 0 && buffer_alignment >= f.alignment &&
                options.chunk_bytes >= 4 * f.alignment;
+    struct stat st;
+    if (f.direct && options.direct_io == DirectIoMode::kAuto &&
+        ::fstat(f.source->direct_fd, &st) == 0) {
+      probes->Plan(static_cast<uint64_t>(st.st_dev),
+                   options.direct_probe_window_bytes, &f.direct_uncached,
+                   &f.probe);
+    }
     f.request_bytes = options.request_bytes;
     if (f.request_bytes == 0 && f.source->fd >= 0) {
-      f.request_bytes = AutoRequestBytes(f.source->fd);
+      f.request_bytes = AutoRequestBytes(BlockQueueOf(f.source->fd));
     }
     if (i == 0) stats->request_bytes = f.request_bytes;
   }
   return file_states;
+}
+
+// How one chunk of a file range reads.
+struct ChunkRead {
+  bool wait = false;  // a probe's window is draining: issue nothing yet
+  bool direct = false;
+  DirectIoProbe* probe = nullptr;  // the read is one of its window
+};
+
+// `candidate`: the chunk could read its aligned middle direct (the file
+// allows it, its range is long enough, buffer and file equally misaligned).
+ChunkRead PlanChunkRead(const FileState& f, bool candidate, const Chunk& chunk,
+                        const StagingOptions& options) {
+  ChunkRead how;
+  if (!candidate) return how;
+  DirectIoProbe* probe =
+      f.probe != nullptr && !f.probe->done() ? f.probe : nullptr;
+  if (probe != nullptr && probe->window_open()) {
+    // The window's kind, cached or not (DirectIoProbe).
+    std::optional<bool> next = probe->NextRead();
+    how.wait = !next.has_value();
+    how.direct = next.value_or(false);
+    how.probe = probe;
+    return how;
+  }
+  // Pages already cached are copied faster than read from the device.
+  if (CachedFraction(f.source->fd, chunk.file_offset(), chunk.length) >=
+      options.direct_max_cached_fraction) {
+    return how;
+  }
+  if (probe != nullptr) {  // an uncached chunk starts the next window
+    how.direct = probe->NextRead().value_or(true);
+    how.probe = probe;
+    return how;
+  }
+  how.direct = f.probe != nullptr ? f.probe->direct_wins() : f.direct_uncached;
+  return how;
 }
 
 std::vector<int> Descriptors(absl::Span<const FileSource> files) {
@@ -335,8 +427,9 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
                                          const StagingProgressFn& progress,
                                          StagingStats* stats) {
   stats->host_addressed = true;
+  RunProbes probes;
   std::vector<FileState> file_states =
-      PrepareFiles(files, AlignmentOf(host), options_, stats);
+      PrepareFiles(files, AlignmentOf(host), options_, &probes, stats);
   if (absl::Status s = reader_->RegisterFiles(Descriptors(files)); !s.ok()) {
     return s;
   }
@@ -345,6 +438,7 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
     uint32_t file_index = 0;
     uint64_t file_offset = 0;
     uint64_t length = 0;
+    DirectIoProbe* probe = nullptr;  // one of its window
   };
   // As many chunks in flight as the ring would have: the same load on the
   // device (a cold virtio disk measures fewer, larger reads faster).
@@ -372,7 +466,7 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
     while (status.ok() && !cursor.done() && reads < depth) {
       if (cancel != nullptr && cancel->cancelled()) break;
       const CopyRange& next = cursor.current();
-      bool direct = false;
+      bool candidate = false;
       uint64_t lead = 0;
       if (next.from_file()) {
         const FileState& f = file_states[next.file_index];
@@ -380,23 +474,26 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
         const uint64_t arena_at = next.arena_offset + cursor.pos();
         // Direct only where the arena is as misaligned as the file; chunks
         // end at aligned file offsets, so only a range's ends read buffered.
-        direct = f.direct && next.length >= options_.direct_min_bytes &&
-                 file_at % f.alignment == arena_at % f.alignment;
-        if (direct) lead = (file_at + options_.chunk_bytes) % f.alignment;
+        candidate = f.direct && next.length >= options_.direct_min_bytes &&
+                    file_at % f.alignment == arena_at % f.alignment;
+        if (candidate) lead = (file_at + options_.chunk_bytes) % f.alignment;
       }
-      Chunk c = cursor.Next(lead);
+      const Chunk c = cursor.Peek(lead);
+      ChunkRead how;
+      if (c.from_file()) {
+        how = PlanChunkRead(file_states[c.range->file_index], candidate, c,
+                            options_);
+        if (how.wait) break;
+      }
+      cursor.Advance(c);
       uint8_t* dst = host + c.arena_offset();
       if (c.from_file()) {
         const FileState& f = file_states[c.range->file_index];
         const FileSource& file = *f.source;
-        if (direct && CachedFraction(file.fd, c.file_offset(), c.length) >=
-                          options_.direct_max_cached_fraction) {
-          direct = false;
-        }
         const int tag = free_tags.back();
         ReadRequest req;
         req.fd = file.fd;
-        req.direct_fd = direct ? file.direct_fd : -1;
+        req.direct_fd = how.direct ? file.direct_fd : -1;
         req.direct_alignment = static_cast<uint32_t>(f.alignment);
         req.max_piece_bytes = static_cast<size_t>(f.request_bytes);
         req.offset = c.file_offset();
@@ -410,7 +507,12 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
           break;
         }
         free_tags.pop_back();
-        in_flight[tag] = {c.range->file_index, c.file_offset(), c.length};
+        in_flight[tag] = {c.range->file_index, c.file_offset(), c.length,
+                          how.probe};
+        if (how.probe != nullptr) {
+          how.probe->Issued(c.length, ProbeClock::now());
+          stats->probe_bytes += c.length;
+        }
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);
@@ -448,6 +550,11 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
       const FileSource& file = files[read.file_index];
       --reads;
       free_tags.push_back(static_cast<int>(r.tag));
+      if (read.probe != nullptr) {
+        read.probe->Landed(
+            r.status.ok() && r.bytes_read == read.length && !r.direct_refused,
+            ProbeClock::now());
+      }
       stats->direct_bytes += r.direct_bytes;
       if (r.direct_refused) {
         ++stats->direct_refused;
@@ -485,8 +592,9 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
     uintptr_t at = reinterpret_cast<uintptr_t>(slot->buffer->data());
     buffer_alignment = std::min(buffer_alignment, at & (~at + 1));
   }
+  RunProbes probes;
   std::vector<FileState> file_states =
-      PrepareFiles(files, buffer_alignment, options_, stats);
+      PrepareFiles(files, buffer_alignment, options_, &probes, stats);
   // Fixed files for this Run's descriptors (they stay open through it).
   if (absl::Status s = reader_->RegisterFiles(Descriptors(files)); !s.ok()) {
     return s;
@@ -554,6 +662,12 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       Slot& slot = *slots_[i];
       const FileSource& file = files[slot.file_index];
       --reads;
+      if (slot.probe != nullptr) {
+        slot.probe->Landed(
+            r.status.ok() && r.bytes_read == slot.length && !r.direct_refused,
+            ProbeClock::now());
+        slot.probe = nullptr;
+      }
       stats->direct_bytes += r.direct_bytes;
       if (r.direct_refused) {
         ++stats->direct_refused;
@@ -581,20 +695,28 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
     while (status.ok() && !cursor.done() && !free_slots.empty() &&
            reads < depth) {
       if (cancel != nullptr && cancel->cancelled()) break;
-      int i = free_slots.back();
-      free_slots.pop_back();
-      Slot& slot = *slots_[i];
       // A direct-capable chunk starts in its buffer as misaligned as in its
       // file, so the reader can read the aligned middle direct.
       const CopyRange& next = cursor.current();
-      bool direct = false;
+      bool candidate = false;
       uint64_t lead = 0;
       if (next.from_file()) {
         const FileState& f = file_states[next.file_index];
-        direct = f.direct && next.length >= options_.direct_min_bytes;
-        if (direct) lead = (next.file_offset + cursor.pos()) % f.alignment;
+        candidate = f.direct && next.length >= options_.direct_min_bytes;
+        if (candidate) lead = (next.file_offset + cursor.pos()) % f.alignment;
       }
-      Chunk c = cursor.Next(lead);
+      const Chunk c = cursor.Peek(lead);
+      ChunkRead how;
+      if (c.from_file()) {
+        how = PlanChunkRead(file_states[c.range->file_index], candidate, c,
+                            options_);
+        if (how.wait) break;
+      }
+      cursor.Advance(c);
+      int i = free_slots.back();
+      free_slots.pop_back();
+      Slot& slot = *slots_[i];
+      slot.probe = nullptr;
       slot.data_offset = lead;
       slot.arena_offset = c.arena_offset();
       slot.length = c.length;
@@ -604,14 +726,9 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
         const FileSource& file = *f.source;
         slot.file_index = c.range->file_index;
         slot.file_offset = c.file_offset();
-        // Pages already cached are copied faster than read from the device.
-        if (direct && CachedFraction(file.fd, slot.file_offset, c.length) >=
-                          options_.direct_max_cached_fraction) {
-          direct = false;
-        }
         ReadRequest req;
         req.fd = file.fd;
-        req.direct_fd = direct ? file.direct_fd : -1;
+        req.direct_fd = how.direct ? file.direct_fd : -1;
         req.direct_alignment = static_cast<uint32_t>(f.alignment);
         req.max_piece_bytes = static_cast<size_t>(f.request_bytes);
         req.offset = slot.file_offset;
@@ -626,6 +743,11 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
           break;
         }
         slot.state = Slot::State::kReading;
+        if (how.probe != nullptr) {
+          slot.probe = how.probe;
+          how.probe->Issued(c.length, ProbeClock::now());
+          stats->probe_bytes += c.length;
+        }
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);

@@ -37,6 +37,7 @@
 #include "loader/common/cancellation.h"
 #include "loader/common/mutex.h"
 #include "loader/device/device.h"
+#include "loader/io/direct_io.h"
 #include "loader/io/reader.h"
 
 namespace weightd {
@@ -56,8 +57,9 @@ struct FileSource {
   int fd = -1;
   // The same file opened with O_DIRECT (OpenDirectIo, direct_io.h), or -1.
   // With it, chunks of ranges of at least StagingOptions::direct_min_bytes
-  // whose pages are mostly not in the page cache read their aligned middle
-  // direct (the unaligned head and tail through `fd`).
+  // whose pages are mostly not in the page cache may read their aligned
+  // middle direct (the unaligned head and tail through `fd`), as
+  // StagingOptions::direct_io decides.
   int direct_fd = -1;
   uint32_t direct_alignment = 0;  // 0: kDirectIoAlignment
   uint64_t size = 0;              // file ranges are checked against it
@@ -118,10 +120,15 @@ struct StagingOptions {
   // read buffered even with a direct descriptor (a copy from the cache beats
   // a device read).
   double direct_max_cached_fraction = 0.5;
-  // Bytes each read system call (SQE) asks for at most; 0: the block
-  // device's max_sectors_kb for the file (sysfs), in [256 KiB, 8 MiB], or
-  // 4 MiB where unknown.
+  // Bytes each read system call (SQE) asks for at most; 0: per file,
+  // AutoRequestBytes() of its block device (direct_io.h).
   uint64_t request_bytes = 0;
+  // How uncached chunks of files with a direct descriptor read: kAuto
+  // measures each block device once (DirectIoProbe) and reads the faster
+  // way, kOn always direct, kOff always buffered.
+  DirectIoMode direct_io = DirectIoMode::kAuto;
+  // kAuto: bytes of each of the probe's windows.
+  uint64_t direct_probe_window_bytes = 64ull << 20;
 };
 
 struct StagingStats {
@@ -133,6 +140,8 @@ struct StagingStats {
   // to buffered because the file system refused O_DIRECT.
   uint64_t direct_bytes = 0;
   int direct_refused = 0;
+  // Of the file bytes, those read in a DirectIoProbe's windows.
+  uint64_t probe_bytes = 0;
   // The request size used for the first file.
   uint64_t request_bytes = 0;
   // The bytes went straight into the arena's host memory

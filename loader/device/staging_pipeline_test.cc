@@ -2,6 +2,8 @@
 #include "loader/device/staging_pipeline.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -549,7 +551,8 @@ StagingOptions DirectOptions(const Param& p) {
   o.chunk_bytes = p.chunk;
   o.num_buffers = p.buffers;
   o.direct_min_bytes = 64 << 10;
-  o.request_bytes = 48 << 10;  // several requests per chunk
+  o.request_bytes = 48 << 10;       // several requests per chunk
+  o.direct_io = DirectIoMode::kOn;  // no measuring first
   return o;
 }
 
@@ -670,6 +673,95 @@ TEST_P(StagingPipelineTest, DirectReadOfATruncatedFile) {
   EXPECT_NE(arena.status().message().find("file ended"), std::string::npos)
       << arena.status();
   unlink(path.c_str());
+  ExpectNoLeaks();
+}
+
+// --direct_io=auto: the first cold loads of a device measure it (direct and
+// buffered windows, byte-identical either way) until the device is decided,
+// after which its uncached chunks read the way that won, with no measuring.
+TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
+  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  FileSource source = source_;
+  source.direct_fd = direct.fd.get();
+  source.direct_alignment = direct.alignment;
+  StagingOptions o = DirectOptions(GetParam());
+  o.direct_io = DirectIoMode::kAuto;
+  o.direct_probe_window_bytes = 256 << 10;
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  struct stat st;
+  ASSERT_EQ(fstat(file_->fd(), &st), 0);
+  const std::string on_device =
+      absl::StrCat(" on device ", major(st.st_dev), ":", minor(st.st_dev));
+  std::string summary;
+  auto decided = [&] {
+    summary = DirectIoSummary(DirectIoMode::kAuto);
+    return summary.find("direct" + on_device) != std::string::npos ||
+           summary.find("buffered" + on_device) != std::string::npos;
+  };
+  // Congruent in place too: every chunk could read direct.
+  const std::vector<CopyRange> whole = {CopyRange::FromFile(0, kFileSize, 0)};
+  auto load = [&](StagingStats* stats) {
+    Evict(file_->fd());
+    auto arena =
+        (*pipeline)->Load(kFileSize, source, whole, nullptr, nullptr, stats);
+    ASSERT_TRUE(arena.ok()) << arena.status();
+    auto opened = Open(**arena);
+    ASSERT_NE(opened, nullptr);
+    EXPECT_EQ(FirstPatternMismatch(opened->host_data(), kFileSize, 0, kSeed),
+              -1);
+    EXPECT_EQ(stats->direct_refused, 0);
+  };
+  // An earlier instance of this test may have decided the device already.
+  const bool decided_before = decided();
+  uint64_t probed = 0;
+  for (int i = 0; i < 20 && !decided(); ++i) {
+    StagingStats stats;
+    load(&stats);
+    probed += stats.probe_bytes;
+  }
+  ASSERT_TRUE(decided()) << summary;
+  if (!decided_before) EXPECT_GE(probed, 4u * o.direct_probe_window_bytes);
+  const bool direct_won =
+      summary.find("direct" + on_device) != std::string::npos;
+  StagingStats stats;
+  load(&stats);
+  EXPECT_EQ(stats.probe_bytes, 0u);
+  if (direct_won) {
+    EXPECT_GT(stats.direct_bytes, kFileSize / 2) << summary;
+  } else {
+    EXPECT_EQ(stats.direct_bytes, 0u) << summary;
+  }
+  ExpectNoLeaks();
+}
+
+// --direct_io=off: a direct descriptor is never used.
+TEST_P(StagingPipelineTest, DirectIoOffReadsBuffered) {
+  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
+  if (!direct.fd.valid())
+    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
+  FileSource source = source_;
+  source.direct_fd = direct.fd.get();
+  source.direct_alignment = direct.alignment;
+  StagingOptions o = DirectOptions(GetParam());
+  o.direct_io = DirectIoMode::kOff;
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  Evict(file_->fd());
+  StagingStats stats;
+  auto arena = (*pipeline)->Load(kFileSize, source,
+                                 {CopyRange::FromFile(0, kFileSize, 0)},
+                                 nullptr, nullptr, &stats);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  EXPECT_EQ(stats.direct_bytes, 0u);
+  EXPECT_EQ(stats.probe_bytes, 0u);
+  auto opened = Open(**arena);
+  ASSERT_NE(opened, nullptr);
+  EXPECT_EQ(FirstPatternMismatch(opened->host_data(), kFileSize, 0, kSeed), -1);
+  opened.reset();
+  arena->reset();
   ExpectNoLeaks();
 }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "loader/common/logging.h"
 #include "loader/common/mutex.h"
 
@@ -54,6 +55,35 @@ void Refuse(uint64_t dev, const std::string& why) {
       "O_DIRECT refused on the file system of device %s (%s): its files are "
       "read buffered",
       DeviceName(dev), why);
+}
+
+// --direct_io=auto's measurements, by st_dev.
+struct DeviceChoice {
+  bool decided = false;
+  bool direct = true;
+  std::string figures;                   // DirectIoProbe::Describe()
+  std::unique_ptr<DirectIoProbe> probe;  // not decided and not handed out
+  bool probing = false;                  // handed out to a Run
+};
+struct Choices {
+  Mutex mu;
+  std::map<uint64_t, DeviceChoice> by_device ABSL_GUARDED_BY(mu);
+};
+Choices& GetChoices() {
+  static Choices* c = new Choices();
+  return *c;
+}
+
+// "254:0 (vda)", or "M:N" where sysfs has no name.
+std::string DeviceLabel(uint64_t dev) {
+  std::string name = DeviceName(dev);
+  BlockQueueInfo q = BlockQueueAt(absl::StrCat("/sys/dev/block/", name));
+  if (q.device.empty()) return name;
+  return absl::StrCat(name, " (", q.device, ")");
+}
+
+double GiBps(uint64_t bytes, double seconds) {
+  return seconds > 0 ? static_cast<double>(bytes) / seconds / (1u << 30) : 0;
 }
 
 bool Refused(uint64_t dev, std::string* why) {
@@ -101,13 +131,22 @@ uint32_t DirectAlignmentOf(int fd) {
 absl::StatusOr<DirectIoMode> ParseDirectIoMode(absl::string_view name) {
   std::string lower = absl::AsciiStrToLower(name);
   if (lower.empty() || lower == "auto") return DirectIoMode::kAuto;
+  if (lower == "on") return DirectIoMode::kOn;
   if (lower == "off") return DirectIoMode::kOff;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown direct I/O mode '", name, "' (want auto or off)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown direct I/O mode '", name, "' (want auto, on or off)"));
 }
 
 const char* DirectIoModeName(DirectIoMode mode) {
-  return mode == DirectIoMode::kOff ? "off" : "auto";
+  switch (mode) {
+    case DirectIoMode::kAuto:
+      return "auto";
+    case DirectIoMode::kOn:
+      return "on";
+    case DirectIoMode::kOff:
+      return "off";
+  }
+  return "?";
 }
 
 DirectFd OpenDirectIo(int fd, const std::string& name) {
@@ -165,13 +204,120 @@ void NoteDirectIoRefused(int direct_fd, absl::string_view why) {
 
 std::string DirectIoSummary(DirectIoMode mode) {
   if (mode == DirectIoMode::kOff) return "off: --direct_io=off";
+  std::string out = DirectIoModeName(mode);
+  if (mode == DirectIoMode::kAuto) {
+    Choices& c = GetChoices();
+    MutexLock lock(&c.mu);
+    bool any = false;
+    for (const auto& [dev, choice] : c.by_device) {
+      if (!choice.decided) continue;
+      any = true;
+      absl::StrAppend(&out, "; ", choice.direct ? "direct" : "buffered",
+                      " on device ", DeviceLabel(dev), ": ", choice.figures);
+    }
+    if (!any) absl::StrAppend(&out, "; no device measured yet");
+  }
   Refusals& r = GetRefusals();
   MutexLock lock(&r.mu);
-  std::string out = "on";
   for (const auto& [dev, why] : r.by_device) {
     absl::StrAppend(&out, "; off on device ", DeviceName(dev), ": ", why);
   }
   return out;
+}
+
+DirectIoProbe::DirectIoProbe(uint64_t window_bytes)
+    : window_bytes_(std::max<uint64_t>(window_bytes, 1)) {}
+
+bool DirectIoProbe::direct_wins() const {
+  const double direct = GiBps(bytes_[1], seconds_[1]);
+  const double buffered = GiBps(bytes_[0], seconds_[0]);
+  return !(buffered > kBufferedMargin * direct);
+}
+
+std::optional<bool> DirectIoProbe::NextRead() const {
+  if (done()) return direct_wins();
+  if (issued_ >= window_bytes_ && outstanding_ > 0) return std::nullopt;
+  return WindowDirect(window_);
+}
+
+void DirectIoProbe::Issued(uint64_t bytes, Clock::time_point now) {
+  if (done()) return;
+  if (issued_ == 0) start_ = now;
+  issued_ += bytes;
+  ++outstanding_;
+}
+
+void DirectIoProbe::Landed(bool ok, Clock::time_point now) {
+  if (done() || outstanding_ == 0) return;
+  --outstanding_;
+  if (!ok) spoiled_ = true;
+  if (outstanding_ > 0 || issued_ < window_bytes_) return;
+  if (!spoiled_) {
+    const int kind = WindowDirect(window_) ? 1 : 0;
+    bytes_[kind] += issued_;
+    seconds_[kind] += std::chrono::duration<double>(now - start_).count();
+    ++window_;
+    const double direct = GiBps(bytes_[1], seconds_[1]);
+    const double buffered = GiBps(bytes_[0], seconds_[0]);
+    done_ = window_ >= kWindows ||
+            (window_ == 2 && (direct >= kClearRatio * buffered ||
+                              buffered >= kClearRatio * direct));
+  }
+  issued_ = 0;
+  spoiled_ = false;
+}
+
+void DirectIoProbe::Interrupt() {
+  issued_ = 0;
+  outstanding_ = 0;
+  spoiled_ = false;
+}
+
+std::string DirectIoProbe::Describe() const {
+  return absl::StrFormat("direct %.2f GiB/s, buffered %.2f GiB/s",
+                         GiBps(bytes_[1], seconds_[1]),
+                         GiBps(bytes_[0], seconds_[0]));
+}
+
+DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes) {
+  Choices& c = GetChoices();
+  MutexLock lock(&c.mu);
+  DeviceChoice& choice = c.by_device[dev];
+  DirectIoPlan plan;
+  plan.direct = choice.direct;
+  if (choice.decided || choice.probing) return plan;
+  plan.probe = choice.probe != nullptr
+                   ? std::move(choice.probe)
+                   : std::make_unique<DirectIoProbe>(window_bytes);
+  choice.probing = true;
+  return plan;
+}
+
+void ReturnDirectIoProbe(uint64_t dev, std::unique_ptr<DirectIoProbe> probe) {
+  if (probe == nullptr) return;
+  probe->Interrupt();
+  Choices& c = GetChoices();
+  MutexLock lock(&c.mu);
+  DeviceChoice& choice = c.by_device[dev];
+  choice.probing = false;
+  if (choice.decided) return;
+  if (!probe->done()) {
+    choice.probe = std::move(probe);
+    return;
+  }
+  choice.decided = true;
+  choice.direct = probe->direct_wins();
+  choice.figures = probe->Describe();
+  LogInfo(
+      "direct I/O (--direct_io=auto): uncached reads on device %s are %s from "
+      "now on (measured %s)",
+      DeviceLabel(dev), choice.direct ? "direct" : "buffered", choice.figures);
+}
+
+uint64_t AutoRequestBytes(const BlockQueueInfo& queue) {
+  if (queue.max_sectors_bytes == 0) return kMinAutoRequestBytes;
+  return std::clamp(queue.max_sectors_bytes, kMinAutoRequestBytes,
+                    kMaxAutoRequestBytes);
 }
 
 BlockQueueInfo BlockQueueAt(const std::string& sys_block_dir) {

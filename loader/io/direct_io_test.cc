@@ -7,11 +7,14 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -35,8 +38,176 @@ TEST(DirectIoTest, ParsesModes) {
   EXPECT_EQ(*ParseDirectIoMode("auto"), DirectIoMode::kAuto);
   EXPECT_EQ(*ParseDirectIoMode(""), DirectIoMode::kAuto);
   EXPECT_EQ(*ParseDirectIoMode("OFF"), DirectIoMode::kOff);
-  EXPECT_FALSE(ParseDirectIoMode("on").ok());
+  EXPECT_EQ(*ParseDirectIoMode("on"), DirectIoMode::kOn);
+  EXPECT_FALSE(ParseDirectIoMode("always").ok());
+  for (DirectIoMode m :
+       {DirectIoMode::kAuto, DirectIoMode::kOn, DirectIoMode::kOff}) {
+    EXPECT_EQ(*ParseDirectIoMode(DirectIoModeName(m)), m);
+  }
   EXPECT_EQ(DirectIoSummary(DirectIoMode::kOff), "off: --direct_io=off");
+  EXPECT_EQ(DirectIoSummary(DirectIoMode::kOn).rfind("on", 0), 0u);
+  EXPECT_EQ(DirectIoSummary(DirectIoMode::kAuto).rfind("auto", 0), 0u);
+}
+
+TEST(DirectIoTest, AutoRequestBytesFromTheDevice) {
+  BlockQueueInfo q;
+  EXPECT_EQ(AutoRequestBytes(q), 4u << 20);  // unknown
+  q.max_sectors_bytes = 128 << 10;
+  EXPECT_EQ(AutoRequestBytes(q), 4u << 20);  // the kernel splits it
+  q.max_sectors_bytes = 1280 << 10;
+  EXPECT_EQ(AutoRequestBytes(q), 4u << 20);
+  q.max_sectors_bytes = 8 << 20;
+  EXPECT_EQ(AutoRequestBytes(q), 8u << 20);  // the device's own
+  q.max_sectors_bytes = 12 << 20;
+  EXPECT_EQ(AutoRequestBytes(q), 12u << 20);
+  q.max_sectors_bytes = 2ull << 30;
+  EXPECT_EQ(AutoRequestBytes(q), 16u << 20);
+}
+
+using Clock = DirectIoProbe::Clock;
+
+// Runs one whole window of `reads` reads of `bytes` each, of the kind the
+// probe asks for, landing `seconds` after the first; returns that kind.
+bool RunWindow(DirectIoProbe* probe, int reads, uint64_t bytes, double seconds,
+               Clock::time_point* now) {
+  std::optional<bool> kind = probe->NextRead();
+  EXPECT_TRUE(kind.has_value());
+  for (int i = 0; i < reads; ++i) {
+    EXPECT_EQ(probe->NextRead(), kind) << "read " << i;
+    probe->Issued(bytes, *now);
+  }
+  // All its bytes are out: nothing more until they land.
+  EXPECT_FALSE(probe->NextRead().has_value());
+  *now += std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(seconds));
+  for (int i = 0; i < reads; ++i) probe->Landed(true, *now);
+  return kind.value_or(true);
+}
+
+TEST(DirectIoProbeTest, AlternatesDirectBufferedBufferedDirect) {
+  DirectIoProbe probe(4 << 20);
+  Clock::time_point now;
+  std::vector<bool> kinds;
+  while (!probe.done()) {
+    // Direct a little faster: all four windows.
+    const bool direct = probe.NextRead().value();
+    kinds.push_back(RunWindow(&probe, 2, 2 << 20, direct ? 0.01 : 0.012, &now));
+    ASSERT_LE(kinds.size(), 4u);
+  }
+  EXPECT_EQ(kinds, (std::vector<bool>{true, false, false, true}));
+}
+
+TEST(DirectIoProbeTest, ChoosesTheFasterKindBufferedOnlyByAMargin) {
+  // Seconds per window: direct, buffered; windows measured.
+  struct Case {
+    double direct, buffered;
+    bool direct_wins;
+    int windows;
+  };
+  for (const Case& c :
+       {Case{0.01, 0.015, true, 4}, Case{0.015, 0.01, false, 4},
+        Case{0.0105, 0.01, true, 4},  // 5%: within the margin
+        Case{0.02, 0.019, true, 4}, Case{0.012, 0.01, false, 4},
+        // Twice as fast or more: two windows tell.
+        Case{0.01, 0.02, true, 2}, Case{0.03, 0.01, false, 2}}) {
+    DirectIoProbe probe(8 << 20);
+    Clock::time_point now;
+    int windows = 0;
+    while (!probe.done()) {
+      bool direct = probe.NextRead().value();
+      RunWindow(&probe, 4, 2 << 20, direct ? c.direct : c.buffered, &now);
+      ++windows;
+    }
+    EXPECT_EQ(probe.direct_wins(), c.direct_wins)
+        << c.direct << " " << c.buffered << ": " << probe.Describe();
+    EXPECT_EQ(windows, c.windows) << c.direct << " " << c.buffered;
+    EXPECT_EQ(probe.NextRead(), c.direct_wins);
+  }
+  DirectIoProbe probe(1 << 30);
+  Clock::time_point now;
+  while (!probe.done()) {
+    bool direct = probe.NextRead().value();
+    RunWindow(&probe, 1, 1 << 30, direct ? 0.5 : 1.0, &now);
+  }
+  EXPECT_EQ(probe.Describe(), "direct 2.00 GiB/s, buffered 1.00 GiB/s");
+}
+
+// The window waits for its last read however the reads land, and the next
+// window starts only then.
+TEST(DirectIoProbeTest, WindowEndsWhenItsLastReadLands) {
+  DirectIoProbe probe(3 << 20);
+  Clock::time_point now;
+  EXPECT_FALSE(probe.window_open());
+  probe.Issued(2 << 20, now);
+  EXPECT_TRUE(probe.window_open());
+  EXPECT_EQ(probe.NextRead(), true);  // 2 of 3 MiB issued
+  probe.Landed(true, now + std::chrono::milliseconds(1));
+  EXPECT_EQ(probe.NextRead(), true);  // still short of the window
+  probe.Issued(2 << 20, now + std::chrono::milliseconds(1));
+  EXPECT_FALSE(probe.NextRead().has_value());
+  probe.Landed(true, now + std::chrono::milliseconds(4));
+  EXPECT_EQ(probe.NextRead(), false);  // the buffered window
+  EXPECT_FALSE(probe.window_open());
+  // 4 MiB from the first issue to the last landing, 4 ms.
+  EXPECT_EQ(probe.Describe(), "direct 0.98 GiB/s, buffered 0.00 GiB/s");
+}
+
+// A window with a failed read, or cut short by the end of a Run, is not
+// counted: the same kind is measured again.
+TEST(DirectIoProbeTest, SpoiledAndInterruptedWindowsAreMeasuredAgain) {
+  DirectIoProbe probe(2 << 20);
+  Clock::time_point now;
+  probe.Issued(1 << 20, now);
+  probe.Issued(1 << 20, now);
+  probe.Landed(false, now);
+  probe.Landed(true, now + std::chrono::milliseconds(1));
+  EXPECT_EQ(probe.NextRead(), true);
+  EXPECT_EQ(probe.Describe(), "direct 0.00 GiB/s, buffered 0.00 GiB/s");
+  probe.Issued(1 << 20, now);
+  probe.Interrupt();
+  EXPECT_EQ(probe.NextRead(), true);
+  // A read landing after the interruption is not the new window's.
+  probe.Landed(true, now);
+  EXPECT_EQ(RunWindow(&probe, 2, 1 << 20, 0.001, &now), true);
+  EXPECT_EQ(probe.NextRead(), false);
+}
+
+// The process-wide choices, on made-up device numbers: one Run measures a
+// device at a time, an unfinished probe keeps its windows for the next Run,
+// a finished one decides the device for good and the summary says so.
+TEST(DirectIoProbeTest, PlansHandOutOneProbePerDeviceAndRemember) {
+  const uint64_t dev = makedev(4000, 7);
+  DirectIoPlan first = PlanDirectIo(dev, 1 << 20);
+  ASSERT_NE(first.probe, nullptr);
+  EXPECT_TRUE(first.direct);
+  DirectIoPlan second = PlanDirectIo(dev, 1 << 20);
+  EXPECT_EQ(second.probe, nullptr);  // being measured: direct meanwhile
+  EXPECT_TRUE(second.direct);
+  Clock::time_point now;
+  RunWindow(first.probe.get(), 1, 1 << 20, 0.004, &now);  // direct
+  first.probe->Issued(1 << 20, now);  // cut short by the Run's end
+  ReturnDirectIoProbe(dev, std::move(first.probe));
+
+  DirectIoPlan again = PlanDirectIo(dev, 1 << 20);
+  ASSERT_NE(again.probe, nullptr);
+  EXPECT_EQ(again.probe->NextRead(), false);  // the direct window was kept
+  while (!again.probe->done()) {
+    bool direct = again.probe->NextRead().value();
+    RunWindow(again.probe.get(), 1, 1 << 20, direct ? 0.004 : 0.001, &now);
+  }
+  ReturnDirectIoProbe(dev, std::move(again.probe));
+  DirectIoPlan decided = PlanDirectIo(dev, 1 << 20);
+  EXPECT_EQ(decided.probe, nullptr);
+  EXPECT_FALSE(decided.direct);
+  std::string summary = DirectIoSummary(DirectIoMode::kAuto);
+  EXPECT_NE(summary.find("; buffered on device 4000:7: direct 0.24 GiB/s, "
+                         "buffered 0.98 GiB/s"),
+            std::string::npos)
+      << summary;
+  EXPECT_EQ(summary.find("no device measured yet"), std::string::npos);
+  // --direct_io=on lists no measurements.
+  EXPECT_EQ(DirectIoSummary(DirectIoMode::kOn).find("4000:7"),
+            std::string::npos);
 }
 
 TEST(DirectIoTest, ReopensTheSameFileDirect) {
@@ -91,9 +262,11 @@ TEST(DirectIoTest, FileSystemThatRefusesIsRememberedOnce) {
     if (da.why_not.find("Invalid argument") == std::string::npos) return 5;
     DirectFd db = OpenDirectIo(fb, b);
     if (db.fd.valid() || db.why_not != da.why_not) return 6;  // remembered
-    std::string summary = DirectIoSummary(DirectIoMode::kAuto);
+    std::string summary = DirectIoSummary(DirectIoMode::kOn);
     if (summary.rfind("on; off on device ", 0) != 0) return 7;
     if (summary.find(da.why_not) == std::string::npos) return 8;
+    summary = DirectIoSummary(DirectIoMode::kAuto);
+    if (summary.find("; off on device ") == std::string::npos) return 9;
     return 0;
   });
   rmdir(dir.c_str());

@@ -37,8 +37,8 @@ ABSL_FLAG(bool, keep_file, false, "keep the generated file");
 ABSL_FLAG(int, staging_buffers, 4, "pipeline rows: staging buffers");
 ABSL_FLAG(int, io_depth, 64, "pipeline rows: SQEs (pread threads) in flight");
 ABSL_FLAG(int64_t, request_kib, 0,
-          "pipeline rows: KiB per read request (0: the device's "
-          "max_sectors_kb)");
+          "pipeline rows: KiB per read request (0: AutoRequestBytes of the "
+          "device, direct_io.h)");
 ABSL_FLAG(bool, cold, true,
           "also cold rows (page cache dropped with POSIX_FADV_DONTNEED)");
 ABSL_FLAG(int64_t, staging_chunk_mb, 8, "pipeline rows: staging chunk, MiB");
@@ -254,6 +254,8 @@ int Main() {
         static_cast<uint64_t>(absl::GetFlag(FLAGS_staging_chunk_mb)) << 20;
     so.request_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_request_kib))
                        << 10;
+    // The O_DIRECT rows read direct: no measuring first (--direct_io=on).
+    so.direct_io = DirectIoMode::kOn;
     auto pipeline =
         StagingPipeline::Create(device->get(), std::move(*reader), so);
     auto arena = (*device)->Allocate(size);
