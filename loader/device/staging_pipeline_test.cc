@@ -582,7 +582,9 @@ TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
   }
   // In place, the layout's arena offsets are not congruent with its file
   // offsets: everything buffered (InPlaceDirectWhereOffsetsAreCongruent).
-  if (!GetParam().in_place) EXPECT_GT(stats.direct_bytes, 0u);
+  if (!GetParam().in_place) {
+    EXPECT_GT(stats.direct_bytes, 0u);
+  }
   EXPECT_LT(stats.direct_bytes, kFileSize);  // heads, tails, small ranges
   EXPECT_EQ(stats.direct_refused, 0);
   EXPECT_EQ(stats.request_bytes, 48u << 10);
@@ -723,7 +725,11 @@ TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
     probed += stats.probe_bytes;
   }
   ASSERT_TRUE(decided()) << summary;
-  if (!decided_before) EXPECT_GE(probed, 4u * o.direct_probe_window_bytes);
+  // Two windows at least (the last two are skipped when the first two
+  // differ twice over).
+  if (!decided_before) {
+    EXPECT_GE(probed, 2u * o.direct_probe_window_bytes);
+  }
   const bool direct_won =
       summary.find("direct" + on_device) != std::string::npos;
   StagingStats stats;
