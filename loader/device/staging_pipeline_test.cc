@@ -195,6 +195,20 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
     return p.ok() ? std::move(*p) : nullptr;
   }
 
+  // The suite file's O_DIRECT descriptor (held by the fixture) set in
+  // `source`; false, with why_not_direct_, where its file system refuses it.
+  bool AddDirectFd(FileSource* source) {
+    DirectFd direct = OpenDirectIo(file_->fd(), *path_);
+    if (!direct.fd.valid()) {
+      why_not_direct_ = direct.why_not;
+      return false;
+    }
+    source->direct_fd = direct.fd.get();
+    source->direct_alignment = direct.alignment;
+    direct_fd_ = std::move(direct.fd);
+    return true;
+  }
+
   // The arena opened the way a client opens it: by its exported handle.
   std::unique_ptr<OpenedArena> Open(const DeviceArena& arena) {
     auto handle = device_->ExportHandle(arena);
@@ -224,6 +238,8 @@ class StagingPipelineTest : public ::testing::TestWithParam<Param> {
   static std::string* path_;
   std::unique_ptr<MappedFile> file_;
   FileSource source_;
+  ScopedFd direct_fd_;  // AddDirectFd's
+  std::string why_not_direct_;
   std::unique_ptr<Device> device_;
   FaultInjectingFakeDevice* fake_ = nullptr;
   Layout layout_;
@@ -561,12 +577,9 @@ StagingOptions DirectOptions(const Param& p) {
 // buffers registered), byte-identical at every offset; the warm file reads
 // buffered.
 TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
-  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
-  if (!direct.fd.valid())
-    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
   FileSource source = source_;
-  source.direct_fd = direct.fd.get();
-  source.direct_alignment = direct.alignment;
+  if (!AddDirectFd(&source))
+    GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
   auto pipeline = StagingPipeline::Create(device_.get(), NewReader(),
                                           DirectOptions(GetParam()));
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
@@ -610,13 +623,10 @@ TEST_P(StagingPipelineTest, DirectReadsOfAColdFile) {
 // buffered; both byte-identical.
 TEST_P(StagingPipelineTest, InPlaceDirectWhereOffsetsAreCongruent) {
   if (!GetParam().in_place) GTEST_SKIP() << "the ring path";
-  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
-  if (!direct.fd.valid())
-    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
   FileSource source = source_;
-  source.direct_fd = direct.fd.get();
-  source.direct_alignment = direct.alignment;
-  const uint64_t a = direct.alignment;
+  if (!AddDirectFd(&source))
+    GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
+  const uint64_t a = source.direct_alignment;
   const std::vector<CopyRange> ranges = {
       CopyRange::FromFile(3 * a + 5, 2 << 20, a + 5),            // congruent
       CopyRange::FromFile(7, 1 << 20, (2 << 20) + 2 * a + 100),  // not
@@ -682,12 +692,9 @@ TEST_P(StagingPipelineTest, DirectReadOfATruncatedFile) {
 // buffered windows, byte-identical either way) until the device is decided,
 // after which its uncached chunks read the way that won, with no measuring.
 TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
-  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
-  if (!direct.fd.valid())
-    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
   FileSource source = source_;
-  source.direct_fd = direct.fd.get();
-  source.direct_alignment = direct.alignment;
+  if (!AddDirectFd(&source))
+    GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
   StagingOptions o = DirectOptions(GetParam());
   o.direct_io = DirectIoMode::kAuto;
   o.direct_probe_window_bytes = 256 << 10;
@@ -745,12 +752,9 @@ TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
 
 // --direct_io=off: a direct descriptor is never used.
 TEST_P(StagingPipelineTest, DirectIoOffReadsBuffered) {
-  DirectFd direct = OpenDirectIo(file_->fd(), *path_);
-  if (!direct.fd.valid())
-    GTEST_SKIP() << "O_DIRECT refused: " << direct.why_not;
   FileSource source = source_;
-  source.direct_fd = direct.fd.get();
-  source.direct_alignment = direct.alignment;
+  if (!AddDirectFd(&source))
+    GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
   StagingOptions o = DirectOptions(GetParam());
   o.direct_io = DirectIoMode::kOff;
   auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
