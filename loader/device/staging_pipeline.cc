@@ -220,6 +220,53 @@ ChunkRead PlanChunkRead(const FileState& f, bool candidate, const Chunk& chunk,
   return how;
 }
 
+// The next chunk of a Run and how it reads.
+struct PlannedChunk {
+  Chunk chunk;
+  ChunkRead how;
+  // Bytes the chunk is short of a staging buffer so that a direct read's
+  // aligned middle lines up: in place, the chunk ends at an aligned file
+  // offset; into the ring, its data starts this far into its buffer.
+  uint64_t lead = 0;
+};
+
+// Plans the cursor's next chunk into `out` and moves past it; false (the
+// cursor unmoved): a probe's window is draining, issue nothing yet.
+// `in_place`: chunks land in the arena itself, direct only where the arena
+// is as misaligned as the file; otherwise each lands in a staging buffer.
+bool PlanNextChunk(ChunkCursor* cursor, absl::Span<const FileState> files,
+                   const StagingOptions& options, bool in_place,
+                   PlannedChunk* out) {
+  const CopyRange& next = cursor->current();
+  bool candidate = false;
+  uint64_t lead = 0;
+  if (next.from_file()) {
+    const FileState& f = files[next.file_index];
+    const uint64_t file_at = next.file_offset + cursor->pos();
+    candidate = f.direct && next.length >= options.direct_min_bytes;
+    if (in_place) {
+      // Chunks end at aligned file offsets, so only a range's ends read
+      // buffered.
+      const uint64_t arena_at = next.arena_offset + cursor->pos();
+      candidate = candidate && file_at % f.alignment == arena_at % f.alignment;
+      if (candidate) lead = (file_at + options.chunk_bytes) % f.alignment;
+    } else if (candidate) {
+      lead = file_at % f.alignment;
+    }
+  }
+  const Chunk c = cursor->Peek(lead);
+  ChunkRead how;
+  if (c.from_file()) {
+    how = PlanChunkRead(files[c.range->file_index], candidate, c, options);
+    if (how.wait) return false;
+  }
+  cursor->Advance(c);
+  out->chunk = c;
+  out->how = how;
+  out->lead = lead;
+  return true;
+}
+
 std::vector<int> Descriptors(absl::Span<const FileSource> files) {
   std::vector<int> fds;
   for (const FileSource& file : files) {
@@ -465,27 +512,13 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
   for (;;) {
     while (status.ok() && !cursor.done() && reads < depth) {
       if (cancel != nullptr && cancel->cancelled()) break;
-      const CopyRange& next = cursor.current();
-      bool candidate = false;
-      uint64_t lead = 0;
-      if (next.from_file()) {
-        const FileState& f = file_states[next.file_index];
-        const uint64_t file_at = next.file_offset + cursor.pos();
-        const uint64_t arena_at = next.arena_offset + cursor.pos();
-        // Direct only where the arena is as misaligned as the file; chunks
-        // end at aligned file offsets, so only a range's ends read buffered.
-        candidate = f.direct && next.length >= options_.direct_min_bytes &&
-                    file_at % f.alignment == arena_at % f.alignment;
-        if (candidate) lead = (file_at + options_.chunk_bytes) % f.alignment;
+      PlannedChunk planned;
+      if (!PlanNextChunk(&cursor, file_states, options_, /*in_place=*/true,
+                         &planned)) {
+        break;
       }
-      const Chunk c = cursor.Peek(lead);
-      ChunkRead how;
-      if (c.from_file()) {
-        how = PlanChunkRead(file_states[c.range->file_index], candidate, c,
-                            options_);
-        if (how.wait) break;
-      }
-      cursor.Advance(c);
+      const Chunk& c = planned.chunk;
+      const ChunkRead& how = planned.how;
       uint8_t* dst = host + c.arena_offset();
       if (c.from_file()) {
         const FileState& f = file_states[c.range->file_index];
@@ -697,22 +730,14 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       if (cancel != nullptr && cancel->cancelled()) break;
       // A direct-capable chunk starts in its buffer as misaligned as in its
       // file, so the reader can read the aligned middle direct.
-      const CopyRange& next = cursor.current();
-      bool candidate = false;
-      uint64_t lead = 0;
-      if (next.from_file()) {
-        const FileState& f = file_states[next.file_index];
-        candidate = f.direct && next.length >= options_.direct_min_bytes;
-        if (candidate) lead = (next.file_offset + cursor.pos()) % f.alignment;
+      PlannedChunk planned;
+      if (!PlanNextChunk(&cursor, file_states, options_, /*in_place=*/false,
+                         &planned)) {
+        break;
       }
-      const Chunk c = cursor.Peek(lead);
-      ChunkRead how;
-      if (c.from_file()) {
-        how = PlanChunkRead(file_states[c.range->file_index], candidate, c,
-                            options_);
-        if (how.wait) break;
-      }
-      cursor.Advance(c);
+      const Chunk& c = planned.chunk;
+      const ChunkRead& how = planned.how;
+      const uint64_t lead = planned.lead;
       int i = free_slots.back();
       free_slots.pop_back();
       Slot& slot = *slots_[i];
