@@ -67,12 +67,14 @@ bool Exists(const std::string& path) {
 // The files one model directory is made of, resolved inside the roots, with
 // the identities the cache key is made of: a change to any of them (the
 // index, a shard, config.json, generation_config.json) is a new entry.
+struct ModelManager::DirectoryFile {
+  std::string name;  // in the directory
+  std::string path;  // canonical
+  FileIdentity identity;
+};
+
 struct ModelManager::DirectoryFiles {
-  struct File {
-    std::string name;  // in the directory
-    std::string path;  // canonical
-    FileIdentity identity;
-  };
+  using File = DirectoryFile;
   std::optional<File> index;
   std::optional<HfIndex> parsed_index;  // set when the index was read
   std::vector<File> shards;
@@ -468,16 +470,23 @@ absl::StatusOr<ModelManager::Request> ModelManager::PrepareRequest(
   return request;
 }
 
+absl::StatusOr<ModelManager::DirectoryFile> ModelManager::ResolveDirectoryFile(
+    const Request& request, const std::string& name) const {
+  DirectoryFiles::File file;
+  file.name = name;
+  // Symlinks (a hub snapshot's into blobs/) are followed, but must stay
+  // inside a model root.
+  ASSIGN_OR_RETURN(file.path,
+                   ResolvePath(absl::StrCat(request.path, "/", name)));
+  return file;
+}
+
 absl::Status ModelManager::StatDirectoryFiles(const Request& request,
                                               DirectoryFiles& files) const {
   auto stat_file =
       [&](const std::string& name) -> absl::StatusOr<DirectoryFiles::File> {
-    DirectoryFiles::File file;
-    file.name = name;
-    // Symlinks (a hub snapshot's into blobs/) are followed, but must stay
-    // inside a model root.
-    ASSIGN_OR_RETURN(file.path,
-                     ResolvePath(absl::StrCat(request.path, "/", name)));
+    ASSIGN_OR_RETURN(DirectoryFiles::File file,
+                     ResolveDirectoryFile(request, name));
     ASSIGN_OR_RETURN(file.identity, StatFileIdentity(file.path));
     return file;
   };
@@ -502,10 +511,8 @@ absl::StatusOr<ModelManager::DirectoryFiles> ModelManager::ReadDirectoryFiles(
   DirectoryFiles files;
   const HfLayout& layout = *request.layout;
   if (!layout.index_file.empty()) {
-    DirectoryFiles::File index;
-    index.name = layout.index_file;
-    ASSIGN_OR_RETURN(index.path, ResolvePath(absl::StrCat(request.path, "/",
-                                                          layout.index_file)));
+    ASSIGN_OR_RETURN(DirectoryFiles::File index,
+                     ResolveDirectoryFile(request, layout.index_file));
     ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped,
                      MappedFile::Open(index.path));
     // The identity keyed is the one of the bytes parsed.
@@ -534,10 +541,8 @@ ModelManager::KnownDirectoryFiles(const Request& request) const {
   DirectoryFiles files;
   const HfLayout& layout = *request.layout;
   if (!layout.index_file.empty()) {
-    DirectoryFiles::File index;
-    index.name = layout.index_file;
-    ASSIGN_OR_RETURN(index.path, ResolvePath(absl::StrCat(request.path, "/",
-                                                          layout.index_file)));
+    ASSIGN_OR_RETURN(DirectoryFiles::File index,
+                     ResolveDirectoryFile(request, layout.index_file));
     ASSIGN_OR_RETURN(index.identity, StatFileIdentity(index.path));
     std::vector<std::string> shards;
     {

@@ -138,6 +138,7 @@ class ModelManager {
  private:
   class LoadJob;
   class MappedFiles;
+  struct DirectoryFile;
   struct DirectoryFiles;
   struct Request {
     std::string path;  // resolved
@@ -162,6 +163,10 @@ class ModelManager {
       const Request& request) const;
   absl::StatusOr<std::optional<DirectoryFiles>> KnownDirectoryFiles(
       const Request& request) const;
+  // The directory's file `name`, its path resolved inside the roots (no
+  // identity yet).
+  absl::StatusOr<DirectoryFile> ResolveDirectoryFile(
+      const Request& request, const std::string& name) const;
   // Resolves (inside the roots) and stats every shard and config file.
   absl::Status StatDirectoryFiles(const Request& request,
                                   DirectoryFiles& files) const;
