@@ -119,15 +119,40 @@ class PlacementTest : public ::testing::Test {
     spec.path = source.path;
     spec.target = target;
     spec.cast_dtype = cast;
+    auto planned = Plan(spec, source);
+    if (!planned.ok()) return planned.status();
+    if (plan_out != nullptr) *plan_out = planned->plan;
+    CancellationToken never;
+    return Place(planned->plan, source, planned->placement.Key(), *devices_,
+                 *workers_, cancel != nullptr ? *cancel : never, nullptr);
+  }
+
+  // What a Load of `spec` (its path: `source`'s file or a copy of it)
+  // places and plans on these devices.
+  struct Planned {
+    Placement placement;
+    LoadPlan plan;
+  };
+  absl::StatusOr<Planned> Plan(const LoadSpec& spec, const LoadSource& source) {
     auto gpus = devices_->Gpus();
     auto placement = CanonicalPlacement(spec, gpus);
     if (!placement.ok()) return placement.status();
-    auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
+    auto plan = PlanLoad(*placement, source.checkpoint, gpus, spec.path);
     if (!plan.ok()) return plan.status();
-    if (plan_out != nullptr) *plan_out = *plan;
-    CancellationToken never;
-    return Place(*plan, source, placement->Key(), *devices_, *workers_,
-                 cancel != nullptr ? *cancel : never, nullptr);
+    return Planned{*std::move(placement), *std::move(plan)};
+  }
+
+  // Rank `rank` of `world` loading `path` onto `target`, sliced by `rules`.
+  static LoadSpec RankSpec(const std::string& path, const std::string& target,
+                           int rank, int world,
+                           std::vector<std::pair<std::string, int>> rules) {
+    LoadSpec spec;
+    spec.path = path;
+    spec.target = target;
+    spec.shard.rank = rank;
+    spec.shard.world_size = world;
+    spec.shard.rules = std::move(rules);
+    return spec;
   }
 
   uint64_t FakeGpuFreeBytes() { return devices_->Gpus()[0].free_bytes; }
@@ -284,18 +309,12 @@ TEST_F(PlacementTest, EachRankGetsItsSliceOnHostAndGpu) {
       for (bool last : {false, true}) {
         for (const char* target : {"cpu", "cuda:0"}) {
           for (int rank = 0; rank < world; ++rank) {
-            LoadSpec spec;
-            spec.path = source.path;
-            spec.target = target;
-            spec.shard.rank = rank;
-            spec.shard.world_size = world;
-            spec.shard.rules = SplittableRules(source, world, last);
-            auto gpus = devices_->Gpus();
-            auto placement = CanonicalPlacement(spec, gpus);
-            ASSERT_TRUE(placement.ok()) << placement.status();
-            auto plan =
-                PlanLoad(*placement, source.checkpoint, gpus, source.path);
-            ASSERT_TRUE(plan.ok()) << plan.status();
+            auto planned = Plan(RankSpec(source.path, target, rank, world,
+                                         SplittableRules(source, world, last)),
+                                source);
+            ASSERT_TRUE(planned.ok()) << planned.status();
+            const Placement* placement = &planned->placement;
+            const LoadPlan* plan = &planned->plan;
             CancellationToken never;
             auto model = Place(*plan, source, placement->Key(), *devices_,
                                *workers_, never, nullptr);
@@ -327,21 +346,14 @@ TEST_F(PlacementTest, EachRankGetsItsSliceOnHostAndGpu) {
 
 TEST_F(PlacementTest, HostSlicesOfUnchangedBytesAreViewsReadingNothing) {
   LoadSource source = Source("model.safetensors");
-  LoadSpec spec;
-  spec.path = source.path;
-  spec.target = "cpu";
-  spec.shard.rank = 1;
-  spec.shard.world_size = 2;
-  spec.shard.rules = SplittableRules(source, 2, true);
+  LoadSpec spec =
+      RankSpec(source.path, "cpu", 1, 2, SplittableRules(source, 2, true));
   ASSERT_FALSE(spec.shard.rules.empty());
-  auto gpus = devices_->Gpus();
-  auto placement = CanonicalPlacement(spec, gpus);
-  ASSERT_TRUE(placement.ok());
-  auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
-  ASSERT_TRUE(plan.ok());
+  auto planned = Plan(spec, source);
+  ASSERT_TRUE(planned.ok()) << planned.status();
   CancellationToken never;
-  auto model = Place(*plan, source, placement->Key(), *devices_, *workers_,
-                     never, nullptr);
+  auto model = Place(planned->plan, source, planned->placement.Key(), *devices_,
+                     *workers_, never, nullptr);
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_TRUE((*model)->resident.empty());
   EXPECT_EQ((*model)->bytes_read, 0u);
@@ -352,14 +364,12 @@ TEST_F(PlacementTest, HostSlicesOfUnchangedBytesAreViewsReadingNothing) {
   }
   // With a cast, slices get their own bytes: only the slices'.
   spec.cast_dtype = "bfloat16";
-  placement = CanonicalPlacement(spec, gpus);
-  ASSERT_TRUE(placement.ok());
-  plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
-  ASSERT_TRUE(plan.ok());
-  auto cast = Place(*plan, source, placement->Key(), *devices_, *workers_,
-                    never, nullptr);
+  planned = Plan(spec, source);
+  ASSERT_TRUE(planned.ok()) << planned.status();
+  auto cast = Place(planned->plan, source, planned->placement.Key(), *devices_,
+                    *workers_, never, nullptr);
   ASSERT_TRUE(cast.ok()) << cast.status();
-  EXPECT_EQ((*cast)->resident, plan->expected);
+  EXPECT_EQ((*cast)->resident, planned->plan.expected);
 }
 
 TEST_F(PlacementTest, RanksShareReplicatedReadsOnce) {
@@ -376,23 +386,15 @@ TEST_F(PlacementTest, RanksShareReplicatedReadsOnce) {
   ASSERT_GE(rules.size(), 1u);
   rules.resize((rules.size() + 1) / 2);
   for (int rank = 0; rank < kWorld; ++rank) {
-    LoadSpec spec;
-    spec.path = source.path;
-    spec.target = "cuda:0";
-    spec.shard.rank = rank;
-    spec.shard.world_size = kWorld;
-    spec.shard.rules = rules;
-    auto gpus = devices_->Gpus();
-    auto placement = CanonicalPlacement(spec, gpus);
-    ASSERT_TRUE(placement.ok());
-    auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
-    ASSERT_TRUE(plan.ok());
+    auto planned =
+        Plan(RankSpec(source.path, "cuda:0", rank, kWorld, rules), source);
+    ASSERT_TRUE(planned.ok()) << planned.status();
     CancellationToken never;
-    auto model = Place(*plan, source, placement->Key(), *devices_, *workers_,
-                       never, nullptr, &shared);
+    auto model = Place(planned->plan, source, planned->placement.Key(),
+                       *devices_, *workers_, never, nullptr, &shared);
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ(PlacedHashes(**model),
-              OfflineSliceHashes(source, placement->shard));
+              OfflineSliceHashes(source, planned->placement.shard));
     bytes_read += (*model)->bytes_read;
   }
   EXPECT_EQ(bytes_read, checkpoint_bytes);
@@ -418,24 +420,16 @@ TEST_F(PlacementTest, ACancelledRankLeavesTheOthersAndNothingHeld) {
         kWorld, absl::UnknownError("not run"));
     std::vector<std::map<std::string, std::string>> want(kWorld);
     auto load = [&](int rank) {
-      LoadSpec spec;
-      spec.path = source.path;
-      spec.target = "cuda:0";
-      spec.shard.rank = rank;
-      spec.shard.world_size = kWorld;
-      spec.shard.rules = rules;
-      auto gpus = devices_->Gpus();
-      auto placement = CanonicalPlacement(spec, gpus);
-      ASSERT_TRUE(placement.ok());
-      auto plan = PlanLoad(*placement, source.checkpoint, gpus, source.path);
-      ASSERT_TRUE(plan.ok());
-      want[rank] = OfflineSliceHashes(source, placement->shard);
+      auto planned =
+          Plan(RankSpec(source.path, "cuda:0", rank, kWorld, rules), source);
+      ASSERT_TRUE(planned.ok()) << planned.status();
+      want[rank] = OfflineSliceHashes(source, planned->placement.shard);
       // The cancelled rank sees its cancellation after a few chunks.
       std::atomic<int> checks{0};
       CancellationToken cancel(
           [&checks, rank] { return rank == kCancelled && ++checks > 3; });
-      models[rank] = Place(*plan, source, placement->Key(), *devices_,
-                           *workers_, cancel, nullptr, &shared);
+      models[rank] = Place(planned->plan, source, planned->placement.Key(),
+                           *devices_, *workers_, cancel, nullptr, &shared);
     };
     if (at_once) {
       std::vector<std::thread> ranks;
@@ -490,18 +484,11 @@ TEST_F(PlacementTest, ATruncatedFileFailsEveryRankAndHoldsNothing) {
   std::vector<LoadPlan> plans;
   std::vector<std::string> keys;
   for (int rank = 0; rank < kWorld; ++rank) {
-    LoadSpec spec;
-    spec.path = copy;
-    spec.target = "cuda:0";
-    spec.shard.rank = rank;
-    spec.shard.world_size = kWorld;  // no rules: everything replicated
-    auto gpus = devices_->Gpus();
-    auto placement = CanonicalPlacement(spec, gpus);
-    ASSERT_TRUE(placement.ok());
-    auto plan = PlanLoad(*placement, source.checkpoint, gpus, copy);
-    ASSERT_TRUE(plan.ok());
-    plans.push_back(*std::move(plan));
-    keys.push_back(placement->Key());
+    // No rules: everything replicated.
+    auto planned = Plan(RankSpec(copy, "cuda:0", rank, kWorld, {}), source);
+    ASSERT_TRUE(planned.ok()) << planned.status();
+    plans.push_back(std::move(planned->plan));
+    keys.push_back(planned->placement.Key());
   }
   fs::resize_file(copy, first_data);
   const uint64_t free_before = FakeGpuFreeBytes();
