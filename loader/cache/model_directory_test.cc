@@ -18,6 +18,7 @@
 #include "loader/common/json.h"
 #include "loader/common/mutex.h"
 #include "loader/common/sha256.h"
+#include "loader/common/test_dir.h"
 #include "loader/io/fake_file_watcher.h"
 
 namespace weightd {
@@ -63,13 +64,7 @@ std::vector<std::string> ExpectedOrder(const std::string& name) {
 class ModelDirectoryTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ =
-        fs::path(::testing::TempDir()) /
-        absl::StrCat(
-            "hf-", getpid(), "-",
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = testing::FreshTestDir("hf");
     // Runfiles are symlinks into the source tree: copy from there, keeping
     // the hub snapshot's own symlinks into its blobs/.
     const fs::path fixtures =

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "loader/cache/device_set.h"
 #include "loader/common/mutex.h"
+#include "loader/common/test_dir.h"
 #include "loader/io/fake_file_watcher.h"
 
 namespace weightd {
@@ -31,13 +32,7 @@ int OpenDescriptors() {
 class ModelManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ =
-        fs::path(::testing::TempDir()) /
-        absl::StrCat(
-            "manager-", getpid(), "-",
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = testing::FreshTestDir("manager");
     for (const char* name : {"training.pt", "many.pt", "model.safetensors"}) {
       const fs::path fixture = fs::path("tests/fixtures/data") / name;
       ASSERT_TRUE(fs::exists(fixture)) << fixture << " missing from runfiles";

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <utility>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "loader/common/test_dir.h"
 #include "loader/format/reader.h"
 
 namespace weightd {
@@ -188,13 +190,8 @@ TEST(AssembleHfModelTest, RefusesAShardOfTheWrongFormat) {
 
 class DetectHfLayoutTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const char* tmp = std::getenv("TEST_TMPDIR");
-    dir_ = absl::StrCat(
-        tmp ? tmp : "/tmp", "/hf-layout-",
-        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    ASSERT_EQ(::mkdir(dir_.c_str(), 0755), 0);
-  }
+  void SetUp() override { dir_ = testing::FreshTestDir("hf-layout"); }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
   void Touch(const std::string& name) {
     std::ofstream(absl::StrCat(dir_, "/", name)) << "x";
   }

@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "loader/common/json.h"
 #include "loader/common/sha256.h"
+#include "loader/common/test_dir.h"
 #include "loader/format/reader.h"
 #include "loader/format/tensor_bytes.h"
 #include "tests/bench/bench_util.h"
@@ -34,10 +35,7 @@ namespace {
 namespace fs = std::filesystem;
 namespace v1 = ::weightd::v1;
 
-std::string TestTempDir() {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  return dir != nullptr ? dir : "/tmp";
-}
+using testing::TestTempDir;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -159,10 +157,7 @@ class DaemonTest : public ::testing::Test {
   static constexpr uint64_t kStagingChunk = 65539;
 
   void SetUp() override {
-    root_ = fs::path(TestTempDir()) /
-            ("models-" + std::to_string(getpid()) + "-" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(root_);
+    root_ = testing::FreshTestDir("models");
     model_path_ = (root_ / "model.safetensors").string();
     WriteSafetensors(model_path_, 3);
     ServerConfig config;
