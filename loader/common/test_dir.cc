@@ -27,5 +27,15 @@ std::string FreshTestDir(absl::string_view prefix) {
   return dir;
 }
 
+std::set<std::string> ListDirectory(const std::string& directory) {
+  std::set<std::string> names;
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(directory, error)) {
+    names.insert(entry.path().filename().string());
+  }
+  return names;
+}
+
 }  // namespace testing
 }  // namespace weightd

@@ -3,6 +3,7 @@
 #ifndef WEIGHTD_LOADER_COMMON_TEST_DIR_H_
 #define WEIGHTD_LOADER_COMMON_TEST_DIR_H_
 
+#include <set>
 #include <string>
 
 #include "absl/strings/string_view.h"
@@ -17,6 +18,10 @@ std::string TestTempDir();
 // test's name), whatever an earlier run left there removed first. The
 // caller removes it when done.
 std::string FreshTestDir(absl::string_view prefix);
+
+// The names in `directory` (not "." and ".."); empty where it cannot be
+// read.
+std::set<std::string> ListDirectory(const std::string& directory);
 
 }  // namespace testing
 }  // namespace weightd

@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "loader/common/test_dir.h"
 #include "loader/device/arena_handle.h"
 #include "loader/device/fault_injecting_fake_device.h"
 #include "loader/device/shared_memory.h"
@@ -47,15 +48,7 @@ std::string MountSmallDevShm() {
 }
 
 std::set<std::string> DevShmFiles() {
-  std::set<std::string> names;
-  DIR* dir = opendir("/dev/shm");
-  if (dir == nullptr) return names;
-  while (struct dirent* entry = readdir(dir)) {
-    std::string name = entry->d_name;
-    if (name != "." && name != "..") names.insert(name);
-  }
-  closedir(dir);
-  return names;
+  return testing::ListDirectory("/dev/shm");
 }
 
 uint64_t DevShmFreeBytes() {

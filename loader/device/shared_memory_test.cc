@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "loader/common/test_child.h"
+#include "loader/common/test_dir.h"
 #include "loader/device/arena_handle.h"
 
 namespace weightd {
@@ -138,17 +139,7 @@ std::string MakeShmDirectory() {
   return made != nullptr ? std::string(made) : std::string();
 }
 
-std::set<std::string> ListDirectory(const std::string& directory) {
-  std::set<std::string> names;
-  DIR* dir = opendir(directory.c_str());
-  if (dir == nullptr) return names;
-  while (struct dirent* entry = readdir(dir)) {
-    std::string name = entry->d_name;
-    if (name != "." && name != "..") names.insert(name);
-  }
-  closedir(dir);
-  return names;
-}
+using testing::ListDirectory;
 
 bool Exists(const std::string& path) {
   struct stat st;
