@@ -11,9 +11,17 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "loader/cache/device_set.h"
+#include "loader/cache/model_manager.h"
+#include "loader/io/reader.h"
+#include "loader/io/reader_factory.h"
 
 namespace weightd {
 namespace bench {
@@ -144,6 +152,43 @@ inline double PeakRssMiB() {
 inline double GiBps(uint64_t bytes, double seconds) {
   return seconds > 0 ? bytes / seconds / (1024.0 * 1024 * 1024) : 0;
 }
+
+// A benchmark's main(): parses its flags (absl), then returns what `run`
+// returns.
+int ParseFlagsAndRun(int argc, char** argv, int (*run)());
+
+// One tensor of a generated safetensors file.
+struct TensorLayout {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// Writes a safetensors file holding `tensors` back to back, every one of
+// `dtype` (`element_bytes` per element), their bytes a fixed non-zero
+// pattern. Returns the tensor bytes written.
+absl::StatusOr<uint64_t> WriteSafetensors(
+    const std::string& path, const std::string& dtype, uint64_t element_bytes,
+    const std::vector<TensorLayout>& tensors);
+
+// A ModelManager over the DeviceSet `device_options` describe.
+absl::StatusOr<std::unique_ptr<ModelManager>> CreateModelManager(
+    const DeviceSet::Options& device_options,
+    const ModelManager::Options& options);
+
+// Drops the benchmark's reference to a loaded model and unloads it, so the
+// next Load of the file reads it again.
+void UnloadModel(ModelManager& manager, ModelManager::LoadResult& loaded);
+
+// A `backend` reader with `queue_depth` reads in flight (and as many pread
+// threads where it is the pread reader).
+absl::StatusOr<std::unique_ptr<Reader>> CreateReaderWithDepth(IoBackend backend,
+                                                              int queue_depth);
+
+// Reads the first `size` bytes of `fd` into `dst` through `reader` in
+// `chunk`-byte requests, as many in flight as its queue depth; a short read
+// is DATA_LOSS.
+absl::Status ReadWithReader(Reader* reader, int fd, uint64_t size,
+                            uint64_t chunk, uint8_t* dst);
 
 }  // namespace bench
 }  // namespace weightd

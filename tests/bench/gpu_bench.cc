@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -116,13 +115,10 @@ int Main() {
   rows.push_back({"pinned cudaMemcpyAsync 1 GiB (baseline)", *pinned_seconds,
                   pinned_bytes});
 
-  ReaderOptions ro;
   auto backend = ParseIoBackend(absl::GetFlag(FLAGS_io_backend));
   if (!backend.ok()) return 1;
-  ro.backend = *backend;
-  ro.queue_depth = absl::GetFlag(FLAGS_queue_depth);
-  ro.pread_threads = absl::GetFlag(FLAGS_queue_depth);
-  auto reader = CreateReader(ro);
+  auto reader =
+      bench::CreateReaderWithDepth(*backend, absl::GetFlag(FLAGS_queue_depth));
   if (!reader.ok()) {
     std::fprintf(stderr, "%s\n", reader.status().ToString().c_str());
     return 1;
@@ -213,6 +209,5 @@ int Main() {
 }  // namespace weightd
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  return weightd::Main();
+  return weightd::bench::ParseFlagsAndRun(argc, argv, weightd::Main);
 }

@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "loader/device/fake_device.h"
 #include "loader/device/shared_memory.h"
@@ -50,38 +49,6 @@ using bench::GiBps;
 using bench::Now;
 
 using bench::Row;
-
-// Reads the whole file into `dst` in `chunk`-byte reads, as many in flight as
-// the reader allows.
-absl::Status ReadIntoSegment(Reader* reader, int fd, uint64_t size,
-                             uint64_t chunk, uint8_t* dst) {
-  uint64_t next = 0;
-  std::vector<ReadResult> results;
-  while (next < size || reader->in_flight() > 0) {
-    while (next < size &&
-           reader->in_flight() < static_cast<size_t>(reader->queue_depth())) {
-      ReadRequest request;
-      request.fd = fd;
-      request.offset = next;
-      request.buffer = dst + next;
-      request.length = static_cast<size_t>(std::min(chunk, size - next));
-      request.tag = next;
-      absl::Status s = reader->Submit(request);
-      if (!s.ok()) return s;
-      next += request.length;
-    }
-    results.clear();
-    absl::Status s = reader->Wait(1, &results);
-    if (!s.ok()) return s;
-    for (const ReadResult& r : results) {
-      if (!r.status.ok()) return r.status;
-      if (r.bytes_read != std::min(chunk, size - r.tag)) {
-        return absl::DataLossError(absl::StrCat("short read at ", r.tag));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
 
 int Main() {
   std::string path = absl::GetFlag(FLAGS_file);
@@ -149,11 +116,8 @@ int Main() {
   }
   std::string notes;
   for (IoBackend backend : backends) {
-    ReaderOptions ro;
-    ro.backend = backend;
-    ro.queue_depth = absl::GetFlag(FLAGS_queue_depth);
-    ro.pread_threads = absl::GetFlag(FLAGS_queue_depth);
-    auto reader = CreateReader(ro);
+    auto reader =
+        bench::CreateReaderWithDepth(backend, absl::GetFlag(FLAGS_queue_depth));
     if (!reader.ok()) {
       std::fprintf(stderr, "%s\n", reader.status().ToString().c_str());
       return 1;
@@ -167,8 +131,8 @@ int Main() {
       std::fprintf(stderr, "%s\n", segment.status().ToString().c_str());
       return 1;
     }
-    absl::Status s =
-        ReadIntoSegment(reader->get(), fd, size, chunk, (*segment)->data());
+    absl::Status s = bench::ReadWithReader(reader->get(), fd, size, chunk,
+                                           (*segment)->data());
     Row warm{absl::StrCat(IoBackendName(backend), " -> shared memory"), 1e30,
              size};
     Row fresh{absl::StrCat(IoBackendName(backend),
@@ -176,16 +140,18 @@ int Main() {
               1e30, size};
     for (int i = 0; i < repeats && s.ok(); ++i) {
       double start = Now();
-      s = ReadIntoSegment(reader->get(), fd, size, chunk, (*segment)->data());
+      s = bench::ReadWithReader(reader->get(), fd, size, chunk,
+                                (*segment)->data());
       warm.seconds = std::min(warm.seconds, Now() - start);
     }
     segment->reset();
     for (int i = 0; i < repeats && s.ok(); ++i) {
       double start = Now();
       auto fresh_segment = SharedMemorySegment::Create(size, "weightd", true);
-      s = fresh_segment.ok() ? ReadIntoSegment(reader->get(), fd, size, chunk,
-                                               (*fresh_segment)->data())
-                             : fresh_segment.status();
+      s = fresh_segment.ok()
+              ? bench::ReadWithReader(reader->get(), fd, size, chunk,
+                                      (*fresh_segment)->data())
+              : fresh_segment.status();
       fresh.seconds = std::min(fresh.seconds, Now() - start);
     }
     if (!s.ok()) {
@@ -350,6 +316,5 @@ int Main() {
 }  // namespace weightd
 
 int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  return weightd::Main();
+  return weightd::bench::ParseFlagsAndRun(argc, argv, weightd::Main);
 }

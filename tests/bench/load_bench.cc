@@ -12,80 +12,35 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "loader/cache/model_manager.h"
-#include "loader/common/json.h"
 #include "tests/bench/bench_util.h"
+
+ABSL_FLAG(uint64_t, size_mib, 1024, "checkpoint size, MiB");
+ABSL_FLAG(std::string, dir, "/tmp", "where the checkpoint is written");
+ABSL_FLAG(int, iterations, 3, "runs per row; the best is reported");
+ABSL_FLAG(int, fake_gpus, 0, "fake GPUs to add (0: the real ones only)");
 
 namespace weightd {
 namespace {
 
-struct Flags {
-  uint64_t size_mib = 1024;
-  std::string dir = "/tmp";
-  int iterations = 3;
-  int fake_gpus = 0;
-};
-
-Flags ParseFlags(int argc, char** argv) {
-  Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value = arg.substr(arg.find('=') + 1);
-    if (absl::StartsWith(arg, "--size_mib="))
-      (void)absl::SimpleAtoi(value, &flags.size_mib);
-    if (absl::StartsWith(arg, "--dir=")) flags.dir = value;
-    if (absl::StartsWith(arg, "--iterations="))
-      (void)absl::SimpleAtoi(value, &flags.iterations);
-    if (absl::StartsWith(arg, "--fake_gpus="))
-      (void)absl::SimpleAtoi(value, &flags.fake_gpus);
-  }
-  return flags;
-}
-
 // A safetensors file of float32 tensors, 64 MiB each (the last one smaller).
 bool WriteCheckpoint(const std::string& path, uint64_t size_bytes) {
   constexpr uint64_t kTensorBytes = 64ull << 20;
-  Json header = Json::MakeObject();
-  uint64_t offset = 0;
-  for (int i = 0; offset < size_bytes; ++i) {
-    uint64_t bytes = std::min(kTensorBytes, size_bytes - offset) / 4 * 4;
-    if (bytes == 0) break;
-    Json entry = Json::MakeObject();
-    entry.Set("dtype", Json("F32"));
-    Json shape = Json::MakeArray();
-    shape.Append(Json(bytes / 4));
-    entry.Set("shape", std::move(shape));
-    Json offsets = Json::MakeArray();
-    offsets.Append(Json(offset));
-    offsets.Append(Json(offset + bytes));
-    entry.Set("data_offsets", std::move(offsets));
-    header.Set(absl::StrCat("layers.", i, ".weight"), std::move(entry));
-    offset += bytes;
+  std::vector<bench::TensorLayout> tensors;
+  for (uint64_t offset = 0; offset < size_bytes;) {
+    const uint64_t elements = std::min(kTensorBytes, size_bytes - offset) / 4;
+    if (elements == 0) break;
+    tensors.push_back({absl::StrCat("layers.", tensors.size(), ".weight"),
+                       {static_cast<int64_t>(elements)}});
+    offset += elements * 4;
   }
-  std::string text = header.Dump();
-  while (text.size() % 8) text += ' ';
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  uint64_t header_size = text.size();
-  out.write(reinterpret_cast<const char*>(&header_size), 8);
-  out << text;
-  std::vector<char> block(8 << 20);
-  for (size_t i = 0; i < block.size(); ++i)
-    block[i] = static_cast<char>(i * 31 + 7);
-  for (uint64_t done = 0; done < offset;) {
-    uint64_t n = std::min<uint64_t>(block.size(), offset - done);
-    out.write(block.data(), n);
-    done += n;
-  }
-  return static_cast<bool>(out);
+  return bench::WriteSafetensors(path, "F32", 4, tensors).ok();
 }
 
 uint64_t SumWords(const uint64_t* p, uint64_t words) {
@@ -132,9 +87,10 @@ double ReadAndSum(const std::string& path, uint64_t* checksum) {
   return seconds;
 }
 
-int Run(const Flags& flags) {
-  const uint64_t size = flags.size_mib << 20;
-  std::string dir = flags.dir + "/weightd-load-bench";
+int Main() {
+  const uint64_t size = absl::GetFlag(FLAGS_size_mib) << 20;
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  std::string dir = absl::GetFlag(FLAGS_dir) + "/weightd-load-bench";
   std::filesystem::create_directories(dir);
   std::string path = dir + "/bench.safetensors";
   if (!WriteCheckpoint(path, size)) {
@@ -142,16 +98,10 @@ int Run(const Flags& flags) {
     return 1;
   }
   DeviceSet::Options device_options;
-  device_options.fake_gpus = flags.fake_gpus;
-  auto devices = DeviceSet::Create(device_options);
-  if (!devices.ok()) {
-    std::fprintf(stderr, "%s\n",
-                 std::string(devices.status().message()).c_str());
-    return 1;
-  }
+  device_options.fake_gpus = absl::GetFlag(FLAGS_fake_gpus);
   ModelManager::Options options;
   options.model_roots = {dir};
-  auto manager = ModelManager::Create(options, *std::move(devices));
+  auto manager = bench::CreateModelManager(device_options, options);
   if (!manager.ok()) {
     std::fprintf(stderr, "%s\n",
                  std::string(manager.status().message()).c_str());
@@ -162,7 +112,7 @@ int Run(const Flags& flags) {
   double raw = 1e30, raw_sum = 1e30, host_load = 1e30, host_touch = 1e30,
          cast = 1e30;
   uint64_t checksum = 0;
-  for (int i = 0; i < flags.iterations; ++i) {
+  for (int i = 0; i < iterations; ++i) {
     raw = std::min(raw, bench::ReadWholeFile(path, 8 << 20, &bytes));
     raw_sum = std::min(raw_sum, ReadAndSum(path, &checksum));
     for (const char* cast_dtype : {"", "bfloat16"}) {
@@ -186,14 +136,12 @@ int Run(const Flags& flags) {
       } else {
         cast = std::min(cast, loaded - start);
       }
-      std::string id = result->model_id;
-      result->model.reset();
-      (void)(*manager)->Unload(id, true);
+      bench::UnloadModel(**manager, *result);
     }
   }
   const double gib = static_cast<double>(size) / (1ull << 30);
   std::printf("checkpoint: %s, %.2f GiB, %d iteration(s), best of each\n",
-              path.c_str(), gib, flags.iterations);
+              path.c_str(), gib, iterations);
   std::printf("%-52s %10s %10s %8s\n", "measurement", "seconds", "GiB/s",
               "ratio");
   std::printf("%-52s %10.4f %10.2f %8s\n",
@@ -220,7 +168,7 @@ int Run(const Flags& flags) {
       // One unmeasured load first: it creates the pinned staging ring.
       double best = 1e30;
       uint64_t peak = 0;
-      for (int i = 0; i <= flags.iterations; ++i) {
+      for (int i = 0; i <= iterations; ++i) {
         LoadSpec spec;
         spec.path = path;
         spec.target = absl::StrCat("cuda:", gpu.index);
@@ -239,9 +187,7 @@ int Run(const Flags& flags) {
           best = std::min(best, seconds);
           peak = std::max(peak, growth);
         }
-        std::string id = result->model_id;
-        result->model.reset();
-        (void)(*manager)->Unload(id, true);
+        bench::UnloadModel(**manager, *result);
       }
       std::printf("%-52s %10.4f %10.2f %8.2f\n",
                   absl::StrCat("GPU load onto cuda:", gpu.index,
@@ -264,5 +210,5 @@ int Run(const Flags& flags) {
 }  // namespace weightd
 
 int main(int argc, char** argv) {
-  return weightd::Run(weightd::ParseFlags(argc, argv));
+  return weightd::bench::ParseFlagsAndRun(argc, argv, weightd::Main);
 }

@@ -19,11 +19,18 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "loader/format/reader.h"
+
+ABSL_FLAG(int, tensors, 2000, "tensors per generated checkpoint");
+ABSL_FLAG(int, iters, 50,
+          "ReadCheckpoint runs per file (torch.load: a tenth, 3 at least)");
+ABSL_FLAG(std::string, python, "/usr/bin/python3",
+          "the Python that writes checkpoints and times torch.load");
 
 namespace {
 
@@ -106,21 +113,11 @@ bool Map(const std::string& path, Mapped* m) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int tensors = 2000, iters = 50;
-  std::string python = "/usr/bin/python3";
-  std::vector<std::string> files;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (absl::StartsWith(a, "--tensors=")) {
-      (void)absl::SimpleAtoi(a.substr(10), &tensors);
-    } else if (absl::StartsWith(a, "--iters=")) {
-      (void)absl::SimpleAtoi(a.substr(8), &iters);
-    } else if (absl::StartsWith(a, "--python=")) {
-      python = a.substr(9);
-    } else {
-      files.push_back(a);
-    }
-  }
+  const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  const int tensors = absl::GetFlag(FLAGS_tensors);
+  const int iters = absl::GetFlag(FLAGS_iters);
+  const std::string python = absl::GetFlag(FLAGS_python);
+  std::vector<std::string> files(args.begin() + 1, args.end());
   int status = 0;
   RunCapture(Quote(python) + " -c 'import torch' 2>/dev/null", &status);
   bool have_torch = status == 0;

@@ -190,54 +190,6 @@ double FioSeconds(const std::string& path, std::string* error) {
   return runtime->double_value() / 1000;
 }
 
-// How ReadIntoArena reads: `depth` reads of `chunk` bytes in flight, each
-// split into system calls of `max_piece` bytes at most (0: one call).
-struct ReadShape {
-  uint64_t chunk = kChunk;
-  size_t depth = 0;  // 0: the reader's queue depth
-  size_t max_piece = 0;
-  int direct_fd = -1;
-  uint32_t direct_alignment = 0;
-};
-
-// The file into `dst` in `shape.chunk` reads; O_DIRECT where
-// shape.direct_fd is set (every request is aligned).
-absl::Status ReadIntoArena(Reader* reader, int fd, const ReadShape& shape,
-                           uint64_t size, uint8_t* dst) {
-  const uint64_t chunk = shape.chunk;
-  const size_t depth = shape.depth > 0
-                           ? shape.depth
-                           : static_cast<size_t>(reader->queue_depth());
-  uint64_t next = 0;
-  std::vector<ReadResult> results;
-  while (next < size || reader->in_flight() > 0) {
-    while (next < size && reader->in_flight() < depth) {
-      ReadRequest request;
-      request.fd = fd;
-      request.direct_fd = shape.direct_fd;
-      request.direct_alignment = shape.direct_alignment;
-      request.max_piece_bytes = shape.max_piece;
-      request.offset = next;
-      request.buffer = dst + next;
-      request.length = static_cast<size_t>(std::min(chunk, size - next));
-      request.tag = next;
-      absl::Status s = reader->Submit(request);
-      if (!s.ok()) return s;
-      next += request.length;
-    }
-    results.clear();
-    absl::Status s = reader->Wait(1, &results);
-    if (!s.ok()) return s;
-    for (const ReadResult& r : results) {
-      if (!r.status.ok()) return r.status;
-      if (r.bytes_read != std::min(chunk, size - r.tag)) {
-        return absl::DataLossError(absl::StrCat("short read at ", r.tag));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 // Minor page faults of the whole process so far (every thread's).
 long MinorFaults() {
   struct rusage usage;
@@ -517,16 +469,15 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
                           0, NAN, std::string(reader.status().message())});
           continue;
         }
-        Reader* r = reader->get();
-        ReadShape shape;  // buffered, queue_depth() reads of kChunk
+        Reader* r = reader->get();  // buffered, queue_depth() reads of kChunk
         std::string error;
         const long faults = MinorFaults();
         double t = Measure(
             repeats, before,
             [&] {
               double start = Now();
-              absl::Status s =
-                  ReadIntoArena(r, fd, shape, size, (*arena_segment)->data());
+              absl::Status s = bench::ReadWithReader(r, fd, size, kChunk,
+                                                     (*arena_segment)->data());
               if (!s.ok()) error = s.ToString();
               return s.ok() ? Now() - start : -1;
             },

@@ -9,47 +9,32 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
+#include "absl/flags/flag.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "loader/cache/model_manager.h"
-#include "loader/common/json.h"
 #include "tests/bench/bench_util.h"
+
+ABSL_FLAG(uint64_t, size_mib, 2048, "checkpoint size, MiB");
+ABSL_FLAG(std::string, dir, "/tmp", "where the checkpoint is written");
+ABSL_FLAG(uint64_t, max_shm_mib, 8192,
+          "skip a full-load row whose W copies need more fake-GPU memory "
+          "(/dev/shm), MiB");
 
 namespace weightd {
 namespace {
 
-struct Flags {
-  uint64_t size_mib = 2048;
-  std::string dir = "/tmp";
-  uint64_t max_shm_mib = 8192;
-};
-
-Flags ParseFlags(int argc, char** argv) {
-  Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value = arg.substr(arg.find('=') + 1);
-    if (absl::StartsWith(arg, "--size_mib="))
-      (void)absl::SimpleAtoi(value, &flags.size_mib);
-    if (absl::StartsWith(arg, "--dir=")) flags.dir = value;
-    if (absl::StartsWith(arg, "--max_shm_mib="))
-      (void)absl::SimpleAtoi(value, &flags.max_shm_mib);
-  }
-  return flags;
-}
-
 // A bfloat16 safetensors file laid out like Llama (hidden 1024, MLP 2816,
 // vocab 32768: every split dim divides by 8), with as many layers as fit in
 // `size_bytes` (at least one). Returns the tensor bytes written.
-uint64_t WriteLlamaCheckpoint(const std::string& path, uint64_t size_bytes) {
+absl::StatusOr<uint64_t> WriteLlamaCheckpoint(const std::string& path,
+                                              uint64_t size_bytes) {
   constexpr int64_t kHidden = 1024, kMlp = 2816, kVocab = 32768;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;
+  std::vector<bench::TensorLayout> tensors;
   tensors.push_back({"model.embed_tokens.weight", {kVocab, kHidden}});
   const uint64_t per_layer =
       2 * (4 * kHidden * kHidden + 3 * kHidden * kMlp + 2 * kHidden);
@@ -69,40 +54,7 @@ uint64_t WriteLlamaCheckpoint(const std::string& path, uint64_t size_bytes) {
   }
   tensors.push_back({"model.norm.weight", {kHidden}});
   tensors.push_back({"lm_head.weight", {kVocab, kHidden}});
-  Json header = Json::MakeObject();
-  uint64_t offset = 0;
-  for (const auto& [name, shape] : tensors) {
-    uint64_t bytes = 2;
-    Json dims = Json::MakeArray();
-    for (int64_t n : shape) {
-      bytes *= n;
-      dims.Append(Json(n));
-    }
-    Json entry = Json::MakeObject();
-    entry.Set("dtype", Json("BF16"));
-    entry.Set("shape", std::move(dims));
-    Json offsets = Json::MakeArray();
-    offsets.Append(Json(offset));
-    offsets.Append(Json(offset + bytes));
-    entry.Set("data_offsets", std::move(offsets));
-    header.Set(name, std::move(entry));
-    offset += bytes;
-  }
-  std::string text = header.Dump();
-  while (text.size() % 8) text += ' ';
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  const uint64_t header_size = text.size();
-  out.write(reinterpret_cast<const char*>(&header_size), 8);
-  out << text;
-  std::vector<char> block(8 << 20);
-  for (size_t i = 0; i < block.size(); ++i)
-    block[i] = static_cast<char>(i * 31 + 7);
-  for (uint64_t done = 0; done < offset;) {
-    const uint64_t n = std::min<uint64_t>(block.size(), offset - done);
-    out.write(block.data(), n);
-    done += n;
-  }
-  return out ? offset : 0;
+  return bench::WriteSafetensors(path, "BF16", 2, tensors);
 }
 
 struct Result {
@@ -146,42 +98,35 @@ Result LoadRanks(ModelManager& manager, const std::string& path, int world,
     uint64_t held = 0;
     for (const auto& [tier, bytes] : one->model->resident) held += bytes;
     result.max_gpu_bytes = std::max(result.max_gpu_bytes, held);
-    const std::string id = one->model_id;
-    one->model.reset();
-    (void)manager.Unload(id, true);
+    bench::UnloadModel(manager, *one);
   }
   return result;
 }
 
-int Run(const Flags& flags) {
-  const std::string dir = flags.dir + "/weightd-tp-bench";
+int Main() {
+  const uint64_t max_shm_mib = absl::GetFlag(FLAGS_max_shm_mib);
+  const std::string dir = absl::GetFlag(FLAGS_dir) + "/weightd-tp-bench";
   std::filesystem::create_directories(dir);
   const std::string path = dir + "/llama.safetensors";
-  const uint64_t tensor_bytes =
-      WriteLlamaCheckpoint(path, flags.size_mib << 20);
-  if (tensor_bytes == 0) {
+  const absl::StatusOr<uint64_t> written =
+      WriteLlamaCheckpoint(path, absl::GetFlag(FLAGS_size_mib) << 20);
+  if (!written.ok()) {
     std::fprintf(stderr, "cannot write %s\n", path.c_str());
     return 1;
   }
+  const uint64_t tensor_bytes = *written;
   DeviceSet::Options device_options;
   device_options.fake_gpus = 8;
-  auto devices = DeviceSet::Create(device_options);
-  if (!devices.ok()) {
-    std::fprintf(stderr, "%s\n",
-                 std::string(devices.status().message()).c_str());
-    return 1;
-  }
   ModelManager::Options options;
   options.model_roots = {dir};
   options.max_concurrent_loads = 8;  // every rank at once
-  auto manager = ModelManager::Create(options, *std::move(devices));
+  auto manager = bench::CreateModelManager(device_options, options);
   if (!manager.ok()) {
     std::fprintf(stderr, "%s\n",
                  std::string(manager.status().message()).c_str());
     return 1;
   }
-  uint64_t bytes = 0;
-  bench::ReadWholeFile(path, 8 << 20, &bytes);  // page cache warm-up
+  bench::ReadWholeFile(path, 8 << 20, nullptr);  // page cache warm-up
   const double mib = 1.0 / (1 << 20);
   std::printf("checkpoint: %s, %.0f MiB of bfloat16 tensors (Llama layout)\n",
               path.c_str(), tensor_bytes * mib);
@@ -194,11 +139,10 @@ int Run(const Flags& flags) {
                 "sliced", sharded.seconds, sharded.bytes_read * mib,
                 sharded.max_gpu_bytes * mib,
                 static_cast<double>(sharded.bytes_read) / tensor_bytes, "", "");
-    if ((tensor_bytes >> 20) * world > flags.max_shm_mib) {
+    if ((tensor_bytes >> 20) * world > max_shm_mib) {
       std::printf(
           "%-3d %-8s  skipped: %d full copies exceed --max_shm_mib=%llu\n",
-          world, "full", world,
-          static_cast<unsigned long long>(flags.max_shm_mib));
+          world, "full", world, static_cast<unsigned long long>(max_shm_mib));
       continue;
     }
     const Result full = LoadRanks(**manager, path, world, false);
@@ -218,5 +162,5 @@ int Run(const Flags& flags) {
 }  // namespace weightd
 
 int main(int argc, char** argv) {
-  return weightd::Run(weightd::ParseFlags(argc, argv));
+  return weightd::bench::ParseFlagsAndRun(argc, argv, weightd::Main);
 }
