@@ -1,7 +1,9 @@
 """Shared pieces of the hardening suite and its report: a real weightd process, raw gRPC
-stubs, checkpoint writers, and probes of the daemon's resources (fds, memory, /dev/shm)."""
+stubs, safetensors written and read by the spec, and probes of the daemon's resources (fds,
+memory, /dev/shm)."""
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -31,6 +33,7 @@ class Daemon:
 
     def __init__(self, root, extra=(), wrap=None, workdir=None):
         self.root = root
+        self._owns_dir = workdir is None  # removed once the daemon is gone
         self.dir = workdir or tempfile.mkdtemp(prefix="weightd-hard-")
         self.socket = os.path.join(self.dir, "w.sock")
         self.address = "unix:" + self.socket
@@ -163,17 +166,25 @@ class Daemon:
         """Sends `sig`; returns the seconds until exit (raises if it did not exit)."""
         self.channel.close()
         if not self.alive():
+            self._remove_dir()
             return 0.0
         start = time.monotonic()
         os.killpg(self.process.pid, sig)
         self.process.wait(timeout=timeout)
-        return time.monotonic() - start
+        seconds = time.monotonic() - start
+        self._remove_dir()
+        return seconds
 
     def kill(self):
         if self.alive():
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=20)
         self.channel.close()
+        self._remove_dir()
+
+    def _remove_dir(self):
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def write_safetensors(path, tensors):
@@ -189,6 +200,17 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         f.write(data)
+
+
+def read_safetensors(path):
+    """(header without __metadata__, the bytes after the header) of a safetensors file, by the
+    format's spec; each tensor's data_offsets index the bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    header.pop("__metadata__", None)
+    return header, data[8 + size:]
 
 
 def float_bytes(count, seed=1):

@@ -15,14 +15,16 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import unittest
 
 import torch
 
-WEIGHTD = WEIGHTCTL = FIXTURES = None
+import daemon_case
+from daemon_case import harness
+
+FIXTURES = None
 SNAPSHOT = "hub/models--tiny--model/snapshots/0123456789abcdef"
 # (directory, format hint, expectation file)
 CASES = [("sharded_torch", "", "sharded_torch"),
@@ -36,15 +38,11 @@ _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16
 
 def read_safetensors(path):
     """{name: tensor} of a safetensors file, from the spec (no safetensors package here)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size])
-    header.pop("__metadata__", None)
+    header, body = harness.read_safetensors(path)
     out = {}
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
-        raw = bytearray(data[8 + size + begin:8 + size + end])
+        raw = bytearray(body[begin:end])
         dtype = _ST_DTYPES[entry["dtype"]]
         flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
         out[name] = flat.reshape(entry["shape"])
@@ -69,31 +67,14 @@ def torch_model(directory):
     return out
 
 
-
-class HfModelTest(unittest.TestCase):
+class HfModelTest(daemon_case.DaemonTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.root = tempfile.mkdtemp(prefix="weightd-hf-models-")
+        root = tempfile.mkdtemp(prefix="weightd-hf-models-")
         for name in ("sharded_torch", "sharded_safetensors", "single_both", "hub"):
-            shutil.copytree(os.path.join(FIXTURES, name), os.path.join(cls.root, name),
+            shutil.copytree(os.path.join(FIXTURES, name), os.path.join(root, name),
                             symlinks=True)
-        cls.daemon = Daemon(cls.root)
-        import weightd
-        cls.weightd = weightd
-        cls.client = weightd.Client(cls.daemon.address)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.daemon.stop()
-        shutil.rmtree(cls.root, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.root, name)
-
-    def weightctl(self, *args, address=None):
-        env = dict(os.environ, WEIGHTD_ADDRESS=address or self.daemon.address)
-        return subprocess.run([WEIGHTCTL, *args], capture_output=True, text=True, env=env)
+        cls.start_daemon(root)
 
     def copy(self, name, source="sharded_safetensors"):
         shutil.copytree(self.path(source), self.path(name), symlinks=True)
@@ -139,21 +120,12 @@ class HfModelTest(unittest.TestCase):
                          {"bos_token_id": 1, "eos_token_id": 2})
 
     def test_two_clients_read_a_directory_once(self):
-        daemon = Daemon(self.root)
-        try:
-            code = ("import sys, weightd; c = weightd.Client(sys.argv[1]); "
-                    "t = c.load(sys.argv[2], device='cpu'); print(len(t))")
-            for _ in range(2):
-                done = subprocess.run([sys.executable, "-c", code, daemon.address,
-                                       self.path("sharded_torch")], capture_output=True,
-                                      text=True)
-                self.assertEqual(done.returncode, 0, done.stderr)
-                self.assertEqual(done.stdout.strip(), "7")
-            stats = self.weightd.Client(daemon.address).stats()
-            self.assertEqual(stats.loads, 1)
-            self.assertEqual(stats.cache_hits, 1)
-        finally:
-            daemon.stop()
+        runs, stats = self.load_in_two_processes(self.path("sharded_torch"))
+        for done in runs:
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertEqual(done.stdout.strip(), "7")
+        self.assertEqual(stats.loads, 1)
+        self.assertEqual(stats.cache_hits, 1)
 
     def test_bad_directories_are_one_clear_line(self):
         shard = "model-00001-of-00002.safetensors"
@@ -240,14 +212,6 @@ class HfModelTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    WEIGHTD, WEIGHTCTL = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    sys.path.insert(0, os.path.abspath(sys.argv[3]))
-    os.environ["PYTHONPATH"] = os.path.abspath(sys.argv[3])
+    daemon_case.configure(sys.argv[1], sys.argv[3], weightctl=sys.argv[2])
     FIXTURES = os.path.abspath(sys.argv[4])
-    # The real daemon on a private socket: the hardening suite's harness.
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                    "hardening"))
-    import harness
-    harness.configure(WEIGHTD, os.path.abspath(sys.argv[3]))
-    Daemon = harness.Daemon
     unittest.main(argv=[sys.argv[0], "-v"])

@@ -14,12 +14,9 @@ import collections
 import inspect
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -28,7 +25,8 @@ try:
 except ImportError:  # pragma: no cover
     torch = None
 
-WEIGHTD = None
+import daemon_case
+
 FIXTURES = None
 HAS_ASSIGN = torch is not None and "assign" in inspect.signature(
     torch.nn.Module.load_state_dict).parameters
@@ -67,52 +65,22 @@ def same_tensor(test, name, got, want):
                     name)
 
 
-class Daemon:
-    def __init__(self, model_root, extra=()):
-        self.dir = tempfile.mkdtemp(prefix="weightd-py-")
-        self.socket = os.path.join(self.dir, "w.sock")
-        self.address = "unix:" + self.socket
-        args = [WEIGHTD, "--listen=" + self.address, "--model_root=" + model_root,
-                "--metrics_address=", "--fake_gpus=1", *extra]
-        if FIXTURES:
-            args.append("--model_root=" + FIXTURES)
-        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        seen = []
-        for line in self.process.stderr:  # ends when the daemon exits
-            seen.append(line)
-            if "weightd ready" in line:
-                break
-        else:
-            raise RuntimeError("weightd did not start:\n" + "".join(seen))
-        # Keep draining the daemon's log so it never blocks on a full pipe.
-        self.log = seen
-        threading.Thread(target=lambda: self.log.extend(self.process.stderr),
-                         daemon=True).start()
-
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=20)
-        self.process.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+class FixturesDaemonTestCase(daemon_case.DaemonTestCase):
+    @classmethod
+    def new_daemon(cls, root, extra=()):
+        """Serves the fixtures too (the test_fixtures_* tests load them)."""
+        fixtures = ["--model_root=" + FIXTURES] if FIXTURES else []
+        return super().new_daemon(root, extra=[*extra, *fixtures])
 
 
 @unittest.skipIf(torch is None, "torch is not importable by " + sys.executable)
-class PythonClientTest(unittest.TestCase):
+class PythonClientTest(FixturesDaemonTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.root = tempfile.mkdtemp(prefix="weightd-models-")
+        root = tempfile.mkdtemp(prefix="weightd-models-")
         torch.manual_seed(int(time.time()))
-        cls.files = cls.write_checkpoints(cls.root)
-        cls.daemon = Daemon(cls.root)
-        import weightd
-        cls.weightd = weightd
-        cls.client = weightd.Client(cls.daemon.address)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.daemon.stop()
-        shutil.rmtree(cls.root, ignore_errors=True)
+        cls.files = cls.write_checkpoints(root)
+        cls.start_daemon(root)
 
     @staticmethod
     def write_checkpoints(root):
@@ -150,9 +118,6 @@ class PythonClientTest(unittest.TestCase):
         torch.save(many, os.path.join(root, "many.pt"))
         files["many.pt"] = many
         return files
-
-    def path(self, name):
-        return os.path.join(self.root, name)
 
     def test_every_checkpoint_equals_torch_load(self):
         for name in ["state_dict.pt", "training.pt", "legacy.pt", "many.pt"]:
@@ -263,18 +228,11 @@ class PythonClientTest(unittest.TestCase):
         self.assertGreater(checked, 5)
 
     def test_two_processes_read_once(self):
-        daemon = Daemon(self.root)
-        try:
-            code = ("import sys, weightd; c = weightd.Client(sys.argv[1]); "
-                    "t = c.load(sys.argv[2], device='cpu'); print(len(t))")
-            for _ in range(2):
-                subprocess.run([sys.executable, "-c", code, daemon.address,
-                                self.path("training.pt")], check=True, capture_output=True)
-            stats = self.weightd.Client(daemon.address).stats()
-            self.assertEqual(stats.loads, 1)
-            self.assertEqual(stats.cache_hits, 1)
-        finally:
-            daemon.stop()
+        runs, stats = self.load_in_two_processes(self.path("training.pt"))
+        for done in runs:
+            self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(stats.loads, 1)
+        self.assertEqual(stats.cache_hits, 1)
 
     def test_saved_gpu_locations_and_map_location(self):
         """Storages saved on two GPUs land on those GPUs, or where map_location sends them."""
@@ -290,7 +248,7 @@ class PythonClientTest(unittest.TestCase):
         finally:
             torch.serialization.location_tag = original
         want = torch.load(path, map_location="cpu")
-        daemon = Daemon(self.root, extra=["--fake_gpus=2"])
+        daemon = self.new_daemon(self.root, extra=["--fake_gpus=2"])
         try:
             client = self.weightd.Client(daemon.address)
             for map_location, placed in [({}, {"a.weight": "cuda:0", "b.weight": "cuda:1"}),
@@ -359,7 +317,7 @@ class PythonClientTest(unittest.TestCase):
 
     @unittest.skipUnless(torch is not None and torch.cuda.is_available(), "no CUDA GPU")
     def test_cuda_tensors_through_ipc_equal_torch_load(self):
-        daemon = Daemon(self.root)
+        daemon = self.new_daemon(self.root)
         try:
             client = self.weightd.Client(daemon.address)
             want = flatten(torch.load(self.path("state_dict.pt"), map_location="cuda"))
@@ -489,25 +447,16 @@ print("same")
 
 
 @unittest.skipIf(torch is None, "torch is not importable by " + sys.executable)
-class TorchLoadTest(unittest.TestCase):
+class TorchLoadTest(FixturesDaemonTestCase):
     @classmethod
     def setUpClass(cls):
         import random
-        cls.root = tempfile.mkdtemp(prefix="weightd-load-")
+        root = tempfile.mkdtemp(prefix="weightd-load-")
         seed = int(time.time() * 1000)
         print("TorchLoadTest seed", seed, file=sys.stderr)
         cls.rng = random.Random(seed)
         torch.manual_seed(seed)
-        cls.daemon = Daemon(cls.root)
-        import weightd
-        cls.weightd = weightd
-        cls.client = weightd.Client(cls.daemon.address)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.daemon.stop()
-        shutil.rmtree(cls.root, ignore_errors=True)
+        cls.start_daemon(root)
 
     def save(self, name, value, **kwargs):
         path = os.path.join(self.root, name)
@@ -739,9 +688,7 @@ class TorchLoadTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    WEIGHTD = os.path.abspath(sys.argv[1])
-    sys.path.insert(0, os.path.abspath(sys.argv[2]))
-    os.environ["PYTHONPATH"] = os.path.abspath(sys.argv[2])
+    daemon_case.configure(sys.argv[1], sys.argv[2])
     if len(sys.argv) > 3 and os.path.isdir(sys.argv[3]):
         FIXTURES = os.path.abspath(sys.argv[3])
     unittest.main(argv=[sys.argv[0], "-v"])

@@ -16,7 +16,6 @@ import collections
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -25,8 +24,8 @@ import unittest
 
 import torch
 
-WEIGHTD = WEIGHTCTL = None
-Daemon = None
+import daemon_case
+
 HIDDEN, INTERMEDIATE, VOCAB, LAYERS = 16, 32, 64, 2
 # What the built-in "llama" rule set splits, and on which dim.
 LLAMA_DIMS = {"q_proj.weight": 0, "k_proj.weight": 0, "v_proj.weight": 0,
@@ -97,33 +96,17 @@ def align(n, to):
     return (n + to - 1) // to * to
 
 
-class TensorParallelTest(unittest.TestCase):
+class TensorParallelTest(daemon_case.DaemonTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.root = tempfile.mkdtemp(prefix="weightd-tp-")
+        root = tempfile.mkdtemp(prefix="weightd-tp-")
         cls.state = llama_state()
-        torch.save(cls.state, os.path.join(cls.root, "model.bin"))
-        write_safetensors(os.path.join(cls.root, "model.safetensors"), cls.state)
-        write_directory(os.path.join(cls.root, "bin_dir"), cls.state, safetensors=False)
-        write_directory(os.path.join(cls.root, "st_dir"), cls.state, safetensors=True)
+        torch.save(cls.state, os.path.join(root, "model.bin"))
+        write_safetensors(os.path.join(root, "model.safetensors"), cls.state)
+        write_directory(os.path.join(root, "bin_dir"), cls.state, safetensors=False)
+        write_directory(os.path.join(root, "st_dir"), cls.state, safetensors=True)
         cls.cases = ["model.bin", "model.safetensors", "bin_dir", "st_dir"]
-        cls.daemon = Daemon(cls.root, extra=["--fake_gpus=4"])
-        import weightd
-        cls.weightd = weightd
-        cls.client = weightd.Client(cls.daemon.address)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.daemon.stop()
-        shutil.rmtree(cls.root, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.root, name)
-
-    def weightctl(self, *args, address=None):
-        env = dict(os.environ, WEIGHTD_ADDRESS=address or self.daemon.address)
-        return subprocess.run([WEIGHTCTL, *args], capture_output=True, text=True, env=env)
+        cls.start_daemon(root, extra=["--fake_gpus=4"])
 
     def expected(self, name, rank, world, dim):
         whole = self.state[name]
@@ -246,7 +229,7 @@ class TensorParallelTest(unittest.TestCase):
         world = 4
         for case in ("model.bin", "model.safetensors"):
             with self.subTest(case=case):
-                daemon = Daemon(self.root, extra=["--fake_gpus=%d" % world])
+                daemon = self.new_daemon(self.root, extra=["--fake_gpus=%d" % world])
                 try:
                     before = self.weightd.Client(daemon.address).stats()
                     script = ("import sys, weightd\n"
@@ -332,12 +315,5 @@ class TensorParallelTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    WEIGHTD, WEIGHTCTL = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    sys.path.insert(0, os.path.abspath(sys.argv[3]))
-    os.environ["PYTHONPATH"] = os.path.abspath(sys.argv[3])
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                    "hardening"))
-    import harness
-    harness.configure(WEIGHTD, os.path.abspath(sys.argv[3]))
-    Daemon = harness.Daemon
+    daemon_case.configure(sys.argv[1], sys.argv[3], weightctl=sys.argv[2])
     unittest.main(argv=[sys.argv[0], "-v"])

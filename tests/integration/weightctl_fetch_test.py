@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -30,12 +29,7 @@ _ST = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
 
 def read_safetensors(path):
     """(header without __metadata__, {name: bytes}) of a safetensors file, by the spec."""
-    with open(path, "rb") as f:
-        data = f.read()
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size])
-    header.pop("__metadata__", None)
-    body = data[8 + size:]
+    header, body = harness.read_safetensors(path)
     out, end = {}, 0
     for name, entry in header.items():
         begin, stop = entry["data_offsets"]
