@@ -182,6 +182,20 @@ class Daemon:
         self.channel.close()
         self._remove_dir()
 
+    def diagnose(self, log_lines=80):
+        """For a test that found the daemon stuck: the tail of its log and every thread's stack
+        (gdb, where installed), as text to print before failing."""
+        out = ["weightd log (last %d lines):\n" % log_lines] + self.log[-log_lines:]
+        if self.alive() and shutil.which("gdb"):
+            try:
+                stacks = subprocess.run(
+                    ["gdb", "-p", str(self.pid), "-batch", "-nx", "-ex",
+                     "thread apply all bt"], capture_output=True, text=True, timeout=60)
+                out.append("weightd threads:\n" + stacks.stdout[-60000:])
+            except subprocess.TimeoutExpired:
+                out.append("weightd threads: gdb timed out\n")
+        return "".join(out)
+
     def _remove_dir(self):
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -232,7 +232,9 @@ class TensorParallelTest(daemon_case.DaemonTestCase):
                 daemon = self.new_daemon(self.root, extra=["--fake_gpus=%d" % world])
                 try:
                     before = self.weightd.Client(daemon.address).stats()
-                    script = ("import sys, weightd\n"
+                    # A rank stuck past 100 s prints its Python stacks (faulthandler).
+                    script = ("import faulthandler, sys, weightd\n"
+                              "faulthandler.dump_traceback_later(100)\n"
                               "rank, world = int(sys.argv[3]), int(sys.argv[4])\n"
                               "with weightd.Client(sys.argv[1]) as c:\n"
                               "    m = c.load(sys.argv[2], device='cuda:%d' % rank,\n"
@@ -243,8 +245,14 @@ class TensorParallelTest(daemon_case.DaemonTestCase):
                          str(rank), str(world)], stdout=subprocess.PIPE, text=True)
                         for rank in range(world)]
                     read_by_ranks = 0
-                    for proc in procs:
-                        out, _ = proc.communicate(timeout=120)
+                    for rank, proc in enumerate(procs):
+                        try:
+                            out, _ = proc.communicate(timeout=120)
+                        except subprocess.TimeoutExpired:
+                            for p in procs:
+                                p.kill()
+                            self.fail("rank %d/%d of %s did not finish in 120 s\n%s"
+                                      % (rank, world, case, daemon.diagnose()))
                         self.assertEqual(proc.returncode, 0)
                         read_by_ranks += int(out.strip())
                     stats = self.weightd.Client(daemon.address).stats()
