@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/request_validation.h"
 
@@ -14,9 +15,15 @@ void RunningCalls::Begin() {
   ++count_;
 }
 
-void RunningCalls::End() {
+void RunningCalls::End(bool answered) {
   MutexLock lock(&mu_);
+  if (answered) last_answered_end_ = absl::Now();
   if (--count_ == 0) idle_.SignalAll();
+}
+
+absl::Time RunningCalls::LastAnsweredEnd() const {
+  MutexLock lock(&mu_);
+  return last_answered_end_;
 }
 
 int RunningCalls::count() const {
@@ -47,7 +54,11 @@ class CallInterceptor : public grpc::experimental::Interceptor {
         calls_(calls) {
     calls_->Begin();
   }
-  ~CallInterceptor() override { calls_->End(); }
+  // Health checks (probes, and the daemon's own keepalive every 400 ms) do
+  // not hold shutdown's flush.
+  ~CallInterceptor() override {
+    calls_->End(!absl::StartsWith(method_, "/grpc.health.v1.Health/"));
+  }
 
   void Intercept(
       grpc::experimental::InterceptorBatchMethods* methods) override {

@@ -15,15 +15,22 @@ namespace weightd {
 class RunningCalls {
  public:
   void Begin();
-  void End();
+  // `answered`: the call's answer is for a client (not a health probe), so
+  // LastAnsweredEnd() moves to now.
+  void End(bool answered = true);
   int count() const;
   // Waits until no call runs or `deadline` passes; true when none runs.
   bool WaitUntilIdle(absl::Time deadline);
+  // When the last answered call ended (InfinitePast: none yet). A call ends
+  // once its status is handed to the transport, before its last bytes are
+  // written: shutdown lets the connections flush for a while after it.
+  absl::Time LastAnsweredEnd() const;
 
  private:
   mutable Mutex mu_;
   CondVar idle_;
   int count_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_answered_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 class CallInterceptorFactory

@@ -562,6 +562,8 @@ TEST_F(AccessTest, ShutdownLetsARunningLoadFinish) {
   loader.join();
   EXPECT_TRUE(model.ok()) << model.status();
   EXPECT_EQ(daemon.Stop(), 0);
+  if (!model.ok())
+    std::cerr << "weightd log:\n" << ReadFile(dir_ + "/weightd.log");
 }
 
 TEST_F(AccessTest, MalformedRequestsGetAClearStatus) {
