@@ -61,8 +61,9 @@ void Refuse(uint64_t dev, const std::string& why) {
 struct DeviceChoice {
   bool decided = false;
   bool direct = true;
-  std::string figures;                   // DirectIoProbe::Describe()
-  std::unique_ptr<DirectIoProbe> probe;  // not decided and not handed out
+  std::string figures;  // DirectIoProbe::Describe()
+  DirectIoProbe::Clock::time_point decided_at;
+  std::unique_ptr<DirectIoProbe> probe;  // a measurement not done, not out
   bool probing = false;                  // handed out to a Run
 };
 struct Choices {
@@ -279,13 +280,17 @@ std::string DirectIoProbe::Describe() const {
                          GiBps(bytes_[0], seconds_[0]));
 }
 
-DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes) {
+DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes,
+                          DirectIoProbe::Clock::time_point now) {
   Choices& c = GetChoices();
   MutexLock lock(&c.mu);
   DeviceChoice& choice = c.by_device[dev];
   DirectIoPlan plan;
   plan.direct = choice.direct;
-  if (choice.decided || choice.probing) return plan;
+  if (choice.probing) return plan;
+  if (choice.decided && now - choice.decided_at < kDirectIoRemeasureAfter) {
+    return plan;
+  }
   plan.probe = choice.probe != nullptr
                    ? std::move(choice.probe)
                    : std::make_unique<DirectIoProbe>(window_bytes);
@@ -293,25 +298,31 @@ DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes) {
   return plan;
 }
 
-void ReturnDirectIoProbe(uint64_t dev, std::unique_ptr<DirectIoProbe> probe) {
+void ReturnDirectIoProbe(uint64_t dev, std::unique_ptr<DirectIoProbe> probe,
+                         DirectIoProbe::Clock::time_point now) {
   if (probe == nullptr) return;
   probe->Interrupt();
   Choices& c = GetChoices();
   MutexLock lock(&c.mu);
   DeviceChoice& choice = c.by_device[dev];
   choice.probing = false;
-  if (choice.decided) return;
   if (!probe->done()) {
     choice.probe = std::move(probe);
     return;
   }
+  const bool first = !choice.decided;
+  const bool was_direct = choice.direct;
   choice.decided = true;
+  choice.decided_at = now;
   choice.direct = probe->direct_wins();
   choice.figures = probe->Describe();
-  LogInfo(
-      "direct I/O (--direct_io=auto): uncached reads on device %s are %s from "
-      "now on (measured %s)",
-      DeviceLabel(dev), choice.direct ? "direct" : "buffered", choice.figures);
+  if (first || choice.direct != was_direct) {
+    LogInfo(
+        "direct I/O (--direct_io=auto): uncached reads on device %s are %s "
+        "from now on (measured %s%s)",
+        DeviceLabel(dev), choice.direct ? "direct" : "buffered", choice.figures,
+        first ? "" : "; measured again, the choice changed");
+  }
 }
 
 uint64_t AutoRequestBytes(const BlockQueueInfo& queue) {

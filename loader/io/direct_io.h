@@ -124,16 +124,27 @@ class DirectIoProbe {
 // How --direct_io=auto reads the uncached chunks of files on the file
 // system of device `dev` (st_dev): direct once the device is measured
 // faster direct, buffered once measured faster buffered, direct until then.
-// `probe` is set when the device is not measured yet and no other Run is
-// measuring it: the caller times its reads with it and gives it back with
-// ReturnDirectIoProbe().
+// `probe` is set when the device is not measured yet, or its choice is
+// kDirectIoRemeasureAfter old, and no other Run is measuring it: the caller
+// times its reads with it and gives it back with ReturnDirectIoProbe().
+// Until that measurement ends the device keeps its last choice.
 struct DirectIoPlan {
   bool direct = true;
   std::unique_ptr<DirectIoProbe> probe;
 };
-DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes);
-// Keeps a probe's measurements (the choice, logged once, when done()).
-void ReturnDirectIoProbe(uint64_t dev, std::unique_ptr<DirectIoProbe> probe);
+// A device's choice is measured again this long after it was made: a disk
+// behind a host's cache or shared with other tenants changes, and one noisy
+// measurement must not decide for the daemon's lifetime. The windows are
+// reads the loads make anyway (half of them the slower kind).
+inline constexpr std::chrono::minutes kDirectIoRemeasureAfter{30};
+DirectIoPlan PlanDirectIo(
+    uint64_t dev, uint64_t window_bytes,
+    DirectIoProbe::Clock::time_point now = DirectIoProbe::Clock::now());
+// Keeps a probe's measurements; when done(), its result is the device's
+// choice from `now` (logged the first time, and when it changes).
+void ReturnDirectIoProbe(
+    uint64_t dev, std::unique_ptr<DirectIoProbe> probe,
+    DirectIoProbe::Clock::time_point now = DirectIoProbe::Clock::now());
 
 // The queue shape of the block device holding the file behind `fd`, from
 // /sys/dev/block/MAJ:MIN/queue (a partition resolved to its disk). Zero

@@ -210,6 +210,46 @@ TEST(DirectIoProbeTest, PlansHandOutOneProbePerDeviceAndRemember) {
             std::string::npos);
 }
 
+// A choice is measured again once it is kDirectIoRemeasureAfter old, the
+// device keeping it meanwhile; the new measurement replaces it.
+TEST(DirectIoProbeTest, ChoicesAreMeasuredAgainAfterAWhile) {
+  const uint64_t dev = makedev(4001, 3);
+  const Clock::time_point t0 = Clock::now();
+  auto measure = [&](DirectIoProbe* probe, double direct_s, double buffered_s) {
+    Clock::time_point at = t0;
+    while (!probe->done()) {
+      const bool direct = probe->NextRead().value();
+      RunWindow(probe, 1, 1 << 20, direct ? direct_s : buffered_s, &at);
+    }
+  };
+  DirectIoPlan plan = PlanDirectIo(dev, 1 << 20, t0);
+  ASSERT_NE(plan.probe, nullptr);
+  measure(plan.probe.get(), 0.001, 0.004);  // direct 4x faster
+  ReturnDirectIoProbe(dev, std::move(plan.probe), t0);
+
+  plan = PlanDirectIo(dev, 1 << 20, t0 + kDirectIoRemeasureAfter / 2);
+  EXPECT_EQ(plan.probe, nullptr);
+  EXPECT_TRUE(plan.direct);
+  const Clock::time_point later = t0 + kDirectIoRemeasureAfter;
+  plan = PlanDirectIo(dev, 1 << 20, later);
+  ASSERT_NE(plan.probe, nullptr);
+  EXPECT_TRUE(plan.direct);  // the old choice while it is measured
+  DirectIoPlan meanwhile = PlanDirectIo(dev, 1 << 20, later);
+  EXPECT_EQ(meanwhile.probe, nullptr);
+  EXPECT_TRUE(meanwhile.direct);
+  measure(plan.probe.get(), 0.004, 0.001);  // now buffered 4x faster
+  ReturnDirectIoProbe(dev, std::move(plan.probe), later);
+
+  plan = PlanDirectIo(dev, 1 << 20, later + std::chrono::seconds(1));
+  EXPECT_EQ(plan.probe, nullptr);
+  EXPECT_FALSE(plan.direct);
+  EXPECT_NE(DirectIoSummary(DirectIoMode::kAuto)
+                .find("; buffered on device 4001:3: direct 0.24 GiB/s, "
+                      "buffered 0.98 GiB/s"),
+            std::string::npos)
+      << DirectIoSummary(DirectIoMode::kAuto);
+}
+
 TEST(DirectIoTest, ReopensTheSameFileDirect) {
   std::string path = WritePatternFile("direct", 1 << 20, 3);
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
