@@ -392,14 +392,15 @@ void Daemon::Shutdown() {
   if (grpc_server_ != nullptr) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
     if (services_ != nullptr) {
-      services_->weight_service->EndLeaseStreams();
+      services_->weight_service->Drain();
       // Queued loads are answered UNAVAILABLE now, not after the grace.
       services_->manager->Shutdown();
     }
     const absl::Time deadline =
         absl::Now() + absl::Milliseconds(config_.shutdown_grace_ms);
-    // Running calls finish, and their last bytes reach their clients, before
-    // gRPC's Shutdown: it sends GOAWAY, after which a connection whose last
+    // New calls are refused from Drain() on (UNAVAILABLE). Running calls
+    // finish, and their last bytes reach their clients, before gRPC's
+    // Shutdown: it sends GOAWAY, after which a connection whose last
     // stream ends is closed at once, and a client still acknowledging the
     // data it was reading then writes to a closed socket and fails a call
     // that succeeded (UNAVAILABLE, broken pipe; about 1 in 20 under load).

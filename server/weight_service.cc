@@ -515,6 +515,9 @@ void WeightServiceImpl::WaitForLoads() {
 
 absl::StatusOr<Caller> WeightServiceImpl::Authorize(
     grpc::CallbackServerContext* context) const {
+  if (draining_.load()) {
+    return absl::UnavailableError("weightd is shutting down");
+  }
   return access_policy_->Authorize(context->peer());
 }
 
@@ -682,7 +685,8 @@ grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
   return reactor;
 }
 
-void WeightServiceImpl::EndLeaseStreams() {
+void WeightServiceImpl::Drain() {
+  draining_.store(true);
   MutexLock lock(&leases_mu_);
   leases_ended_ = true;
   for (LeaseReactor* reactor : lease_reactors_) reactor->End();

@@ -59,10 +59,11 @@ class WeightServiceImpl final
 
   // Blocks until every load thread has finished (shutdown).
   void WaitForLoads();
-  // Ends every Lease stream with UNAVAILABLE and refuses new ones (shutdown:
-  // they never end on their own, so the server's grace period would always
-  // run out). Clients reopen a session on their next load.
-  void EndLeaseStreams();
+  // Shutdown's first step: every new call is refused (UNAVAILABLE) while the
+  // running ones finish, and every Lease stream ends with UNAVAILABLE (they
+  // never end on their own, so the grace period would always run out).
+  // Clients reopen a session on their next load, at another daemon.
+  void Drain();
 
   int lease_sessions() const { return lease_sessions_.load(); }
 
@@ -88,6 +89,7 @@ class WeightServiceImpl final
   // Open session id -> the connection that opened it.
   std::map<std::string, std::string> session_connections_
       ABSL_GUARDED_BY(leases_mu_);
+  std::atomic<bool> draining_{false};  // Drain()
   bool leases_ended_ ABSL_GUARDED_BY(leases_mu_) = false;
 
   Mutex threads_mu_;

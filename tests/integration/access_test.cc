@@ -557,8 +557,19 @@ TEST_F(AccessTest, ShutdownLetsARunningLoadFinish) {
     load.device = "cuda:0";
     model = (*client)->Load(load, [&](uint64_t, uint64_t) { started = true; });
   });
+  // A second client, connected before the daemon stops accepting.
+  auto other = WeightdClient::Connect("unix:" + socket_, ConnectionOptions());
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->List().ok());
   ASSERT_TRUE(WaitFor([&] { return started.load(); }));
   kill(daemon.pid(), SIGTERM);
+  // While the Load runs (and for 0.5 s after it), new calls are refused.
+  absl::Status refused;
+  EXPECT_TRUE(WaitFor([&] {
+    refused = (*other)->List().status();
+    return absl::StrContains(refused.message(), "shutting down");
+  })) << refused;
+  EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
   loader.join();
   EXPECT_TRUE(model.ok()) << model.status();
   EXPECT_EQ(daemon.Stop(), 0);
