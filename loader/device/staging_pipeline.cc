@@ -107,34 +107,26 @@ class RunProbes {
   RunProbes(const RunProbes&) = delete;
   RunProbes& operator=(const RunProbes&) = delete;
   ~RunProbes() {
-    for (auto& [dev, probe] : held_) ReturnDirectIoProbe(dev, std::move(probe));
+    for (Planned& p : planned_)
+      ReturnDirectIoProbe(p.dev, std::move(p.plan.probe));
   }
-  // The device's plan, asked for once per Run; `*probe` is null unless this
-  // Run measures the device.
-  void Plan(uint64_t dev, uint64_t window_bytes, bool* direct,
-            DirectIoProbe** probe) {
+  // The device's plan, asked for once per Run (its probe is null unless this
+  // Run measures the device); valid until the Run ends.
+  const DirectIoPlan& Plan(uint64_t dev, uint64_t window_bytes) {
     for (const Planned& p : planned_) {
-      if (p.dev == dev) {
-        *direct = p.direct;
-        *probe = p.probe;
-        return;
-      }
+      if (p.dev == dev) return p.plan;
     }
-    DirectIoPlan plan = PlanDirectIo(dev, window_bytes);
-    planned_.push_back({dev, plan.direct, plan.probe.get()});
-    *direct = plan.direct;
-    *probe = plan.probe.get();
-    if (plan.probe != nullptr) held_.emplace_back(dev, std::move(plan.probe));
+    planned_.push_back({dev, PlanDirectIo(dev, window_bytes)});
+    return planned_.back().plan;
   }
 
  private:
   struct Planned {
     uint64_t dev;
-    bool direct;
-    DirectIoProbe* probe;
+    DirectIoPlan plan;
   };
-  std::vector<Planned> planned_;
-  std::vector<std::pair<uint64_t, std::unique_ptr<DirectIoProbe>>> held_;
+  // A deque: Plan()'s references stay valid as devices are added.
+  std::deque<Planned> planned_;
 };
 
 // Per file, for one Run.
@@ -170,9 +162,10 @@ std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
     struct stat st;
     if (f.direct && options.direct_io == DirectIoMode::kAuto &&
         ::fstat(f.source->direct_fd, &st) == 0) {
-      probes->Plan(static_cast<uint64_t>(st.st_dev),
-                   options.direct_probe_window_bytes, &f.direct_uncached,
-                   &f.probe);
+      const DirectIoPlan& plan = probes->Plan(
+          static_cast<uint64_t>(st.st_dev), options.direct_probe_window_bytes);
+      f.direct_uncached = plan.direct;
+      f.probe = plan.probe.get();
     }
     f.request_bytes = options.request_bytes;
     if (f.request_bytes == 0 && f.source->fd >= 0) {
@@ -181,6 +174,23 @@ std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
     if (i == 0) stats->request_bytes = f.request_bytes;
   }
   return file_states;
+}
+
+// A read of one of `probe`'s windows (no probe: nothing) was submitted.
+void NoteProbeIssued(DirectIoProbe* probe, uint64_t length,
+                     StagingStats* stats) {
+  if (probe == nullptr) return;
+  probe->Issued(length, ProbeClock::now());
+  stats->probe_bytes += length;
+}
+
+// A read of `length` bytes of one of `probe`'s windows finished as `r` says;
+// a failed, short or refused read spoils the window.
+void NoteProbeLanded(DirectIoProbe* probe, const ReadResult& r,
+                     uint64_t length) {
+  if (probe == nullptr) return;
+  probe->Landed(r.status.ok() && r.bytes_read == length && !r.direct_refused,
+                ProbeClock::now());
 }
 
 // How one chunk of a file range reads.
@@ -542,10 +552,7 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
         free_tags.pop_back();
         in_flight[tag] = {c.range->file_index, c.file_offset(), c.length,
                           how.probe};
-        if (how.probe != nullptr) {
-          how.probe->Issued(c.length, ProbeClock::now());
-          stats->probe_bytes += c.length;
-        }
+        NoteProbeIssued(how.probe, c.length, stats);
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);
@@ -583,11 +590,7 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
       const FileSource& file = files[read.file_index];
       --reads;
       free_tags.push_back(static_cast<int>(r.tag));
-      if (read.probe != nullptr) {
-        read.probe->Landed(
-            r.status.ok() && r.bytes_read == read.length && !r.direct_refused,
-            ProbeClock::now());
-      }
+      NoteProbeLanded(read.probe, r, read.length);
       stats->direct_bytes += r.direct_bytes;
       if (r.direct_refused) {
         ++stats->direct_refused;
@@ -695,12 +698,8 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
       Slot& slot = *slots_[i];
       const FileSource& file = files[slot.file_index];
       --reads;
-      if (slot.probe != nullptr) {
-        slot.probe->Landed(
-            r.status.ok() && r.bytes_read == slot.length && !r.direct_refused,
-            ProbeClock::now());
-        slot.probe = nullptr;
-      }
+      NoteProbeLanded(slot.probe, r, slot.length);
+      slot.probe = nullptr;
       stats->direct_bytes += r.direct_bytes;
       if (r.direct_refused) {
         ++stats->direct_refused;
@@ -768,11 +767,8 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
           break;
         }
         slot.state = Slot::State::kReading;
-        if (how.probe != nullptr) {
-          slot.probe = how.probe;
-          how.probe->Issued(c.length, ProbeClock::now());
-          stats->probe_bytes += c.length;
-        }
+        slot.probe = how.probe;
+        NoteProbeIssued(how.probe, c.length, stats);
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);
