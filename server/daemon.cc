@@ -381,7 +381,7 @@ int Daemon::metrics_port() const {
 }
 
 // How long shutdown lets connections flush after the last answered call
-// ended before it drops them (see Shutdown).
+// ended before it stops gRPC (see Shutdown).
 constexpr absl::Duration kShutdownLinger = absl::Milliseconds(500);
 
 void Daemon::Shutdown() {

@@ -211,8 +211,11 @@ class WeightServiceImpl::LeaseReactor
     opened.set_kind(v1::LeaseEvent::OPENED);
     bool refused = false;
     {
+      // Drain() sets draining_ before it takes leases_mu_ to end the
+      // registered streams: a stream registered here is either ended there
+      // or sees draining_.
       MutexLock lock(&service_->leases_mu_);
-      refused = service_->leases_ended_;
+      refused = service_->draining_.load();
       if (!refused) {
         service_->lease_reactors_.insert(this);
         service_->session_connections_[session_id_] = caller.connection;
@@ -688,7 +691,6 @@ grpc::ServerUnaryReactor* WeightServiceImpl::ServerInfo(
 void WeightServiceImpl::Drain() {
   draining_.store(true);
   MutexLock lock(&leases_mu_);
-  leases_ended_ = true;
   for (LeaseReactor* reactor : lease_reactors_) reactor->End();
 }
 

@@ -90,7 +90,6 @@ class WeightServiceImpl final
   std::map<std::string, std::string> session_connections_
       ABSL_GUARDED_BY(leases_mu_);
   std::atomic<bool> draining_{false};  // Drain()
-  bool leases_ended_ ABSL_GUARDED_BY(leases_mu_) = false;
 
   Mutex threads_mu_;
   CondVar threads_done_;
