@@ -103,8 +103,7 @@ def main():
     for count in counts:
         paths[count] = os.path.join(args.dir, "attach-%d.safetensors" % count)
         write_safetensors(paths[count], count, args.elements)
-    daemon = harness.Daemon(args.dir)
-    try:
+    with bench_daemon.running_daemon(harness, args.dir, paths.values()) as daemon:
         for count in counts:
             # Warm: the daemon holds the model; the children only attach.
             child_seconds(WEIGHTD_CHILD, package, daemon.address, paths[count], count)
@@ -125,10 +124,6 @@ def main():
             what = "first call of a fresh client, daemon idle %.1f s" % args.idle_seconds
             print("ROW %s, median of %d\t%.6f\t0" % (what, len(first), statistics.median(first)))
             print("ROW %s, max of %d\t%.6f\t0" % (what, len(first), max(first)))
-    finally:
-        daemon.stop()
-        for path in paths.values():
-            os.unlink(path)
 
 
 if __name__ == "__main__":

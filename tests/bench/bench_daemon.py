@@ -1,6 +1,7 @@
 """What the Python benchmarks against a real daemon share: their common arguments, and
 tests/hardening/harness.py loaded from its path and configured with the daemon and package."""
 import argparse
+import contextlib
 import importlib.util
 import os
 
@@ -23,3 +24,16 @@ def load_harness(args):
     harness.configure(os.path.abspath(args.weightd), os.path.abspath(args.package))
     os.makedirs(args.dir, exist_ok=True)
     return harness
+
+
+@contextlib.contextmanager
+def running_daemon(harness, directory, paths):
+    """A harness Daemon over `directory`; on leaving, it is stopped and the checkpoints written
+    for it (`paths`) are removed."""
+    daemon = harness.Daemon(directory)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        for path in paths:
+            os.unlink(path)

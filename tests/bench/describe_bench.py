@@ -47,8 +47,7 @@ def main():
         harness.write_safetensors(paths[count], {
             "model.layers.%d.self_attn.q_proj.weight" % i: ("F32", [4, 4], bytes(64))
             for i in range(count)})
-    daemon = harness.Daemon(args.dir)
-    try:
+    with bench_daemon.running_daemon(harness, args.dir, paths.values()) as daemon:
         for count in counts:
             load = pb.LoadRequest(path=paths[count], compact_description=True)
             load.placement.target = "cpu"
@@ -69,10 +68,6 @@ def main():
                 median, cpu = measure(daemon, call, args.calls)
                 print("ROW %s, %d tensors\t%.6f\t%.6f" % (name, count, median, cpu))
                 sys.stdout.flush()
-    finally:
-        daemon.stop()
-        for path in paths.values():
-            os.unlink(path)
 
 
 if __name__ == "__main__":
