@@ -298,8 +298,10 @@ class PythonClientTest(FixturesDaemonTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
 
     def test_killed_client_loses_its_lease(self):
+        # Views of the file: load() returns before the lease is granted; the client's next
+        # call (stats) waits for it.
         code = ("import sys, time, weightd; c = weightd.Client(sys.argv[1]); "
-                "t = c.load(sys.argv[2], device='cpu'); print('leased', flush=True); "
+                "t = c.load(sys.argv[2], device='cpu'); c.stats(); print('leased', flush=True); "
                 "time.sleep(600)")
         child = subprocess.Popen([sys.executable, "-c", code, self.daemon.address,
                                   self.path("many.pt")], stdout=subprocess.PIPE, text=True)

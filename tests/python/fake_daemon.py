@@ -194,6 +194,9 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
         # Lease streams open only once a Load has been answered: a client's first load then
         # always runs before its session is open (else that is a race it may win or lose).
         self.open_after_load = False
+        # Set: Lease streams answer acquires only once it is set (a slow lease answer).
+        self.acquire_gate = None
+        self.sessions_at_load = []  # how many Lease streams had opened when each Load came
         self._load_answered = threading.Event()
         self.cond = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -243,6 +246,7 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
     def Load(self, request, context):
         with self.cond:
             self.load_requests.append(request)
+            self.sessions_at_load.append(len(self.sessions))
         real = os.path.realpath(request.path)
         if not real.startswith(os.path.realpath(self.root) + os.sep):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -301,6 +305,8 @@ class FakeDaemon(pb_grpc.WeightServiceServicer):
         for request in request_iterator:
             which = request.WhichOneof("request")
             model_id = getattr(request, which)
+            if which == "acquire_model_id" and self.acquire_gate is not None:
+                self.acquire_gate.wait(10)
             with self.cond:
                 key = (session, model_id)
                 if which == "acquire_model_id" and model_id in self.evict_once:

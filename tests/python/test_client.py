@@ -1,6 +1,7 @@
 """weightd.Client against the in-process fake daemon (no real daemon needed)."""
 import gc
 import os
+import threading
 import unittest
 
 import grpc
@@ -289,6 +290,76 @@ class LeaseTest(ClientTestBase):
         del second
         self.assertTrue(_collect_until(
             lambda: self.daemon.leases[(session, self.model_id)] == 0, self.daemon))
+
+    def _serve_file_views_only(self):
+        """Loads answer with the fixture's file buffer alone (its shared-memory and GPU
+        buffers dropped): a model made only of views of the checkpoint file."""
+        def hook(request, description):
+            description = type(description).FromString(description.SerializeToString())
+            del description.buffers[1:]
+            return description
+
+        self.daemon.describe_hook = hook
+        return ["a", "c"]  # the fixture's tensors in its file buffer
+
+    def test_file_views_return_before_the_lease_is_granted(self):
+        names = self._serve_file_views_only()
+        self.daemon.acquire_gate = threading.Event()
+        model = self.client.load(self.fixture.path, tensors=names)
+        # Returned with the daemon's answer still held back: no lease yet, and the stream
+        # opened only after the Load (its threads would compete with Load and the build).
+        self.assertEqual(self.daemon.sessions_at_load, [0])
+        self.assertEqual(self.daemon.load_requests[-1].lease_session, "")
+        self.assertEqual(sum(self.daemon.leases.values()), 0)
+        self.assertEqual(model["c.int64"].tolist(), [-1, 2 ** 40, 7])
+        self.daemon.acquire_gate.set()
+        # The client's own next call waits for the answer: the lease is there.
+        self.client.stats()
+        session = self.client.session_id
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 1)
+        self.assertEqual(self.client.list()[0].lease_count, 1)
+        with self.assertRaises(weightd.WeightdError) as caught:
+            self.client.unload(self.model_id)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        del model
+        self.assertTrue(_collect_until(
+            lambda: self.daemon.leases[(session, self.model_id)] == 0, self.daemon))
+        self.assertEqual(self.daemon.lease_log.count((session, "release", self.model_id)), 1)
+
+    def test_file_views_dropped_before_the_lease_is_granted_release_it(self):
+        names = self._serve_file_views_only()
+        self.daemon.acquire_gate = threading.Event()
+        model = self.client.load(self.fixture.path, tensors=names)
+        del model
+        gc.collect()
+        self.daemon.acquire_gate.set()
+        self.assertTrue(self.daemon.wait_for(
+            lambda: [e[1] for e in self.daemon.lease_log] == ["acquire", "release"]))
+        self.assertEqual(sum(self.daemon.leases.values()), 0)
+
+    def test_file_views_whose_lease_is_refused_stay_valid(self):
+        names = self._serve_file_views_only()
+        self.daemon.evict_once.add(self.model_id)  # gone from the cache before the acquire
+        model = self.client.load(self.fixture.path, tensors=names)
+        self.client.stats()  # the refusal has come
+        self.assertEqual(sum(self.daemon.leases.values()), 0)
+        self.assertEqual(len(self.daemon.load_requests), 1)  # not loaded again
+        self.assertEqual(model["c.int64"].tolist(), [-1, 2 ** 40, 7])
+        del model
+        gc.collect()
+        # Nothing to release: no release is sent for the refused lease.
+        self.assertFalse(self.daemon.wait_for(
+            lambda: any(e[1] == "release" for e in self.daemon.lease_log), 0.3))
+
+    def test_file_view_loads_on_an_open_session_lease_in_load(self):
+        names = self._serve_file_views_only()
+        first = self.client.load(self.fixture.path, tensors=names)
+        self.client.stats()  # the first load's lease answered: the session is open
+        session = self.client.session_id
+        second = self.client.load(self.fixture.path, tensors=names)
+        self.assertEqual(self.daemon.load_requests[-1].lease_session, session)
+        self.assertEqual(self.daemon.leases[(session, self.model_id)], 2)
+        del first, second
 
     def test_meta_only_load_releases_at_once(self):
         self.client.load(self.fixture.path, tensors=["h.meta"])

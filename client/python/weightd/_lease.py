@@ -24,6 +24,7 @@ class Acquisition:
     def __init__(self, session, model_id):
         self._session = session
         self.model_id = model_id
+        self.timeout = session.open_timeout
         self._answered = threading.Event()
         self._abandoned = False
         self.acquired = False
@@ -39,6 +40,14 @@ class Acquisition:
                                    "the daemon did not answer a lease of %s in %gs"
                                    % (self.model_id, timeout))
         return self.acquired
+
+    @property
+    def answered(self):
+        return self._answered.is_set()
+
+    def wait_answer(self, timeout):
+        """Waits for the daemon's answer without giving the lease up; True once answered."""
+        return self._answered.wait(timeout)
 
     def abandon(self):
         """Nobody will use this lease: release it if (or once) the daemon grants it."""
@@ -220,11 +229,14 @@ class LeaseSession:
 
 class LoadLease:
     """The lease one load() took. Released when every anchor (the per-load objects all of its
-    tensors keep alive) has been collected."""
+    tensors keep alive) has been collected. With `acquisition` (a lease asked for on the
+    stream and maybe not granted yet) it is released once granted, and not at all if the
+    daemon refused it."""
 
-    def __init__(self, session, model_id, anchors):
+    def __init__(self, session, model_id, anchors, acquisition=None):
         self._session = session
         self._model_id = model_id
+        self._acquisition = acquisition
         self._lock = threading.Lock()
         self._left = len(anchors)
         self.released = threading.Event()
@@ -244,6 +256,9 @@ class LoadLease:
             self._release()
 
     def _release(self):
-        self._session.release(self._model_id)
+        if self._acquisition is not None:
+            self._acquisition.abandon()
+        else:
+            self._session.release(self._model_id)
         self.released.set()
         self._session.load_done()

@@ -129,6 +129,21 @@ def _channel_credentials(address, ca_file, cert_file, key_file, token_file):
     return credentials
 
 
+def _expects_file_views(request):
+    """Whether the load will most likely give views of the checkpoint files (host placement,
+    no cast, no copy), whose lease need not be waited for: then the lease stream opens after
+    Load, not beside it, where its threads would compete with Load and the build."""
+    placement = request.placement
+    return (not request.host_copy and not request.cast_dtype and not placement.remap and
+            placement.target in ("cpu", "meta"))
+
+
+def _file_views_only(description):
+    """Every buffer of the model is a checkpoint file this process maps itself (or there
+    is none: meta tensors)."""
+    return all(buffer.WhichOneof("kind") == "file" for buffer in description.buffers)
+
+
 def _normalize_address(address):
     if address.startswith("/"):
         return "unix:" + address
@@ -184,6 +199,7 @@ class Client:
                                                 options=channel_options)
         self._stub = pb_grpc.WeightServiceStub(self._channel)
         self._lease = None
+        self._unsettled = []  # Acquisitions of _lease_in_background not yet answered
         self._lock = threading.Lock()
         self._closed = False
 
@@ -232,6 +248,15 @@ class Client:
         except Exception:
             pass
 
+    def _current_session(self):
+        """The open or opening lease session, None before the first load (or after the
+        stream ended); CANCELLED once closed."""
+        with self._lock:
+            if self._closed:
+                raise WeightdError(grpc.StatusCode.CANCELLED, "client is closed")
+            lease = self._lease
+            return lease if lease is not None and lease.alive else None
+
     def _lease_session(self):
         with self._lock:
             if self._closed:
@@ -247,6 +272,7 @@ class Client:
         return lease.session_id if lease is not None else None
 
     def _unary(self, method, request):
+        self._settle_leases()
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
@@ -277,6 +303,9 @@ class Client:
 
         The model is leased on this client's lease session until the last returned tensor is
         garbage-collected (or the client closes). Host tensors are zero-copy, read-only views.
+        A model whose tensors all view checkpoint files returns before the daemon confirms
+        the lease (the views stay valid even if the daemon drops the model); this client's
+        later calls (describe, list, unload, ...) wait for that confirmation.
         """
         # The daemon resolves paths in its own working directory: send an absolute one.
         request = pb.LoadRequest(path=os.path.abspath(os.fspath(path)),
@@ -302,14 +331,19 @@ class Client:
             if not isinstance(shard, Shard):
                 raise TypeError("shard must be a weightd.Shard, not %r" % (shard,))
             request.shard.CopyFrom(shard.to_proto())
-        session = self._lease_session()
-        if session.session_id is not None:
+        session = self._current_session()
+        if session is not None and session.session_id is not None:
             request.lease_session = session.session_id
             return self._materialize(self._run_load(request, progress, path), session)
+        if session is None and not _expects_file_views(request):
+            session = self._lease_session()  # it opens while Load runs
+        description = self._run_load(request, progress, path)
+        if _file_views_only(description):
+            return self._lease_in_background(description)
         # The session's stream is still opening (this client's first load): Load without it
         # meanwhile, then lease the model on the stream, building the tensors while that
         # answer travels. A model evicted in between is refused; load it again, leased.
-        description = self._run_load(request, progress, path)
+        session = self._lease_session()
         acquisition = session.acquire(description.model_id)
         try:
             try:
@@ -328,6 +362,30 @@ class Client:
         session = self._lease_session()
         request.lease_session = session.wait_open()
         return self._materialize(self._run_load(request, progress, path), session)
+
+    def _lease_in_background(self, description):
+        """Tensors that view checkpoint files: this process maps the files itself, so they
+        stay valid whatever the daemon does with the model, and load() returns without
+        waiting for the lease (opening the lease stream and its answer cost a first load
+        about as much as building 1,000 tensors). The lease is asked for as this returns;
+        this client's later calls wait for its answer (_settle_leases)."""
+        built = self._build(description)  # nothing is leased yet: a failure leaves nothing
+        session = self._lease_session()
+        acquisition = session.acquire(description.model_id)
+        with self._lock:
+            self._unsettled = [a for a in self._unsettled if not a.answered]
+            self._unsettled.append(acquisition)
+        entries, anchors, table = built
+        LoadLease(session, description.model_id, anchors, acquisition)
+        return _model.Model(entries, description, self.backend, table)
+
+    def _settle_leases(self):
+        """Waits (up to the session's open timeout) for the daemon's answers to the leases
+        taken in the background, so that this client's own later calls see them."""
+        with self._lock:
+            pending, self._unsettled = self._unsettled, []
+        for acquisition in pending:
+            acquisition.wait_answer(acquisition.timeout)
 
     def _run_load(self, request, progress, path):
         description = None
