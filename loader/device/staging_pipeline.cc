@@ -139,6 +139,9 @@ struct FileState {
   // unless `probe` is measuring the device.
   bool direct_uncached = true;
   DirectIoProbe* probe = nullptr;
+  // --direct_io=auto knows the file's device (st_dev): `dev`.
+  bool auto_device = false;
+  uint64_t dev = 0;
   uint64_t alignment = kDirectIoAlignment;
   uint64_t request_bytes = 0;
 };
@@ -162,8 +165,10 @@ std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
     struct stat st;
     if (f.direct && options.direct_io == DirectIoMode::kAuto &&
         ::fstat(f.source->direct_fd, &st) == 0) {
-      const DirectIoPlan& plan = probes->Plan(
-          static_cast<uint64_t>(st.st_dev), options.direct_probe_window_bytes);
+      f.auto_device = true;
+      f.dev = static_cast<uint64_t>(st.st_dev);
+      const DirectIoPlan& plan =
+          probes->Plan(f.dev, options.direct_probe_window_bytes);
       f.direct_uncached = plan.direct;
       f.probe = plan.probe.get();
     }
@@ -176,12 +181,26 @@ std::vector<FileState> PrepareFiles(absl::Span<const FileSource> files,
   return file_states;
 }
 
-// A read of one of `probe`'s windows (no probe: nothing) was submitted.
-void NoteProbeIssued(DirectIoProbe* probe, uint64_t length,
+// How one chunk of a file range reads.
+struct ChunkRead {
+  bool wait = false;  // a probe's window is draining: issue nothing yet
+  bool direct = false;
+  bool uncached = false;           // the device reads it (not the page cache)
+  DirectIoProbe* probe = nullptr;  // the read is one of its window
+};
+
+// A chunk's read of `length` bytes of file `f` was submitted: one of a probe
+// window's, or an uncached read the device's probe (if another Run measures
+// it) must know of.
+void NoteChunkIssued(const FileState& f, const ChunkRead& how, uint64_t length,
                      StagingStats* stats) {
-  if (probe == nullptr) return;
-  probe->Issued(length, ProbeClock::now());
-  stats->probe_bytes += length;
+  if (how.probe != nullptr) {
+    how.probe->Issued(length, ProbeClock::now(),
+                      UnmeasuredReads(how.probe->device()));
+    stats->probe_bytes += length;
+  } else if (how.uncached && f.auto_device && f.probe == nullptr) {
+    NoteUnmeasuredRead(f.dev);
+  }
 }
 
 // A read of `length` bytes of one of `probe`'s windows finished as `r` says;
@@ -190,15 +209,9 @@ void NoteProbeLanded(DirectIoProbe* probe, const ReadResult& r,
                      uint64_t length) {
   if (probe == nullptr) return;
   probe->Landed(r.status.ok() && r.bytes_read == length && !r.direct_refused,
-                ProbeClock::now());
+                ProbeClock::now(), UnmeasuredReads(probe->device()));
 }
 
-// How one chunk of a file range reads.
-struct ChunkRead {
-  bool wait = false;  // a probe's window is draining: issue nothing yet
-  bool direct = false;
-  DirectIoProbe* probe = nullptr;  // the read is one of its window
-};
 
 // `candidate`: the chunk could read its aligned middle direct (the file
 // allows it, its range is long enough, buffer and file equally misaligned).
@@ -221,6 +234,7 @@ ChunkRead PlanChunkRead(const FileState& f, bool candidate, const Chunk& chunk,
       options.direct_max_cached_fraction) {
     return how;
   }
+  how.uncached = true;
   if (probe != nullptr) {  // an uncached chunk starts the next window
     how.direct = probe->NextRead().value_or(true);
     how.probe = probe;
@@ -552,7 +566,7 @@ absl::Status StagingPipeline::RunInPlace(uint8_t* host,
         free_tags.pop_back();
         in_flight[tag] = {c.range->file_index, c.file_offset(), c.length,
                           how.probe};
-        NoteProbeIssued(how.probe, c.length, stats);
+        NoteChunkIssued(f, how, c.length, stats);
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);
@@ -768,7 +782,7 @@ absl::Status StagingPipeline::RunStaged(DeviceArena* arena,
         }
         slot.state = Slot::State::kReading;
         slot.probe = how.probe;
-        NoteProbeIssued(how.probe, c.length, stats);
+        NoteChunkIssued(f, how, c.length, stats);
         ++reads;
         stats->max_reads_in_flight =
             std::max(stats->max_reads_in_flight, reads);

@@ -750,6 +750,46 @@ TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
   ExpectNoLeaks();
 }
 
+// While another Run measures the device (here the test holds its probe, or
+// the device is decided), a Run's uncached reads are counted for that probe:
+// a window they overlap is measured again (DirectIoProbe).
+TEST_P(StagingPipelineTest, AutoCountsUncachedReadsForAnotherRunsProbe) {
+  FileSource source = source_;
+  if (!AddDirectFd(&source))
+    GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
+  StagingOptions o = DirectOptions(GetParam());
+  o.direct_io = DirectIoMode::kAuto;
+  auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  struct stat st;
+  ASSERT_EQ(fstat(source.direct_fd, &st), 0);
+  const uint64_t dev = static_cast<uint64_t>(st.st_dev);
+  DirectIoPlan held = PlanDirectIo(dev, o.direct_probe_window_bytes);
+  const std::vector<CopyRange> whole = {CopyRange::FromFile(0, kFileSize, 0)};
+  const uint64_t before = UnmeasuredReads(dev);
+  Evict(file_->fd());
+  StagingStats stats;
+  auto arena =
+      (*pipeline)->Load(kFileSize, source, whole, nullptr, nullptr, &stats);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  EXPECT_EQ(stats.probe_bytes, 0u);  // not this Run's to measure
+  EXPECT_GE(UnmeasuredReads(dev), before + 1);
+  // In the page cache (direct reads left it out: read it buffered), the
+  // device reads nothing and nothing is counted.
+  std::vector<uint8_t> all(kFileSize);
+  ASSERT_EQ(pread(file_->fd(), all.data(), all.size(), 0),
+            static_cast<ssize_t>(kFileSize));
+  const uint64_t cached = UnmeasuredReads(dev);
+  auto again =
+      (*pipeline)->Load(kFileSize, source, whole, nullptr, nullptr, &stats);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(UnmeasuredReads(dev), cached);
+  ReturnDirectIoProbe(dev, std::move(held.probe));
+  arena->reset();
+  again->reset();
+  ExpectNoLeaks();
+}
+
 // --direct_io=off: a direct descriptor is never used.
 TEST_P(StagingPipelineTest, DirectIoOffReadsBuffered) {
   FileSource source = source_;

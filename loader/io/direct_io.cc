@@ -65,6 +65,7 @@ struct DeviceChoice {
   DirectIoProbe::Clock::time_point decided_at;
   std::unique_ptr<DirectIoProbe> probe;  // a measurement not done, not out
   bool probing = false;                  // handed out to a Run
+  uint64_t unmeasured_reads = 0;         // NoteUnmeasuredRead()
 };
 struct Choices {
   Mutex mu;
@@ -226,8 +227,8 @@ std::string DirectIoSummary(DirectIoMode mode) {
   return out;
 }
 
-DirectIoProbe::DirectIoProbe(uint64_t window_bytes)
-    : window_bytes_(std::max<uint64_t>(window_bytes, 1)) {}
+DirectIoProbe::DirectIoProbe(uint64_t window_bytes, uint64_t dev)
+    : window_bytes_(std::max<uint64_t>(window_bytes, 1)), dev_(dev) {}
 
 bool DirectIoProbe::direct_wins() const {
   const double direct = GiBps(bytes_[1], seconds_[1]);
@@ -241,18 +242,32 @@ std::optional<bool> DirectIoProbe::NextRead() const {
   return WindowDirect(window_);
 }
 
-void DirectIoProbe::Issued(uint64_t bytes, Clock::time_point now) {
+void DirectIoProbe::Issued(uint64_t bytes, Clock::time_point now,
+                           uint64_t unmeasured_reads) {
   if (done()) return;
-  if (issued_ == 0) start_ = now;
+  if (issued_ == 0) {
+    start_ = now;
+    unmeasured_at_start_ = unmeasured_reads;
+  }
   issued_ += bytes;
   ++outstanding_;
 }
 
-void DirectIoProbe::Landed(bool ok, Clock::time_point now) {
+void DirectIoProbe::Landed(bool ok, Clock::time_point now,
+                           uint64_t unmeasured_reads) {
   if (done() || outstanding_ == 0) return;
   --outstanding_;
   if (!ok) spoiled_ = true;
+  if (unmeasured_reads != unmeasured_at_start_) shared_ = true;
   if (outstanding_ > 0 || issued_ < window_bytes_) return;
+  if (!spoiled_ && shared_) {
+    if (shared_skips_ < kMaxSharedSkips) {
+      ++shared_skips_;
+      spoiled_ = true;  // measured again
+    } else {
+      ++shared_windows_;
+    }
+  }
   if (!spoiled_) {
     const int kind = WindowDirect(window_) ? 1 : 0;
     bytes_[kind] += issued_;
@@ -266,18 +281,25 @@ void DirectIoProbe::Landed(bool ok, Clock::time_point now) {
   }
   issued_ = 0;
   spoiled_ = false;
+  shared_ = false;
 }
 
 void DirectIoProbe::Interrupt() {
   issued_ = 0;
   outstanding_ = 0;
   spoiled_ = false;
+  shared_ = false;
 }
 
 std::string DirectIoProbe::Describe() const {
-  return absl::StrFormat("direct %.2f GiB/s, buffered %.2f GiB/s",
-                         GiBps(bytes_[1], seconds_[1]),
-                         GiBps(bytes_[0], seconds_[0]));
+  std::string out = absl::StrFormat("direct %.2f GiB/s, buffered %.2f GiB/s",
+                                    GiBps(bytes_[1], seconds_[1]),
+                                    GiBps(bytes_[0], seconds_[0]));
+  if (shared_windows_ > 0) {
+    absl::StrAppendFormat(&out, ", %d of %d windows shared with other loads",
+                          shared_windows_, window_);
+  }
+  return out;
 }
 
 DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes,
@@ -293,7 +315,7 @@ DirectIoPlan PlanDirectIo(uint64_t dev, uint64_t window_bytes,
   }
   plan.probe = choice.probe != nullptr
                    ? std::move(choice.probe)
-                   : std::make_unique<DirectIoProbe>(window_bytes);
+                   : std::make_unique<DirectIoProbe>(window_bytes, dev);
   choice.probing = true;
   return plan;
 }
@@ -323,6 +345,19 @@ void ReturnDirectIoProbe(uint64_t dev, std::unique_ptr<DirectIoProbe> probe,
         DeviceLabel(dev), choice.direct ? "direct" : "buffered", choice.figures,
         first ? "" : "; measured again, the choice changed");
   }
+}
+
+void NoteUnmeasuredRead(uint64_t dev) {
+  Choices& c = GetChoices();
+  MutexLock lock(&c.mu);
+  ++c.by_device[dev].unmeasured_reads;
+}
+
+uint64_t UnmeasuredReads(uint64_t dev) {
+  Choices& c = GetChoices();
+  MutexLock lock(&c.mu);
+  auto it = c.by_device.find(dev);
+  return it == c.by_device.end() ? 0 : it->second.unmeasured_reads;
 }
 
 uint64_t AutoRequestBytes(const BlockQueueInfo& queue) {

@@ -74,15 +74,24 @@ std::string DirectIoSummary(DirectIoMode mode);
 // longer than it takes to see it is slow). Buffered wins only when it is
 // more than kBufferedMargin times faster: direct reads leave the page cache
 // to others. Driven by one Run at a time (PlanDirectIo hands it out).
+//
+// Other Runs may read the device meanwhile (several GPUs loading at once):
+// their uncached reads (NoteUnmeasuredRead) would slow whichever kind the
+// window reads. A window they overlapped is measured again, up to
+// kMaxSharedSkips times; after that the device is in shared use and its
+// windows count as they come (Describe says how many were shared).
 class DirectIoProbe {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr int kWindows = 4;
   static constexpr double kClearRatio = 2.0;
   static constexpr double kBufferedMargin = 1.1;
+  static constexpr int kMaxSharedSkips = 4;
 
-  explicit DirectIoProbe(uint64_t window_bytes);
+  // `dev`: the device measured (st_dev), for UnmeasuredReads().
+  explicit DirectIoProbe(uint64_t window_bytes, uint64_t dev = 0);
 
+  uint64_t device() const { return dev_; }
   // Every window measured, or the first two told clearly enough.
   bool done() const { return done_; }
   // A window has started and not ended: the chunks that could read direct
@@ -95,26 +104,36 @@ class DirectIoProbe {
   // them); never while nothing of the window is in flight. After done():
   // direct_wins().
   std::optional<bool> NextRead() const;
-  // A read of `bytes` of the current window was submitted at `now`.
-  void Issued(uint64_t bytes, Clock::time_point now);
-  // One of the window's reads finished at `now` (`ok`: all its bytes came).
-  void Landed(bool ok, Clock::time_point now);
+  // A read of `bytes` of the current window was submitted at `now`;
+  // `unmeasured_reads`: UnmeasuredReads(device()) then.
+  void Issued(uint64_t bytes, Clock::time_point now,
+              uint64_t unmeasured_reads = 0);
+  // One of the window's reads finished at `now` (`ok`: all its bytes came);
+  // `unmeasured_reads` as for Issued: other than at the window's first read,
+  // the window was shared.
+  void Landed(bool ok, Clock::time_point now, uint64_t unmeasured_reads = 0);
   // The Run ends with reads taken back or abandoned: the window under way is
   // dropped.
   void Interrupt();
-  // "direct 2.10 GiB/s, buffered 0.95 GiB/s" (the windows measured so far).
+  // "direct 2.10 GiB/s, buffered 0.95 GiB/s" (the windows measured so far),
+  // then ", 2 of 4 windows shared with other loads" where some were.
   std::string Describe() const;
 
  private:
   static bool WindowDirect(int window) { return window == 0 || window == 3; }
 
   const uint64_t window_bytes_;
+  const uint64_t dev_;
   int window_ = 0;  // windows measured
+  int shared_skips_ = 0;    // windows dropped for being shared
+  int shared_windows_ = 0;  // windows measured shared (after the skips)
   bool done_ = false;
   // The window under way.
   uint64_t issued_ = 0;
   int outstanding_ = 0;
   bool spoiled_ = false;
+  bool shared_ = false;  // other Runs read the device during the window
+  uint64_t unmeasured_at_start_ = 0;
   Clock::time_point start_;
   // By kind, [0] buffered, [1] direct: bytes and time of measured windows.
   uint64_t bytes_[2] = {0, 0};
@@ -145,6 +164,12 @@ DirectIoPlan PlanDirectIo(
 void ReturnDirectIoProbe(
     uint64_t dev, std::unique_ptr<DirectIoProbe> probe,
     DirectIoProbe::Clock::time_point now = DirectIoProbe::Clock::now());
+
+// An uncached read of device `dev` by a Run that is not measuring it
+// (--direct_io=auto): a probe window it overlaps is shared.
+void NoteUnmeasuredRead(uint64_t dev);
+// How many such reads the device has had.
+uint64_t UnmeasuredReads(uint64_t dev);
 
 // The queue shape of the block device holding the file behind `fd`, from
 // /sys/dev/block/MAJ:MIN/queue (a partition resolved to its disk). Zero

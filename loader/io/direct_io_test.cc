@@ -172,6 +172,55 @@ TEST(DirectIoProbeTest, SpoiledAndInterruptedWindowsAreMeasuredAgain) {
   EXPECT_EQ(probe.NextRead(), false);
 }
 
+// Windows that other Runs' uncached reads of the device overlapped are
+// measured again, kMaxSharedSkips times; then the device is in shared use and
+// they count, and the figures say so. A read before a window starts does not
+// make it shared.
+TEST(DirectIoProbeTest, WindowsSharedWithOtherLoadsAreMeasuredAgain) {
+  DirectIoProbe probe(2 << 20, makedev(4000, 9));
+  EXPECT_EQ(probe.device(), makedev(4000, 9));
+  Clock::time_point now;
+  const auto ms = std::chrono::milliseconds(1);
+  uint64_t others = 7;
+  for (int i = 0; i < DirectIoProbe::kMaxSharedSkips; ++i) {
+    probe.Issued(1 << 20, now, others);
+    probe.Issued(1 << 20, now, ++others);  // another Run read meanwhile
+    probe.Landed(true, now + ms, others);
+    probe.Landed(true, now + ms, others);
+    EXPECT_EQ(probe.NextRead(), true) << "the direct window again, " << i;
+    EXPECT_EQ(probe.Describe(), "direct 0.00 GiB/s, buffered 0.00 GiB/s");
+  }
+  probe.Issued(2 << 20, now, others);
+  probe.Landed(true, now + ms, others + 1);  // shared, and counted now
+  EXPECT_EQ(probe.NextRead(), false);
+  EXPECT_EQ(probe.Describe(),
+            "direct 1.95 GiB/s, buffered 0.00 GiB/s, 1 of 1 windows shared "
+            "with other loads");
+  ++others;  // between windows: not this window's
+  probe.Issued(2 << 20, now, others);
+  probe.Landed(true, now + 2 * ms, others);
+  EXPECT_EQ(probe.Describe(),
+            "direct 1.95 GiB/s, buffered 0.98 GiB/s, 1 of 2 windows shared "
+            "with other loads");
+  EXPECT_TRUE(probe.done());  // 2x apart after two windows
+}
+
+// The count of other Runs' reads is per device, and a probe handed out by
+// PlanDirectIo knows its device.
+TEST(DirectIoProbeTest, UnmeasuredReadsAreCountedPerDevice) {
+  const uint64_t dev = makedev(4000, 10);
+  const uint64_t other = makedev(4000, 11);
+  EXPECT_EQ(UnmeasuredReads(dev), 0u);
+  NoteUnmeasuredRead(dev);
+  NoteUnmeasuredRead(dev);
+  EXPECT_EQ(UnmeasuredReads(dev), 2u);
+  EXPECT_EQ(UnmeasuredReads(other), 0u);
+  DirectIoPlan plan = PlanDirectIo(dev, 1 << 20);
+  ASSERT_NE(plan.probe, nullptr);
+  EXPECT_EQ(plan.probe->device(), dev);
+  ReturnDirectIoProbe(dev, std::move(plan.probe));
+}
+
 // The process-wide choices, on made-up device numbers: one Run measures a
 // device at a time, an unfinished probe keeps its windows for the next Run,
 // a finished one decides the device for good and the summary says so.
