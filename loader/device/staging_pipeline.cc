@@ -212,7 +212,6 @@ void NoteProbeLanded(DirectIoProbe* probe, const ReadResult& r,
                 ProbeClock::now(), UnmeasuredReads(probe->device()));
 }
 
-
 // `candidate`: the chunk could read its aligned middle direct (the file
 // allows it, its range is long enough, buffer and file equally misaligned).
 ChunkRead PlanChunkRead(const FileState& f, bool candidate, const Chunk& chunk,

@@ -124,7 +124,7 @@ class DirectIoProbe {
 
   const uint64_t window_bytes_;
   const uint64_t dev_;
-  int window_ = 0;  // windows measured
+  int window_ = 0;          // windows measured
   int shared_skips_ = 0;    // windows dropped for being shared
   int shared_windows_ = 0;  // windows measured shared (after the skips)
   bool done_ = false;
