@@ -561,14 +561,16 @@ void Evict(int fd) {
   ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
 }
 
-// Options with direct reads for every range of 64 KiB and up.
-StagingOptions DirectOptions(const Param& p) {
+// Options with direct reads for every range of 64 KiB and up; `mode` on by
+// default (no measuring first).
+StagingOptions DirectOptions(const Param& p,
+                             DirectIoMode mode = DirectIoMode::kOn) {
   StagingOptions o;
   o.chunk_bytes = p.chunk;
   o.num_buffers = p.buffers;
   o.direct_min_bytes = 64 << 10;
-  o.request_bytes = 48 << 10;       // several requests per chunk
-  o.direct_io = DirectIoMode::kOn;  // no measuring first
+  o.request_bytes = 48 << 10;  // several requests per chunk
+  o.direct_io = mode;
   return o;
 }
 
@@ -695,8 +697,7 @@ TEST_P(StagingPipelineTest, AutoMeasuresTheDeviceThenReadsTheFasterWay) {
   FileSource source = source_;
   if (!AddDirectFd(&source))
     GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
-  StagingOptions o = DirectOptions(GetParam());
-  o.direct_io = DirectIoMode::kAuto;
+  StagingOptions o = DirectOptions(GetParam(), DirectIoMode::kAuto);
   o.direct_probe_window_bytes = 256 << 10;
   auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
@@ -757,8 +758,7 @@ TEST_P(StagingPipelineTest, AutoCountsUncachedReadsForAnotherRunsProbe) {
   FileSource source = source_;
   if (!AddDirectFd(&source))
     GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
-  StagingOptions o = DirectOptions(GetParam());
-  o.direct_io = DirectIoMode::kAuto;
+  StagingOptions o = DirectOptions(GetParam(), DirectIoMode::kAuto);
   auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
   struct stat st;
@@ -795,8 +795,7 @@ TEST_P(StagingPipelineTest, DirectIoOffReadsBuffered) {
   FileSource source = source_;
   if (!AddDirectFd(&source))
     GTEST_SKIP() << "O_DIRECT refused: " << why_not_direct_;
-  StagingOptions o = DirectOptions(GetParam());
-  o.direct_io = DirectIoMode::kOff;
+  StagingOptions o = DirectOptions(GetParam(), DirectIoMode::kOff);
   auto pipeline = StagingPipeline::Create(device_.get(), NewReader(), o);
   ASSERT_TRUE(pipeline.ok()) << pipeline.status();
   Evict(file_->fd());
