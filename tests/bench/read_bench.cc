@@ -62,6 +62,9 @@ ABSL_FLAG(int64_t, size_mib, 1024, "size of the file and of each buffer");
 ABSL_FLAG(std::string, dir, "/tmp",
           "where the file is written (a disk: the cold rows read it)");
 ABSL_FLAG(int, repeats, 3, "runs per row; the median is reported");
+ABSL_FLAG(int, attach_repeats, 9,
+          "fresh Python processes per attach row (they vary more than the "
+          "other rows' runs); the median is reported");
 ABSL_FLAG(std::string, attach_counts, "100,1000,10000",
           "tensor counts of the warm-attach rows (empty: skip them)");
 ABSL_FLAG(bool, private_tmpfs, true,
@@ -981,7 +984,7 @@ int Main(const std::string& argv0, const PrivateMounts& mounts) {
         "/usr/bin/python3 ", script, " --weightd=", weightd, " --package=",
         package.substr(0, package.size() - strlen("/weightd/client.py")),
         " --harness=", harness, " --dir=", work, " --counts=", counts,
-        " --repeats=", repeats);
+        " --repeats=", std::max(1, absl::GetFlag(FLAGS_attach_repeats)));
     FILE* f = popen(command.c_str(), "r");
     char line[1024];
     double weightd_seconds = NAN;
