@@ -380,12 +380,16 @@ class Client:
         return _model.Model(entries, description, self.backend, table)
 
     def _settle_leases(self):
-        """Waits (up to the session's open timeout) for the daemon's answers to the leases
-        taken in the background, so that this client's own later calls see them."""
+        """Waits (up to the session's open timeout, or this client's timeout if shorter) for
+        the daemon's answers to the leases taken in the background, so that this client's
+        own later calls see them."""
         with self._lock:
             pending, self._unsettled = self._unsettled, []
         for acquisition in pending:
-            acquisition.wait_answer(acquisition.timeout)
+            timeout = acquisition.timeout
+            if self.timeout is not None:
+                timeout = min(timeout, self.timeout)
+            acquisition.wait_answer(timeout)
 
     def _run_load(self, request, progress, path):
         description = None
