@@ -24,7 +24,6 @@ class Acquisition:
     def __init__(self, session, model_id):
         self._session = session
         self.model_id = model_id
-        self.timeout = session.open_timeout
         self._answered = threading.Event()
         self._abandoned = False
         self.acquired = False
@@ -45,9 +44,11 @@ class Acquisition:
     def answered(self):
         return self._answered.is_set()
 
-    def wait_answer(self, timeout):
-        """Waits for the daemon's answer without giving the lease up; True once answered."""
-        return self._answered.wait(timeout)
+    def wait_answer(self, timeout=None):
+        """Waits for the daemon's answer without giving the lease up, up to the session's
+        open timeout (or `timeout` seconds if shorter); True once answered."""
+        limit = self._session.open_timeout
+        return self._answered.wait(limit if timeout is None else min(timeout, limit))
 
     def abandon(self):
         """Nobody will use this lease: release it if (or once) the daemon grants it."""

@@ -386,10 +386,7 @@ class Client:
         with self._lock:
             pending, self._unsettled = self._unsettled, []
         for acquisition in pending:
-            timeout = acquisition.timeout
-            if self.timeout is not None:
-                timeout = min(timeout, self.timeout)
-            acquisition.wait_answer(timeout)
+            acquisition.wait_answer(self.timeout)
 
     def _run_load(self, request, progress, path):
         description = None
