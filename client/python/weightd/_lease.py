@@ -90,6 +90,7 @@ class LeaseSession:
         self._orphan_channel = None
         self._call = None
         self._reader = None  # the reading thread's ident
+        self._sender = None  # gRPC's thread iterating _request_iterator
         self._finished = threading.Event()  # the reading thread is done
         # Creating the call starts gRPC's threads and threading.Thread.start() waits for its
         # thread to run: together over 2 ms on a busy machine, which the first load's Load
@@ -110,6 +111,9 @@ class LeaseSession:
         return self.session_id
 
     def _request_iterator(self):
+        # gRPC's thread that sends the requests: close() waits for it too, since one still
+        # holding the call's lock as the interpreter exits deadlocks the call's __del__.
+        self._sender = threading.current_thread()
         while True:
             item = self._requests.get()
             if item is _END:
@@ -226,6 +230,9 @@ class LeaseSession:
             call.cancel()
         if _thread.get_ident() != self._reader:
             self._finished.wait(timeout)
+            sender = self._sender
+            if sender is not None and sender is not threading.current_thread():
+                sender.join(timeout)
 
 
 class LoadLease:
