@@ -1,13 +1,18 @@
 """weightd.Client against the in-process fake daemon (no real daemon needed)."""
 import gc
 import os
+import signal
+import subprocess
+import sys
 import threading
 import unittest
+import warnings
 
 import grpc
 import numpy as np
 
 import weightd
+from weightd import _host
 from fake_daemon import FakeDaemon
 
 try:
@@ -21,6 +26,17 @@ needs_torch = unittest.skipIf(torch is None, "torch is not installed")
 def _collect_until(predicate, daemon, timeout=10.0):
     gc.collect()
     return daemon.wait_for(predicate, timeout)
+
+
+WRITER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import weightd
+model = weightd.Client(sys.argv[2], backend="torch").load(sys.argv[3])
+print("writing", flush=True)
+model["a.weight"].detach()[0, 0] = 1.0
+print("wrote", flush=True)
+"""
 
 
 class ClientTestBase(unittest.TestCase):
@@ -122,6 +138,41 @@ class TorchLoadTest(ClientTestBase):
     def test_mapping_is_shared_between_loads(self):
         first, second = self.load(), self.load()
         self.assertEqual(first["a.weight"].data_ptr(), second["a.weight"].data_ptr())
+
+    def test_building_warns_nothing(self):
+        # torch.from_numpy warns for each read-only array; the client hands it arrays numpy
+        # does not flag, over the same read-only mappings.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = self.load()
+        self.assertEqual([str(w.message) for w in caught], [])
+        self.assertEqual(model["e.mask"].tolist(), [True, False, True])
+
+    def test_mapping_outlives_model_and_client_while_a_tensor_lives(self):
+        tensor = self.load()["a.weight"]
+        expected = self.fixture.expected["a.weight"].copy()
+        self.client.close()
+        gc.collect()
+        self.assertTrue(torch.equal(tensor, torch.from_numpy(expected)))
+        # The mapping cannot be closed under the tensor (a view of it is held).
+        mapping = next(m for key, m in list(_host._maps.items()) if key[0] == "file")
+        with self.assertRaises(BufferError):
+            mapping.close()
+
+    def test_writing_a_file_view_faults_and_leaves_the_file(self):
+        # Host views stay PROT_READ whatever numpy's flag says: a write kills the writer
+        # (SIGSEGV) and changes nothing on disk.
+        with open(self.fixture.path, "rb") as f:
+            before = f.read()
+        child = subprocess.run(
+            [sys.executable, "-c", WRITER, os.path.dirname(weightd.__path__[0]),
+             self.daemon.address, self.fixture.path],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(child.returncode, -signal.SIGSEGV, child.stderr)
+        self.assertIn("writing", child.stdout)
+        with open(self.fixture.path, "rb") as f:
+            self.assertEqual(f.read(), before)
+
 
     def test_request_fields(self):
         seen = []

@@ -6,6 +6,7 @@ import threading
 import weakref
 
 import grpc
+import numpy as np
 
 from .errors import FileChangedError, WeightdError
 
@@ -79,3 +80,31 @@ def map_segment(name, size):
         return _map_fd(fd, ("shm",) + _identity(st))
     finally:
         os.close(fd)
+
+
+def read_only_array(mapping, size):
+    """The first `size` bytes of a mapping as a read-only uint8 array (numpy refuses writes)."""
+    return np.frombuffer(memoryview(mapping), dtype=np.uint8, count=size)
+
+
+class _Unflagged:
+    """What numpy builds an unflagged array from (its __array_interface__), holding a view of
+    the mapping."""
+    __slots__ = ("__array_interface__", "mapping_view")
+
+
+def unflagged_array(mapping, size):
+    """The first `size` bytes of a read-only mapping as a uint8 array numpy does not flag
+    read-only, for torch: torch.from_numpy warns for every read-only array (about a fifth of
+    its cost per tensor), and the tensor it makes is writable whatever the flag says. The
+    memory stays PROT_READ, so a write faults either way. The array's base holds a view of the
+    mapping, which keeps it mapped (and unclosable) while any array or tensor over it lives."""
+    view = memoryview(mapping)
+    if size == 0:
+        return np.frombuffer(view, dtype=np.uint8, count=0)
+    address = np.frombuffer(view, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    holder = _Unflagged()
+    holder.mapping_view = view
+    holder.__array_interface__ = {"data": (address, False), "shape": (size,), "typestr": "|u1",
+                                  "version": 3}
+    return np.asarray(holder)

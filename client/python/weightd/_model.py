@@ -4,7 +4,6 @@ import contextlib
 import gc
 import json
 import threading
-import warnings
 
 import grpc
 import numpy as np
@@ -13,8 +12,6 @@ from . import _cuda, _dtypes, _host, _table
 from ._proto import weightd_pb2 as pb
 from .errors import WeightdError
 
-
-_warnings_lock = threading.Lock()  # catch_warnings swaps process-wide state
 
 
 def _bad(message):
@@ -166,12 +163,12 @@ class TorchBackend:
             return np.dtype(native), None
         return np.dtype("<i%d" % _dtypes.info(name).itemsize), dtype
 
-    @contextlib.contextmanager
     def building(self):
-        with _warnings_lock, warnings.catch_warnings(), _no_gc():
-            # The mapping is read-only by contract; torch warns that it is not writable.
-            warnings.simplefilter("ignore", UserWarning)
-            yield
+        return _no_gc()
+
+    def host_array(self, mapping, size):
+        """A buffer's bytes as the uint8 array its tensors view (see _host.unflagged_array)."""
+        return _host.unflagged_array(mapping, size)
 
     def many(self, shapes, dtypes, views, bases, offsets, strides):
         """Tensors over `bases` (buffers' uint8 arrays) at byte `offsets`, strides in bytes,
@@ -236,6 +233,9 @@ class NumpyBackend:
 
     def building(self):
         return _no_gc()
+
+    def host_array(self, mapping, size):
+        return _host.read_only_array(mapping, size)
 
     def many(self, shapes, dtypes, views, bases, offsets, strides):
         # Read-only: each base views a read-only mapping.
@@ -336,7 +336,7 @@ def _materialize(description, backend, torch):
             raise _bad("buffer %d: %d bytes described, %d mapped" % (index, size, len(mapping)))
         # Per load: every array and tensor of this load keeps it alive (it is the lease's
         # anchor); np.ndarray(buffer=it) views name it as their base.
-        base = np.frombuffer(memoryview(mapping), dtype=np.uint8, count=size)
+        base = backend.host_array(mapping, size)
         opened[index] = ("host", base, size)
         limits[index] = size
         anchors.append(base)
