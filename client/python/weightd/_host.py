@@ -99,12 +99,11 @@ def unflagged_array(mapping, size):
     its cost per tensor), and the tensor it makes is writable whatever the flag says. The
     memory stays PROT_READ, so a write faults either way. The array's base holds a view of the
     mapping, which keeps it mapped (and unclosable) while any array or tensor over it lives."""
-    view = memoryview(mapping)
     if size == 0:
-        return np.frombuffer(view, dtype=np.uint8, count=0)
-    address = np.frombuffer(view, dtype=np.uint8, count=1).__array_interface__["data"][0]
+        return read_only_array(mapping, 0)
+    address = read_only_array(mapping, 1).__array_interface__["data"][0]
     holder = _Unflagged()
-    holder.mapping_view = view
+    holder.mapping_view = memoryview(mapping)
     holder.__array_interface__ = {"data": (address, False), "shape": (size,), "typestr": "|u1",
                                   "version": 3}
     return np.asarray(holder)

@@ -13,7 +13,6 @@ from ._proto import weightd_pb2 as pb
 from .errors import WeightdError
 
 
-
 def _bad(message):
     return WeightdError(grpc.StatusCode.INTERNAL, message)
 
