@@ -431,7 +431,7 @@ def _materialize(description, backend, torch):
             if tensor is None:
                 tensor = _one(backend, table.row(i), buffers, torch)
             entries.append((name, tensor))
-    return entries, anchors, table if description.packed_tensors else None
+    return entries, anchors, table if table.packed else None
 
 
 def _objects(values, index):
